@@ -1,0 +1,347 @@
+"""coby's settings, each declared once: name, default, environment variables, help.
+
+Precedence, lowest first: the defaults below < a TOML file (``--config FILE``) <
+the environment < CLI flags. ``Settings.load`` builds one frozen object from
+those sources; it is passed down explicitly and never read from a global.
+
+An invalid value raises ``ConfigError`` naming the setting; the CLI prints that
+one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import quote
+
+from coby.errors import ConfigError
+
+EXCHANGES: tuple[str, ...] = (
+    "binance", "coinbase", "kraken", "bybit", "okx", "htx", "kucoin", "gate", "bitfinex", "mexc",
+)
+# The design document names two venues by their old ccxt ids.
+EXCHANGE_ALIASES = {"huobi": "htx", "gateio": "gate"}
+
+
+def setting(default: Any, help: str, env: tuple[str, ...] = (), check: Callable[[Any], str | None] | None = None,
+            secret: bool = False) -> Any:
+    """Declare one setting. ``check`` returns an error message or None."""
+    meta = {"help": help, "env": env, "check": check, "secret": secret}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 and (not isinstance(v, float) or math.isfinite(v)) else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number 0-65535"
+
+
+def _log_level(v: str) -> str | None:
+    return None if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} else \
+        "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+
+
+def _exchanges(v: tuple[str, ...]) -> str | None:
+    unknown = [e for e in v if e not in EXCHANGES]
+    if unknown:
+        return f"unknown exchange(s) {', '.join(unknown)}; known: {', '.join(EXCHANGES)}"
+    return None if v else "must name at least one exchange"
+
+
+def _symbols(v: tuple[str, ...]) -> str | None:
+    bad = [s for s in v if s.count("-") != 1 or not all(p.isalnum() and p.isupper() for p in s.split("-"))]
+    if bad:
+        return f"bad symbol(s) {', '.join(bad)}: use canonical BASE-QUOTE names such as BTC-USDT"
+    return None if v else "must name at least one symbol"
+
+
+def _bucket_sizes(v: dict[str, float]) -> str | None:
+    for k, size in v.items():
+        if not isinstance(size, (int, float)) or isinstance(size, bool) or not size > 0 or not math.isfinite(size):
+            return f"bucket size for {k!r} must be a positive number"
+    return None
+
+
+def _db_url(v: str | None) -> str | None:
+    if v is None or v.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        return None
+    return "must start with postgresql://, postgres:// or sqlite:///"
+
+
+def _redis_url(v: str | None) -> str | None:
+    if v is None or v.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return "must start with redis://, rediss:// or unix://"
+
+
+def _choice(*allowed: str) -> Callable[[str], str | None]:
+    return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- what to watch -----------------------------------------------------------------------
+    exchanges: tuple[str, ...] = setting(EXCHANGES, "Venues to connect to (ccxt ids).", ("COBY_EXCHANGES",), _exchanges)
+    symbols: tuple[str, ...] = setting(("BTC-USDT", "ETH-USDT"), "Canonical symbols to watch.", ("COBY_SYMBOLS",), _symbols)
+    # --- storage -----------------------------------------------------------------------------
+    db_url: str | None = setting(None, "Database URL: postgresql://... or sqlite:///path. Unset: DB_HOST if given, "
+                                 "else an SQLite file in data_dir.", ("COBY_DB_URL",), _db_url, secret=True)
+    db_host: str | None = setting(None, "PostgreSQL host (used when db_url is unset).", ("DB_HOST",))
+    db_port: int = setting(5432, "PostgreSQL port.", ("DB_PORT",), _port)
+    db_name: str = setting("market_data", "PostgreSQL database name.", ("DB_NAME",))
+    db_user: str = setting("market_user", "PostgreSQL user.", ("DB_USER",))
+    db_password: str = setting("", "PostgreSQL password.", ("DB_PASSWORD",), secret=True)
+    db_pool_size: int = setting(4, "PostgreSQL connection pool size.", ("COBY_DB_POOL_SIZE",), _positive)
+    data_dir: str = setting("./coby-data", "Directory for the SQLite database, the market cache and spill files.",
+                            ("COBY_DATA_DIR",))
+    batch_write_size: int = setting(1000, "Rows per table that trigger a flush of the write buffer.",
+                                    ("COBY_BATCH_WRITE_SIZE",), _positive)
+    data_buffer_size: int = setting(10000, "Rows per table the write buffer holds before buffer_full_policy applies.",
+                                    ("COBY_DATA_BUFFER_SIZE",), _positive)
+    flush_interval: float = setting(1.0, "Seconds between flushes of the write buffer.", ("COBY_FLUSH_INTERVAL",),
+                                    _positive)
+    buffer_full_policy: str = setting("spill", "When the write buffer is full: 'spill' appends rows to a file in "
+                                      "data_dir/spill and loads them once the database keeps up; 'drop' drops the "
+                                      "newest rows. Both are counted in coby_storage_overflow_rows_total.",
+                                      ("COBY_BUFFER_FULL_POLICY",), _choice("spill", "drop"))
+    retention_days: float = setting(0.0, "TimescaleDB retention: drop chunks older than this many days (0: keep all).",
+                                    ("COBY_RETENTION_DAYS",), _non_negative)
+    compress_after_hours: float = setting(24.0, "TimescaleDB: compress chunks older than this many hours.",
+                                          ("COBY_COMPRESS_AFTER_HOURS",), _positive)
+    # --- cache -------------------------------------------------------------------------------
+    redis_url: str | None = setting(None, "Redis URL. Unset: REDIS_HOST if given, else an in-process cache.",
+                                    ("COBY_REDIS_URL",), _redis_url, secret=True)
+    redis_host: str | None = setting(None, "Redis host (used when redis_url is unset).", ("REDIS_HOST",))
+    redis_port: int = setting(6379, "Redis port.", ("REDIS_PORT",), _port)
+    # --- aggregation -------------------------------------------------------------------------
+    bucket_sizes: dict[str, float] = setting({"BTC": 10.0, "ETH": 1.0}, "Price bucket width per base asset (or per "
+                                             "canonical symbol), in quote currency.", (), _bucket_sizes)
+    default_bucket_size: float = setting(1.0, "Bucket width for symbols not in bucket_sizes.",
+                                         ("COBY_DEFAULT_BUCKET_SIZE",), _positive)
+    # --- connectors --------------------------------------------------------------------------
+    max_connections_per_exchange: int = setting(5, "Upper bound on concurrent connections per venue.",
+                                                ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
+    snapshot_interval: float = setting(1.0, "Seconds between stored book snapshots per (venue, symbol).",
+                                       ("COBY_SNAPSHOT_INTERVAL",), _positive)
+    snapshot_depth: int = setting(20, "Levels per side in stored book snapshots.", ("COBY_SNAPSHOT_DEPTH",), _positive)
+    book_depth: int = setting(100, "Levels per side kept in the live (cached, aggregated) book.",
+                              ("COBY_BOOK_DEPTH",), _positive)
+    stale_after: float = setting(10.0, "Seconds without a book update before the watchdog recreates the feed.",
+                                 ("COBY_STALE_AFTER",), _positive)
+    backoff_initial: float = setting(0.5, "First reconnect delay, seconds (doubles, with jitter).",
+                                     ("COBY_BACKOFF_INITIAL",), _positive)
+    backoff_max: float = setting(30.0, "Largest reconnect delay, seconds.", ("COBY_BACKOFF_MAX",), _positive)
+    circuit_failures: int = setting(5, "Consecutive failures that open a venue's circuit breaker.",
+                                    ("COBY_CIRCUIT_FAILURES",), _positive)
+    circuit_cooldown: float = setting(60.0, "Seconds an open circuit waits before a half-open probe.",
+                                      ("COBY_CIRCUIT_COOLDOWN",), _positive)
+    simulate: bool = setting(False, "Start the exchange simulator in-process and point every venue at it.",
+                             ("COBY_SIMULATE",))
+    simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), _port)
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = setting("127.0.0.1", "Address the HTTP API binds to.", ("API_HOST",))
+    api_port: int = setting(8080, "Port of the HTTP API.", ("API_PORT",), _port)
+    api_token: str | None = setting(None, "Bearer token required on every route but /health when set.",
+                                    ("COBY_API_TOKEN",), secret=True)
+    # --- operations --------------------------------------------------------------------------
+    log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)
+    shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",
+                                      ("COBY_SHUTDOWN_TIMEOUT",), _positive)
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, env: Mapping[str, str] | None = None,
+             **overrides: Any) -> "Settings":
+        """Build settings: defaults < TOML file < environment < ``overrides`` (CLI flags; None = not given)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_read_toml(Path(config_file)))
+        for f in dataclasses.fields(cls):
+            for var in f.metadata["env"]:
+                if var in env and env[var] != "":
+                    values[f.name] = _parse(f, env[var], source=f"environment variable {var}")
+                    break
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _parse(_FIELDS[name], value, source=f"option --{name.replace('_', '-')}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata["check"]
+            value = getattr(self, f.name)
+            if check is not None and value is not None:
+                msg = check(value)
+                if msg:
+                    raise ConfigError(f"invalid setting {f.name}={_show(f, value)}: {msg}")
+        if self.snapshot_depth > self.book_depth:
+            raise ConfigError(f"invalid setting snapshot_depth={self.snapshot_depth}: must be <= book_depth "
+                              f"({self.book_depth})")
+        if self.batch_write_size > self.data_buffer_size:
+            raise ConfigError(f"invalid setting batch_write_size={self.batch_write_size}: must be <= "
+                              f"data_buffer_size ({self.data_buffer_size})")
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def storage_url(self) -> str:
+        """The database to use: db_url, else PostgreSQL at db_host, else SQLite in data_dir."""
+        if self.db_url:
+            return self.db_url
+        if self.db_host:
+            auth = quote(self.db_user, safe="")
+            if self.db_password:
+                auth += ":" + quote(self.db_password, safe="")
+            return f"postgresql://{auth}@{self.db_host}:{self.db_port}/{self.db_name}"
+        return f"sqlite:///{Path(self.data_dir) / 'coby.sqlite3'}"
+
+    @property
+    def cache_url(self) -> str | None:
+        """Redis URL, or None for the in-process cache."""
+        if self.redis_url:
+            return self.redis_url
+        if self.redis_host:
+            return f"redis://{self.redis_host}:{self.redis_port}/0"
+        return None
+
+    def bucket_size(self, symbol: str) -> float:
+        """Bucket width for a canonical symbol: by symbol, then by base asset, then the default."""
+        if symbol in self.bucket_sizes:
+            return float(self.bucket_sizes[symbol])
+        base = symbol.split("-", 1)[0]
+        return float(self.bucket_sizes.get(base, self.default_bucket_size))
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (for logs and the status API)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            out[f.name] = _show(f, getattr(self, f.name))
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def documented_settings() -> list[tuple[str, Any, tuple[str, ...], str]]:
+    """(name, default, env vars, help) for every setting: drives the README table and its test."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, default, f.metadata["env"], f.metadata["help"]))
+    return rows
+
+
+def _show(f: dataclasses.Field, value: Any) -> Any:
+    if f.metadata.get("secret") and value:
+        if f.name == "db_url" or f.name == "redis_url":
+            return _mask_url(value)
+        return "***"
+    return value
+
+
+def _mask_url(url: str) -> str:
+    head, sep, tail = url.partition("://")
+    if "@" in tail:
+        cred, _, rest = tail.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{rest}" if ":" in cred else url
+    return url
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    # A [coby] table is accepted as well as top-level keys.
+    if isinstance(raw.get("coby"), dict):
+        raw = {**{k: v for k, v in raw.items() if k != "coby"}, **raw["coby"]}
+    out = {}
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[key] = _parse(_FIELDS[key], value, source=f"config file {path}")
+    return out
+
+
+def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """Coerce a raw value (string from env/CLI, or a TOML value) to the field's type."""
+    hint = _HINTS[f.name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    optional = origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+            return None
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in {"1", "true", "yes", "on"}:
+                return True
+            if s in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected an integer")
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError("expected a finite number")
+            return out
+        if hint is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError("expected a string")
+            return str(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [str(i).strip() for i in items if str(i).strip()]
+            if f.name == "exchanges":
+                items = [EXCHANGE_ALIASES.get(i.lower(), i.lower()) for i in items]
+            elif f.name == "symbols":
+                items = [i.upper().replace("/", "-") for i in items]
+            return tuple(dict.fromkeys(items))
+        if origin is dict:
+            if isinstance(value, str):  # "BTC=10,ETH=1"
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError("expected KEY=VALUE pairs separated by commas")
+                value = {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, dict):
+                raise ValueError("expected a table of KEY = number")
+            return {str(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid setting {f.name}={value!r} from {source}: {e}") from None
+    raise ConfigError(f"setting {f.name}: unsupported type {hint!r}")  # pragma: no cover - programming error
+
+
+_HINTS = typing.get_type_hints(Settings)

@@ -1,0 +1,67 @@
+"""coby's exceptions. ccxt's exceptions are translated into these once, in ``coby.exchanges``."""
+
+from __future__ import annotations
+
+
+class CobyError(Exception):
+    """Base of every error coby raises on purpose."""
+
+
+class ConfigError(CobyError):
+    """An invalid setting: the message names it. The CLI exits with code 2."""
+
+
+class StorageError(CobyError):
+    """The database refused or failed an operation."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached right now (transient: retry with backoff)."""
+
+
+class CacheError(CobyError):
+    """The cache failed an operation."""
+
+
+class ExchangeError(CobyError):
+    """A venue feed failed. ``retryable`` says whether backing off and retrying may help."""
+
+    retryable = True
+
+    def __init__(self, exchange: str, message: str) -> None:
+        super().__init__(f"{exchange}: {message}")
+        self.exchange = exchange
+
+
+class TemporaryExchangeError(ExchangeError):
+    """Network trouble, timeouts, a venue that is briefly unavailable."""
+
+
+class RateLimited(TemporaryExchangeError):
+    """The venue asked us to slow down (DDoS protection, 429)."""
+
+
+class BookOutOfSync(TemporaryExchangeError):
+    """A sequence gap, nonce or checksum error: the book must be resynced from a snapshot."""
+
+
+class StaleFeed(TemporaryExchangeError):
+    """No update within the staleness threshold: the feed is silently stalled."""
+
+
+class PermanentExchangeError(ExchangeError):
+    """Retrying will not help (unknown symbol, unsupported call, bad configuration)."""
+
+    retryable = False
+
+
+class ReplayError(CobyError):
+    """A replay session request is invalid or the session is in the wrong state for it."""
+
+
+class ValidationError(CobyError):
+    """A normalised item failed validation. ``reason`` is the metric label it is counted under."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason

@@ -1,0 +1,44 @@
+"""Prometheus metrics: every metric coby exports is declared here, once, on one registry.
+
+Modules import the metric objects they update; ``/metrics`` renders ``REGISTRY``.
+Labels are bounded sets (exchange, symbol, table, reason, channel) - never ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# --- intake ---------------------------------------------------------------------------------
+MESSAGES = Counter("coby_messages_total", "Items received from venues, by kind (book, trade).",
+                   ["exchange", "kind"], registry=REGISTRY)
+REJECTS = Counter("coby_rejects_total", "Items rejected by validation, by reason.",
+                  ["exchange", "reason"], registry=REGISTRY)
+RECONNECTS = Counter("coby_reconnects_total", "Feed reconnects per venue.", ["exchange"], registry=REGISTRY)
+RESYNCS = Counter("coby_resyncs_total", "Book resyncs (gap, nonce or checksum errors) per venue.",
+                  ["exchange"], registry=REGISTRY)
+STALLS = Counter("coby_stalls_total", "Feeds recreated by the staleness watchdog.", ["exchange"], registry=REGISTRY)
+BOOK_AGE = Gauge("coby_book_age_seconds", "Seconds since the last book update.", ["exchange", "symbol"],
+                 registry=REGISTRY)
+CIRCUIT_OPEN = Gauge("coby_circuit_open", "1 while a venue's circuit breaker is open.", ["exchange"],
+                     registry=REGISTRY)
+
+# --- storage --------------------------------------------------------------------------------
+ROWS_WRITTEN = Counter("coby_storage_rows_written_total", "Rows written to the database.", ["table"],
+                       registry=REGISTRY)
+ROWS_DUPLICATE = Counter("coby_storage_rows_duplicate_total", "Rows skipped because an identical key was stored.",
+                         ["table"], registry=REGISTRY)
+OVERFLOW = Counter("coby_storage_overflow_rows_total", "Rows that met a full write buffer, by policy outcome "
+                   "(spilled to disk, dropped).", ["table", "outcome"], registry=REGISTRY)
+BUFFER_DEPTH = Gauge("coby_storage_buffer_rows", "Rows waiting in the write buffer.", ["table"], registry=REGISTRY)
+FLUSH_FAILURES = Counter("coby_storage_flush_failures_total", "Failed flush attempts (rows kept, retried).",
+                         ["table"], registry=REGISTRY)
+WRITE_LATENCY = Histogram("coby_storage_flush_seconds", "Time to flush one batch.", ["table"], registry=REGISTRY,
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+# --- cache ----------------------------------------------------------------------------------
+CACHE_ERRORS = Counter("coby_cache_errors_total", "Redis operations that failed (served from process memory).",
+                       ["op"], registry=REGISTRY)
+CACHE_CONNECTED = Gauge("coby_cache_connected", "1 while the Redis cache is reachable (1 for the in-process cache).",
+                        registry=REGISTRY)

@@ -1,0 +1,166 @@
+"""PostgreSQL / TimescaleDB backend (psycopg 3, async pool, binary COPY).
+
+A batch is written in one transaction: binary ``COPY`` into a per-connection
+temporary staging table (float8 columns: psycopg has no binary float->numeric
+dumper, and the server casts in bulk), then ``INSERT ... SELECT ... ON CONFLICT``:
+``DO NOTHING`` for events (a trade seen again after a reconnect is stored once and
+never fails its batch), ``DO UPDATE`` for OHLCV and heatmap rows (a bar updated by
+a late trade replaces its earlier version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from coby.config import Settings
+from coby.db.base import Storage
+from coby.db.migrations import CREATE_TABLE, load_migrations
+from coby.db.tables import FLOAT, INT, JSON, TABLES, TEXT, TS, Table, dedupe_last
+from coby.db.timescale import setup_timescale
+from coby.errors import StorageError, StorageUnavailable
+
+log = structlog.get_logger("coby.storage")
+
+_STAGE_TYPE = {TEXT: "text", TS: "timestamptz", FLOAT: "float8", INT: "int8", JSON: "text"}
+_COPY_TYPE = {TEXT: "text", TS: "timestamptz", FLOAT: "float8", INT: "int8", JSON: "text"}
+_CAST = {TEXT: "", TS: "", FLOAT: "", INT: "", JSON: "::jsonb"}
+_LOCK_ID = 0x636F6279  # 'coby': advisory lock serialising migrations across processes
+
+
+def _stage_sql(t: Table) -> str:
+    cols = ", ".join(f"{c.name} {_STAGE_TYPE[c.kind]}" for c in t.columns)
+    return f"CREATE TEMP TABLE IF NOT EXISTS _stage_{t.name} ({cols}) ON COMMIT DELETE ROWS"
+
+
+def _insert_sql(t: Table) -> str:
+    names = ", ".join(t.names)
+    select = ", ".join(f"{c.name}{_CAST[c.kind]}" for c in t.columns)
+    if t.upsert:
+        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in t.names if n not in t.key)
+        conflict = f"ON CONFLICT ({', '.join(t.key)}) DO UPDATE SET {updates}"
+    else:
+        conflict = "ON CONFLICT DO NOTHING"
+    return f"INSERT INTO {t.name} ({names}) SELECT {select} FROM _stage_{t.name} {conflict}"
+
+
+_SQL = {t.name: (_stage_sql(t), f"COPY _stage_{t.name} ({', '.join(t.names)}) FROM STDIN (FORMAT BINARY)",
+                 _insert_sql(t), [_COPY_TYPE[c.kind] for c in t.columns]) for t in TABLES.values()}
+
+
+def _unavailable(e: BaseException) -> bool:
+    return isinstance(e, (psycopg.OperationalError, PoolTimeout, OSError)) and \
+        not isinstance(e, psycopg.errors.QueryCanceled)
+
+
+class PostgresStorage(Storage):
+    kind = "postgresql"
+
+    def __init__(self, settings: Settings, url: str | None = None) -> None:
+        super().__init__(settings)
+        self.url = url or settings.storage_url
+        self._pool: AsyncConnectionPool | None = None
+
+    async def connect(self, timeout: float = 30.0) -> None:
+        if self._pool is not None:
+            return
+        self._pool = AsyncConnectionPool(
+            self.url, min_size=1, max_size=self.settings.db_pool_size, open=False, timeout=10.0,
+            check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+            name="coby")
+        try:
+            await self._pool.open(wait=True, timeout=timeout)
+        except PoolTimeout as e:
+            await self._pool.close()
+            self._pool = None
+            raise StorageUnavailable(f"cannot connect to PostgreSQL at {_safe(self.url)} within {timeout:.0f}s") from e
+
+    async def disconnect(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise StorageError("storage is not connected")
+        return self._pool
+
+    async def setup_database_schema(self) -> None:
+        """Apply pending migrations under an advisory lock, then the TimescaleDB set-up."""
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+            try:
+                await conn.execute(CREATE_TABLE)
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                done = {r[0] for r in await cur.fetchall()}
+                for m in load_migrations("postgres"):
+                    if m.version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(m.sql)
+                        await conn.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                                           "VALUES (%s, %s, %s)",
+                                           (m.version, m.name, datetime.now(timezone.utc).isoformat()))
+                    log.info("migration_applied", version=m.version, name=m.name)
+                self.mode = await setup_timescale(conn, self.settings)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+
+    async def write_batch(self, table: Table, rows: list[tuple]) -> int:
+        if not rows:
+            return 0
+        if table.upsert:
+            rows = dedupe_last(table, rows)
+        stage, copy_sql, insert, types = _SQL[table.name]
+        try:
+            async with self.pool.connection() as conn:
+                async with conn.transaction():
+                    await conn.execute(stage)
+                    async with conn.cursor() as cur:
+                        async with cur.copy(copy_sql) as cp:
+                            cp.set_types(types)
+                            for r in rows:
+                                await cp.write_row(r)
+                        await cur.execute(insert)
+                        return max(cur.rowcount, 0)
+        except Exception as e:
+            if _unavailable(e):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
+            raise
+
+    def select_expr(self, table: Table, column: str) -> str:
+        kind = next(c.kind for c in table.columns if c.name == column)
+        if kind == FLOAT:
+            return f"{column}::float8"
+        if kind == JSON:
+            return f"{column}::text"
+        return column
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(sql, list(params))
+                return await cur.fetchall()
+        except Exception as e:
+            if _unavailable(e):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
+            raise
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(3):
+                await self.fetch("SELECT 1", ())
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+
+def _safe(url: str) -> str:
+    from coby.config import _mask_url
+    return _mask_url(url)

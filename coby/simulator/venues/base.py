@@ -1,0 +1,328 @@
+"""The base of every simulated venue: connections, subscriptions, fan-out, faults.
+
+How to write a venue (``coby/simulator/venues/<name>.py``)
+-----------------------------------------------------------
+1. Subclass :class:`Venue`; set ``name`` (the URL prefix and exchange name, e.g.
+   ``"htx"``), ``market_ids`` (canonical symbol -> venue market id, e.g.
+   ``{"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt"}``) and ``extra_faults`` (the
+   protocol-specific faults you honour: ``"gap"`` if the protocol has sequence
+   numbers, ``"bad_checksum"`` if it carries a checksum). Export it as a module
+   level ``VENUE = MyVenue``; ``coby.simulator.venues.venue_class(name)`` finds it.
+2. ``routes()`` returns aiohttp route defs with full paths built by
+   ``self.path("...")`` (``self.path("ws")`` -> ``"/htx/ws"``). A WebSocket route's
+   handler is ``self.websocket``; REST handlers are your own coroutines (answer
+   with ``self.json_response(obj)``, and ``await self.wait_unstalled()`` first).
+3. ``async on_text(conn, text)`` (and ``on_binary``) handle client frames:
+   subscriptions, pings. To subscribe a connection: send the ack and the snapshot
+   with ``conn.send(...)`` / ``conn.send_json(...)`` and call
+   ``self.subscribe(conn, topic)`` in the same synchronous stretch (no ``await`` in
+   between), so no delta can slip between the snapshot and the subscription. A
+   topic is any hashable, e.g. ``("book", "BTC-USDT")``. ``on_open(conn)`` can send
+   a welcome frame. Per-connection protocol state goes in ``conn.state`` (a dict).
+4. ``on_update(symbol, update)`` is called for every market update (a
+   :class:`~coby.simulator.market.MarketUpdate`: level changes with final sizes,
+   trades, ``seq``). Send book frames only ``if update.has_book``; the book sequence
+   of the frame is ``update.seq`` and the previous one is ``update.seq - 1`` (a
+   ``gap`` fault removes one update's book part, so the next frame skips one).
+   Fan out with ``self.broadcast(topic, frame)``; ``frame`` is ``str`` (text frame),
+   ``bytes`` (binary frame, e.g. gzip or protobuf) or a callable ``conn -> frame |
+   None`` for per-connection frames (channel ids, per-connection counters).
+5. Faults: ``drop``, ``stall``, ``malformed``, ``crossed``, ``duplicate_trade`` and
+   ``burst`` work for every venue without venue code (override
+   ``malformed_frame`` / ``inject_crossed`` where the generic one does not fit).
+   For ``gap`` nothing is needed either (the framework strips the book part of the
+   next update). For ``bad_checksum`` call ``self.faults.take("bad_checksum",
+   symbol)`` when building a checksummed frame and corrupt the checksum if True.
+6. Optionally ``async run()``: a venue-wide background loop (server pings,
+   heartbeats), owned and cancelled by the Simulator.
+
+Delivery: each connection has a bounded queue drained by its own writer task; a
+client that lets ``queue_size`` frames pile up is disconnected (code 1008), so one
+slow client never blocks the others. While a ``stall`` is on, every frame (data,
+acks, pongs) is discarded and REST handlers wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, ClassVar
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from coby.simulator.faults import GENERIC_FAULTS, FaultState, UnsupportedFault, fault_params
+from coby.simulator.market import Market, MarketUpdate, wall_clock_ms
+
+log = structlog.get_logger(__name__)
+
+Frame = str | bytes
+FrameSource = Frame | Callable[["Connection"], Frame | None]
+
+_CLOSE = object()  # writer sentinel: close the socket after what is queued
+_ids = itertools.count(1)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON text, as exchanges send it."""
+    return orjson.dumps(obj).decode()
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse a client frame (``ValueError`` if it is not JSON: the connection ignores it)."""
+    return orjson.loads(text)
+
+
+class Connection:
+    """One client WebSocket: a bounded outgoing queue and its subscriptions."""
+
+    __slots__ = ("venue", "ws", "request", "id", "topics", "state", "_queue", "_closing")
+
+    def __init__(self, venue: Venue, ws: web.WebSocketResponse, request: web.Request, queue_size: int) -> None:
+        self.venue = venue
+        self.ws = ws
+        self.request = request
+        self.id = next(_ids)
+        self.topics: set[Hashable] = set()
+        self.state: dict[str, Any] = {}
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=queue_size)
+        self._closing = False
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def send(self, frame: Frame) -> None:
+        """Queue one frame. Discarded during a stall; a full queue disconnects the client."""
+        if self._closing or self.venue.faults.stalled:
+            return
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("sim_slow_consumer", venue=self.venue.name, conn=self.id)
+            self.close_soon(1008, "slow consumer")
+
+    def send_json(self, obj: Any) -> None:
+        self.send(dumps(obj))
+
+    def close_soon(self, code: int = 1000, message: str = "") -> None:
+        """Close after nothing more is sent (queued frames are discarded)."""
+        if self._closing:
+            return
+        self._closing = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait((_CLOSE, code, message))
+
+    async def close(self, code: int = 1000, message: str = "") -> None:
+        """Close now with ``code``; queued frames are discarded."""
+        self._closing = True
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=message.encode())
+
+    async def run_writer(self) -> None:
+        while True:
+            frame = await self._queue.get()
+            if self.ws.closed:
+                return
+            if isinstance(frame, str):
+                await self.ws.send_str(frame)
+            elif isinstance(frame, bytes):
+                await self.ws.send_bytes(frame)
+            else:
+                _, code, message = frame  # type: ignore[misc]
+                await self.ws.close(code=code, message=message.encode())
+                return
+
+
+class Venue:
+    """One simulated exchange. See the module docstring for how to write one."""
+
+    name: ClassVar[str] = ""
+    market_ids: ClassVar[dict[str, str]] = {}
+    extra_faults: ClassVar[frozenset[str]] = frozenset()
+    queue_size: ClassVar[int] = 20_000
+
+    def __init__(self, markets: Mapping[str, Market], clock: Callable[[], int] = wall_clock_ms) -> None:
+        missing = [s for s in markets if s not in self.market_ids]
+        if missing:
+            raise ValueError(f"{self.name}: no market id for {missing}; add them to market_ids")
+        self.markets: dict[str, Market] = dict(markets)
+        self.clock = clock
+        self.faults = FaultState()
+        self.connections: set[Connection] = set()
+        self._subs: dict[Hashable, set[Connection]] = {}
+        self.symbol_by_id: dict[str, str] = {self.market_ids[s]: s for s in self.markets}
+
+    # --------------------------------------------------------------- routing
+
+    @property
+    def supported_faults(self) -> frozenset[str]:
+        return GENERIC_FAULTS | self.extra_faults
+
+    def path(self, suffix: str) -> str:
+        return f"/{self.name}/{suffix.lstrip('/')}"
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    def market_id(self, symbol: str) -> str:
+        return self.market_ids[symbol]
+
+    def symbol_of(self, market_id: str) -> str | None:
+        """Canonical symbol of a venue id this simulator serves, else None."""
+        return self.symbol_by_id.get(market_id)
+
+    @staticmethod
+    def json_response(obj: Any, status: int = 200) -> web.Response:
+        return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+    async def wait_unstalled(self) -> None:
+        while self.faults.stalled:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ websockets
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """The aiohttp handler of every WebSocket route: runs one connection to its end."""
+        ws = web.WebSocketResponse(compress=False, autoping=True, timeout=2.0, max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        conn = Connection(self, ws, request, self.queue_size)
+        self.connections.add(conn)
+        writer = asyncio.create_task(conn.run_writer(), name=f"sim-{self.name}-writer-{conn.id}")
+        try:
+            await self.on_open(conn)
+            async for msg in ws:
+                try:
+                    if msg.type == WSMsgType.TEXT:
+                        await self.on_text(conn, msg.data)
+                    elif msg.type == WSMsgType.BINARY:
+                        await self.on_binary(conn, msg.data)
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    # A client frame we cannot read: answer nothing, as most venues do.
+                    log.warning("sim_bad_client_frame", venue=self.name, conn=conn.id, error=repr(exc))
+        finally:
+            self._forget(conn)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def on_open(self, conn: Connection) -> None:
+        """Called once a connection is open (e.g. send a welcome/status frame)."""
+
+    async def on_text(self, conn: Connection, text: str) -> None:
+        raise NotImplementedError
+
+    async def on_binary(self, conn: Connection, data: bytes) -> None:
+        """Binary client frames are ignored unless a venue needs them."""
+
+    def subscribe(self, conn: Connection, topic: Hashable) -> None:
+        conn.topics.add(topic)
+        self._subs.setdefault(topic, set()).add(conn)
+
+    def unsubscribe(self, conn: Connection, topic: Hashable) -> None:
+        conn.topics.discard(topic)
+        subs = self._subs.get(topic)
+        if subs is not None:
+            subs.discard(conn)
+
+    def subscribers(self, topic: Hashable) -> set[Connection]:
+        return self._subs.get(topic, set())
+
+    def _forget(self, conn: Connection) -> None:
+        for topic in conn.topics:
+            self._subs.get(topic, set()).discard(conn)
+        conn.topics.clear()
+        self.connections.discard(conn)
+
+    def broadcast(self, topic: Hashable, frame: FrameSource) -> None:
+        """Send ``frame`` to every connection subscribed to ``topic``."""
+        subs = self._subs.get(topic)
+        if not subs:
+            return
+        if callable(frame):
+            for conn in tuple(subs):
+                one = frame(conn)
+                if one is not None:
+                    conn.send(one)
+        else:
+            for conn in tuple(subs):
+                conn.send(frame)
+
+    def max_backlog(self) -> int:
+        return max((c.backlog for c in self.connections), default=0)
+
+    # ---------------------------------------------------------------- market
+
+    def publish(self, symbol: str, update: MarketUpdate) -> None:
+        """Called by the Simulator for every update: applies one-shot faults, then on_update."""
+        if update.has_book and "gap" in self.extra_faults and self.faults.take("gap", symbol):
+            log.info("sim_fault_gap", venue=self.name, symbol=symbol, skipped_seq=update.seq)
+            if not update.trades:
+                return
+            update = MarketUpdate(bids=[], asks=[], trades=update.trades, seq=update.seq, ts_ms=update.ts_ms)
+        self.on_update(symbol, update)
+
+    def on_update(self, symbol: str, update: MarketUpdate) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Optional venue-wide background loop (server pings, heartbeats). Default: none."""
+
+    # ---------------------------------------------------------------- faults
+
+    async def inject(self, fault: str, params: Mapping[str, Any]) -> None:
+        """Apply ``fault`` now (or arm it for the next matching message). ``burst`` is the Simulator's."""
+        if fault not in self.supported_faults:
+            raise UnsupportedFault(f"{self.name} does not support fault {fault!r}")
+        symbol, rest = fault_params(dict(params))
+        if symbol is not None and symbol not in self.markets:
+            raise UnsupportedFault(f"{self.name} does not serve {symbol!r}")
+        log.info("sim_fault", venue=self.name, fault=fault, symbol=symbol, **rest)
+        if fault == "drop":
+            await self.drop()
+        elif fault == "stall":
+            self.faults.stall(float(rest.get("seconds", 10.0)))
+        elif fault == "malformed":
+            for conn in tuple(self.connections):
+                conn.send(self.malformed_frame(conn))
+        elif fault == "crossed":
+            for sym in [symbol] if symbol else list(self.markets):
+                self.inject_crossed(sym)
+        elif fault == "duplicate_trade":
+            for sym in [symbol] if symbol else list(self.markets):
+                trade = self.markets[sym].last_trade
+                if trade is not None:
+                    self.on_update(sym, self.markets[sym].trade_only([trade]))
+        else:
+            self.faults.arm(fault, symbol)
+
+    async def drop(self) -> None:
+        """Close every connection of the venue now (close code 1001)."""
+        conns = tuple(self.connections)
+        if conns:
+            await asyncio.wait_for(
+                asyncio.gather(*(c.close(1001, "simulated drop") for c in conns), return_exceptions=True), 10.0
+            )
+
+    def malformed_frame(self, conn: Connection) -> Frame:
+        """A frame the protocol cannot parse. Default: truncated JSON."""
+        return '{"e":"depthUpdate","E":17'
+
+    def inject_crossed(self, symbol: str) -> None:
+        """Send a bid above the best ask (not in the true book), then delete it."""
+        market = self.markets[symbol]
+        price, size = market.crossing_level()
+        self.on_update(symbol, market.unapplied(bids=[(price, size)]))
+        self.on_update(symbol, market.unapplied(bids=[(price, 0.0)]))
+
+    async def aclose(self) -> None:
+        """Close every connection (idempotent)."""
+        self.faults.clear()
+        await self.drop()

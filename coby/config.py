@@ -253,12 +253,12 @@ def documented_settings() -> list[tuple[str, Any, tuple[str, ...], str]]:
 def _show(f: dataclasses.Field, value: Any) -> Any:
     if f.metadata.get("secret") and value:
         if f.name == "db_url" or f.name == "redis_url":
-            return _mask_url(value)
+            return mask_url(value)
         return "***"
     return value
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     head, sep, tail = url.partition("://")
     if "@" in tail:
         cred, _, rest = tail.rpartition("@")

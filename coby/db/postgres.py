@@ -162,5 +162,5 @@ class PostgresStorage(Storage):
 
 
 def _safe(url: str) -> str:
-    from coby.config import _mask_url
-    return _mask_url(url)
+    from coby.config import mask_url
+    return mask_url(url)

@@ -1,0 +1,272 @@
+"""The cache: latest book per (exchange, symbol), latest aggregates per symbol, pub/sub per stream.
+
+Two implementations, one interface:
+
+- ``MemoryCache``: process memory only (no Redis URL given).
+- ``RedisCache``: process memory *and* Redis. Every write lands in memory at once and is
+  queued for Redis; a flusher sends the queue in one pipeline every ``interval`` seconds,
+  so a book updated 50 times between flushes costs one SET (latest state wins) while
+  every publish is kept, in order. Reads come from Redis (another ``coby run`` may have
+  written the key) and fall back to memory. Redis lost at runtime: logged once,
+  counted in ``coby_cache_errors_total``, served from memory, reconnected in the
+  background; nothing raises into the caller.
+
+Keys: ``coby:book:{exchange}:{symbol}``, ``coby:latest:{kind}:{symbol}``; channels
+``coby:{channel}`` (e.g. ``coby:trades:BTC-USDT``). Values are JSON bytes (``coby.codec``).
+Subscribers in this process are fed directly (bounded queues, oldest dropped when a
+subscriber lags - the HTTP layer has its own stricter per-client policy); Redis pub/sub
+carries the same messages to other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import Any, AsyncIterator
+
+import structlog
+
+from coby.codec import dumps, loads
+from coby.metrics import CACHE_CONNECTED, CACHE_ERRORS
+
+log = structlog.get_logger("coby.cache")
+PREFIX = "coby:"
+
+
+def book_key(exchange: str, symbol: str) -> str:
+    return f"{PREFIX}book:{exchange}:{symbol}"
+
+
+def latest_key(kind: str, symbol: str) -> str:
+    return f"{PREFIX}latest:{kind}:{symbol}"
+
+
+class Subscription:
+    """Messages of one or more channels, as ``(channel, payload bytes)``."""
+
+    def __init__(self, cache: "MemoryCache", channels: tuple[str, ...], maxsize: int) -> None:
+        self._cache = cache
+        self.channels = channels
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _offer(self, channel: str, payload: bytes) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait((channel, payload))
+
+    async def get(self) -> tuple[str, bytes]:
+        return await self.queue.get()
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[tuple[str, bytes]]:
+        while True:
+            yield await self.queue.get()
+
+    def close(self) -> None:
+        self._cache._unsubscribe(self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryCache:
+    """The in-process cache; also the memory layer under ``RedisCache``."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._values: dict[str, bytes] = {}
+        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+
+    async def start(self) -> None:
+        CACHE_CONNECTED.set(1)
+
+    async def aclose(self) -> None:
+        self._subs.clear()
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    # --- values -------------------------------------------------------------------------------
+    def _set(self, key: str, value: Any) -> bytes:
+        data = value if isinstance(value, bytes) else dumps(value)
+        self._values[key] = data
+        return data
+
+    async def set_book(self, exchange: str, symbol: str, book: Any) -> None:
+        self._set(book_key(exchange, symbol), book)
+
+    async def get_book(self, exchange: str, symbol: str) -> Any | None:
+        return self._get_local(book_key(exchange, symbol))
+
+    async def set_latest(self, kind: str, symbol: str, value: Any) -> None:
+        self._set(latest_key(kind, symbol), value)
+
+    async def get_latest(self, kind: str, symbol: str) -> Any | None:
+        return self._get_local(latest_key(kind, symbol))
+
+    def _get_local(self, key: str) -> Any | None:
+        data = self._values.get(key)
+        return loads(data) if data is not None else None
+
+    # --- pub/sub ------------------------------------------------------------------------------
+    async def publish(self, channel: str, message: Any) -> None:
+        self._fanout(channel, message if isinstance(message, bytes) else dumps(message))
+
+    def _fanout(self, channel: str, payload: bytes) -> None:
+        for sub in self._subs.get(channel, ()):
+            sub._offer(channel, payload)
+
+    def subscribe(self, *channels: str, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(self, channels, maxsize)
+        for ch in channels:
+            self._subs[ch].add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        for ch in sub.channels:
+            subs = self._subs.get(ch)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[ch]
+
+
+class RedisCache(MemoryCache):
+    kind = "redis"
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        super().__init__()
+        self.url = url
+        self.interval = interval
+        self._redis: Any = None
+        self._pending_sets: dict[str, bytes] = {}
+        self._pending_pubs: list[tuple[str, bytes]] = []
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._connected = False
+        self.max_pending_pubs = 100_000
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+        self._redis = aioredis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2,
+                                        health_check_interval=10)
+        try:
+            await self._redis.ping()
+            self._set_connected(True)
+        except Exception as e:  # noqa: BLE001 - start anyway, from memory; the flusher reconnects
+            self._set_connected(False, e)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="coby-cache-flusher")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(), 2)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = None
+        await super().aclose()
+
+    def _set_connected(self, ok: bool, error: BaseException | None = None) -> None:
+        if ok and not self._connected:
+            log.info("cache_connected", url=_mask(self.url))
+        elif not ok and (self._connected or error is not None and self._task is None):
+            log.warning("cache_unavailable", url=_mask(self.url), error=str(error) or type(error).__name__,
+                        fallback="process memory")
+        self._connected = ok
+        CACHE_CONNECTED.set(1 if ok else 0)
+
+    # --- writes: memory now, Redis at the next flush -----------------------------------------
+    def _set(self, key: str, value: Any) -> bytes:
+        data = super()._set(key, value)
+        self._pending_sets[key] = data
+        return data
+
+    async def publish(self, channel: str, message: Any) -> None:
+        payload = message if isinstance(message, bytes) else dumps(message)
+        self._fanout(channel, payload)
+        if len(self._pending_pubs) < self.max_pending_pubs:
+            self._pending_pubs.append((channel, payload))
+        else:  # Redis down for long: other processes miss these; in-process subscribers got them
+            CACHE_ERRORS.labels("publish_dropped").inc()
+
+    async def _flush(self) -> None:
+        if not self._pending_sets and not self._pending_pubs:
+            return
+        sets, self._pending_sets = self._pending_sets, {}
+        pubs, self._pending_pubs = self._pending_pubs, []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, data in sets.items():
+                    pipe.set(key, data)
+                for channel, payload in pubs:
+                    pipe.publish(PREFIX + channel, payload)
+                await pipe.execute()
+        except Exception:
+            # keep the latest values (newer writes win) and the unsent messages for the retry
+            self._pending_sets = {**sets, **self._pending_sets}
+            self._pending_pubs = (pubs + self._pending_pubs)[-self.max_pending_pubs:]
+            raise
+
+    async def _run(self) -> None:
+        delay = self.interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if not self._connected:
+                    await self._redis.ping()
+                await self._flush()
+                self._set_connected(True)
+                delay = self.interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Redis trouble never reaches the caller
+                CACHE_ERRORS.labels("flush").inc()
+                self._set_connected(False, e)
+                delay = min(5.0, max(0.25, delay * 2))
+
+    # --- reads: Redis first (shared by processes), memory when it is down ---------------------
+    async def _get(self, key: str) -> Any | None:
+        if self._connected and key not in self._pending_sets:
+            try:
+                data = await self._redis.get(key)
+                if data is not None:
+                    return loads(data)
+            except Exception as e:  # noqa: BLE001
+                CACHE_ERRORS.labels("get").inc()
+                self._set_connected(False, e)
+        return self._get_local(key)
+
+    async def get_book(self, exchange: str, symbol: str) -> Any | None:
+        return await self._get(book_key(exchange, symbol))
+
+    async def get_latest(self, kind: str, symbol: str) -> Any | None:
+        return await self._get(latest_key(kind, symbol))
+
+
+def _mask(url: str) -> str:
+    from coby.config import mask_url
+    return mask_url(url)
+
+
+def open_cache(url: str | None) -> MemoryCache:
+    """Redis when a URL is given, else the in-process cache. Call ``await cache.start()``."""
+    return RedisCache(url) if url else MemoryCache()

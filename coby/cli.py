@@ -1,0 +1,133 @@
+"""The command line (typer), thin: parse, build settings, call one coroutine.
+
+An invalid setting prints one line naming it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from coby import __version__
+from coby.config import Settings
+from coby.errors import ConfigError, StorageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="coby: live order books and trades from ten exchanges, aggregated, stored, served, replayed.")
+
+ConfigOpt = typer.Option(None, "--config", help="TOML settings file (see README: Configuration).")
+DbOpt = typer.Option(None, "--db", help="Database URL: postgresql://... or sqlite:///path.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Directory for the SQLite file, caches and spill files.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"coby: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Optional[Path], **overrides: Any) -> Settings:
+    try:
+        return Settings.load(config, **overrides)
+    except ConfigError as e:
+        _fail(str(e))
+        raise  # unreachable
+
+
+def _logging(settings: Settings) -> None:
+    from coby.logs import configure
+    configure(settings.log_level)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOpt,
+    db: Optional[str] = DbOpt,
+    redis: Optional[str] = typer.Option(None, "--redis", help="Redis URL (default: in-process cache)."),
+    host: Optional[str] = typer.Option(None, "--host", help="API bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="API port (default 8080)."),
+    exchanges: Optional[str] = typer.Option(None, "--exchanges", help="Comma-separated venues, e.g. binance,okx."),
+    symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated symbols, e.g. BTC-USDT,ETH-USDT."),
+    data_dir: Optional[str] = DataDirOpt,
+    simulate: Optional[bool] = typer.Option(None, "--simulate/--no-simulate",
+                                            help="Run the exchange simulator in-process and connect every venue to it."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
+) -> None:
+    """Run the daemon: connectors, aggregation, storage, cache and the API, until SIGINT/SIGTERM."""
+    settings = _settings(config, db_url=db, redis_url=redis, api_host=host, api_port=port, exchanges=exchanges,
+                         symbols=symbols, data_dir=data_dir, simulate=simulate, log_level=log_level)
+    _check_bind(settings)
+    _logging(settings)
+    from coby.daemon import run as run_daemon
+    try:
+        code = asyncio.run(run_daemon(settings))
+    except StorageError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+def _check_bind(settings: Settings) -> None:
+    loopback = settings.api_host in {"127.0.0.1", "::1", "localhost"}
+    if not loopback and not settings.api_token:
+        _fail(f"invalid setting api_host={settings.api_host}: binding a non-loopback address requires "
+              "COBY_API_TOKEN to be set")
+
+
+@app.command()
+def migrate(config: Optional[Path] = ConfigOpt, db: Optional[str] = DbOpt,
+            data_dir: Optional[str] = DataDirOpt) -> None:
+    """Create or upgrade the database schema (idempotent) and report the storage mode."""
+    settings = _settings(config, db_url=db, data_dir=data_dir)
+    _logging(settings)
+    from coby.db import open_storage
+
+    async def go() -> str:
+        storage = open_storage(settings)
+        await storage.connect()
+        try:
+            await storage.setup_database_schema()
+            return storage.mode
+        finally:
+            await storage.disconnect()
+
+    try:
+        mode = asyncio.run(go())
+    except StorageError as e:
+        _fail(str(e), 1)
+    typer.echo(f"schema up to date ({mode})")
+
+
+@app.command()
+def simulate(port: int = typer.Option(8765, "--port", help="Port to listen on."),
+             host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+             exchanges: Optional[str] = typer.Option(None, "--exchanges", help="Comma-separated venues."),
+             symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated symbols."),
+             rate: float = typer.Option(10.0, "--rate", help="Book updates per second per market.")) -> None:
+    """Run the exchange simulator alone (the ten venues' public protocols on one local port)."""
+    settings = _settings(None, exchanges=exchanges, symbols=symbols, simulator_port=port)
+    _logging(settings)
+    from coby.simulator.server import serve
+    try:
+        asyncio.run(serve(port=port, host=host, exchanges=settings.exchanges, symbols=settings.symbols, rate=rate))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def version() -> None:
+    """Print coby's version and its key dependencies' versions."""
+    import ccxt
+    typer.echo(f"coby {__version__} (ccxt {ccxt.__version__}, python {sys.version.split()[0]})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The daemon: builds every part from settings, owns every long-lived task, shuts down in order.
+
+Start: storage (migrations, flusher) -> cache -> [simulator] -> HTTP -> pipeline -> connectors.
+Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), then the
+pipeline's timers, HTTP, the write buffer (flushed; what cannot be written in time is
+spilled to disk and loaded at the next start), the cache, the simulator. The whole stop
+is bounded by ``shutdown_timeout``; anything still running after it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from coby.cache import MemoryCache, open_cache
+from coby.config import Settings
+from coby.db import Storage, open_storage
+
+log = structlog.get_logger("coby.daemon")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage: Storage = open_storage(settings)
+        self.cache: MemoryCache = open_cache(settings.cache_url)
+        self.started_at = time.time()
+        self.simulator: Any = None
+        self.connectors: dict[str, Any] = {}
+        self.pipeline: Any = None
+        self.http: Any = None
+        self.replay: Any = None
+        self._stopping = asyncio.Event()
+        self._stopped = False
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        log.info("daemon_starting", storage=self.storage.kind, cache=self.cache.kind,
+                 exchanges=list(s.exchanges), symbols=list(s.symbols), simulate=s.simulate)
+        await self.storage.start()
+        await self.cache.start()
+        if s.simulate:
+            await self._start_simulator()
+        await self._start_pipeline()
+        await self._start_http()
+        await self._start_connectors()
+        log.info("daemon_started", storage_mode=self.storage.mode, api=f"http://{s.api_host}:{self.api_port}")
+
+    @property
+    def api_port(self) -> int:
+        return getattr(self.http, "port", self.settings.api_port) if self.http else self.settings.api_port
+
+    async def _start_simulator(self) -> None:
+        from coby.simulator.server import Simulator
+        self.simulator = Simulator(exchanges=self.settings.exchanges, symbols=self.settings.symbols,
+                                   port=self.settings.simulator_port)
+        await self.simulator.start()
+        log.info("simulator_started", url=self.simulator.url)
+
+    async def _start_pipeline(self) -> None:
+        try:
+            from coby.pipeline import Pipeline
+        except ImportError:  # pragma: no cover - the pipeline lands with the connectors
+            return
+        self.pipeline = Pipeline(self.settings, self.storage, self.cache)
+        await self.pipeline.start()
+
+    async def _start_http(self) -> None:
+        from coby.http import ApiServer
+        self.http = ApiServer(self)
+        await self.http.start()
+
+    async def _start_connectors(self) -> None:
+        try:
+            from coby.exchanges import ExchangeConnector
+        except ImportError:  # pragma: no cover - before the connectors exist
+            log.warning("connectors_unavailable")
+            return
+        for exchange in self.settings.exchanges:
+            conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
+            self.connectors[exchange] = conn
+            await conn.connect()
+            for symbol in self.settings.symbols:
+                await conn.subscribe_orderbook(symbol)
+                await conn.subscribe_trades(symbol)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Stop in order, each step bounded; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        budget = self.settings.shutdown_timeout
+        deadline = time.monotonic() + budget
+        log.info("daemon_stopping")
+
+        async def step(name: str, coro: Any) -> None:
+            remaining = max(0.5, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(coro, remaining)
+            except asyncio.TimeoutError:
+                log.error("shutdown_step_timeout", step=name)
+            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+                log.error("shutdown_step_failed", step=name, error=repr(e))
+
+        await asyncio.gather(*(step(f"connector:{n}", c.disconnect()) for n, c in self.connectors.items()))
+        if self.replay is not None:
+            await step("replay", self.replay.aclose())
+        if self.pipeline is not None:
+            await step("pipeline", self.pipeline.aclose())
+        if self.http is not None:
+            await step("http", self.http.aclose())
+        await step("storage", self.storage.aclose())
+        await step("cache", self.cache.aclose())
+        if self.simulator is not None:
+            await step("simulator", self.simulator.aclose())
+        log.info("daemon_stopped", pending_rows=self.storage.buffer.pending())
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, daemon.request_stop)
+    try:
+        await daemon.start()
+        await daemon.wait_stopped()
+    finally:
+        await daemon.stop()
+    return 0

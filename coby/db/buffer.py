@@ -177,7 +177,7 @@ class WriteBuffer:
                         batch = rows[: self._capacity]
                         await self._write(table, batch)
                         rows = rows[len(batch):]
-                except StorageUnavailable:
+                except BaseException:  # unreachable, or cancelled mid-flush (shutdown timeout): keep the rows
                     FLUSH_FAILURES.labels(table.name).inc()
                     # put the unwritten rows back in front; excess over capacity spills
                     merged = rows + self._rows[table]

@@ -146,7 +146,7 @@ class PostgresStorage(Storage):
         try:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(sql, list(params))
-                return await cur.fetchall()
+                return await cur.fetchall() if cur.description else []
         except Exception as e:
             if _unavailable(e):
                 raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs and run it: the one test command (README, .ci/run).
+# Makes sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are up, starting them if they
+# are installed but stopped; creates .venv and installs coby with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+wait_for() {  # wait_for <what> <command...>
+  local what=$1; shift
+  for _ in $(seq 1 60); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "scripts/test.sh: $what is not reachable" >&2; return 1
+}
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "starting PostgreSQL" >&2
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  elif command -v systemctl >/dev/null; then
+    systemctl start postgresql || true
+  fi
+  wait_for PostgreSQL pg_isready -h 127.0.0.1 -p 5432 -q
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "starting Redis" >&2
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || redis-server --daemonize yes --port 6379 --save ""
+  wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,63 @@
+"""Shared fixtures: a fresh PostgreSQL database per test session, Redis db 15, both backends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from coby.config import Settings
+from coby.db import open_storage
+
+PG_ADMIN = os.environ.get("COBY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("COBY_TEST_REDIS", "redis://127.0.0.1:6379/15")
+TABLES = ("order_book_snapshots", "trade_events", "heatmap_data", "ohlcv_data", "connection_events")
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A database of its own for this test session, dropped at the end."""
+    name = f"coby_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(PG_ADMIN, name)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(tmp_path: Path, **kw) -> Settings:
+    base = dict(data_dir=str(tmp_path / "data"), flush_interval=0.05, log_level="WARNING")
+    base.update(kw)
+    return Settings.load(env={}, **base)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, pg_url: str, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT to_regclass('trade_events')").fetchone()[0]
+            if exists:
+                conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        return pg_url
+    return f"sqlite:///{tmp_path / 'coby.sqlite3'}"
+
+
+@pytest.fixture
+async def storage(db_url: str, tmp_path: Path):
+    st = open_storage(make_settings(tmp_path, db_url=db_url), db_url)
+    await st.start()
+    yield st
+    await st.aclose()

@@ -109,7 +109,10 @@ class OrderBookMetrics:
 
 @dataclass(slots=True, frozen=True)
 class PriceBuckets:
-    """A book's volume summed into fixed-width price buckets (bucket floor price -> volume)."""
+    """A book's volume summed into fixed-width price buckets (bucket edge price -> volume).
+
+    Bid buckets are keyed by their lower edge, ask buckets by their upper edge (see ``coby.buckets``).
+    """
 
     symbol: str
     timestamp: datetime
@@ -117,6 +120,9 @@ class PriceBuckets:
     bid_buckets: dict[float, float]
     ask_buckets: dict[float, float]
     exchange: str | None = None  # None: consolidated across venues
+    # Consolidated buckets only: how many venues hold volume in each bucket (empty for one venue's buckets).
+    bid_exchange_counts: dict[float, int] = field(default_factory=dict)
+    ask_exchange_counts: dict[float, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

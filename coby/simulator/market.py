@@ -325,3 +325,57 @@ class Market:
     def trade_only(self, trades: list[SimTrade]) -> MarketUpdate:
         """A trade-only update (no book change, ``seq`` unchanged), e.g. a duplicated trade."""
         return MarketUpdate(bids=[], asks=[], trades=list(trades), seq=self.seq, ts_ms=self.clock())
+
+
+class BookWindow:
+    """The top ``depth`` levels of a market, as a client of a depth-limited feed holds them.
+
+    Depth-limited feeds (okx ``books`` 400, bybit ``orderbook.50``, kraken ``book``
+    10, ...) only send changes inside the window, and when a level leaves it they
+    send the level that enters it, so a client that trims its book to ``depth``
+    after every message stays equal to the true top ``depth``. ``advance()`` is
+    called after every market update and returns exactly those changes.
+    """
+
+    __slots__ = ("market", "depth", "bids", "asks")
+
+    def __init__(self, market: Market, depth: int) -> None:
+        self.market = market
+        self.depth = depth
+        bids, asks = market.snapshot(depth)
+        self.bids: dict[float, float] = dict(bids)
+        self.asks: dict[float, float] = dict(asks)
+
+    def snapshot(self) -> tuple[list[Level], list[Level]]:
+        """The window now (bids best first, asks best first)."""
+        return (
+            sorted(self.bids.items(), reverse=True),
+            sorted(self.asks.items()),
+        )
+
+    def advance(self) -> tuple[list[Level], list[Level]]:
+        """Move the window to the market's current top; return (bid changes, ask changes)."""
+        bids, asks = self.market.snapshot(self.depth)
+        new_bids, new_asks = dict(bids), dict(asks)
+        changes = (_diff(self.bids, new_bids, reverse=True), _diff(self.asks, new_asks, reverse=False))
+        self.bids, self.asks = new_bids, new_asks
+        return changes
+
+    def crossed_changes(self) -> tuple[list[Level], list[Level]]:
+        """A change that puts a bid above the best ask (the window itself is untouched)."""
+        return ([self.market.crossing_level()], [])
+
+    def uncrossed_changes(self, crossed: Level) -> tuple[list[Level], list[Level]]:
+        """Deletes the crossed bid and re-sends the deepest bid the client trimmed meanwhile."""
+        bids = [(crossed[0], 0.0)]
+        if len(self.bids) >= self.depth:
+            deepest = min(self.bids)
+            bids.append((deepest, self.bids[deepest]))
+        return (bids, [])
+
+
+def _diff(old: dict[float, float], new: dict[float, float], *, reverse: bool) -> list[Level]:
+    changes = [(p, s) for p, s in new.items() if old.get(p) != s]
+    changes.extend((p, 0.0) for p in old if p not in new)
+    changes.sort(reverse=reverse)
+    return changes

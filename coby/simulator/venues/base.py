@@ -31,7 +31,11 @@ How to write a venue (``coby/simulator/venues/<name>.py``)
    ``burst`` work for every venue without venue code (override
    ``malformed_frame`` / ``inject_crossed`` where the generic one does not fit).
    For ``gap`` nothing is needed either (the framework strips the book part of the
-   next update). For ``bad_checksum`` call ``self.faults.take("bad_checksum",
+   next update, calling ``on_gap`` first; ``on_update`` still runs, so keep state
+   such as windows moving). Depth-limited feeds (top-N channels) use ``self.window(symbol, N)``
+   for the snapshot and ``self.advance_windows(symbol)`` in every ``on_update``
+   (see :class:`~coby.simulator.market.BookWindow`); ``inject_crossed`` then needs
+   an override (okx and kraken show how). For ``bad_checksum`` call ``self.faults.take("bad_checksum",
    symbol)`` when building a checksummed frame and corrupt the checksum if True.
 6. Optionally ``async run()``: a venue-wide background loop (server pings,
    heartbeats), owned and cancelled by the Simulator.
@@ -47,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from datetime import datetime, timezone
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar
 
@@ -55,7 +60,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from coby.simulator.faults import GENERIC_FAULTS, FaultState, UnsupportedFault, fault_params
-from coby.simulator.market import Market, MarketUpdate, wall_clock_ms
+from coby.simulator.market import BookWindow, Level, Market, MarketUpdate, wall_clock_ms
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +74,19 @@ _ids = itertools.count(1)
 def dumps(obj: Any) -> str:
     """Compact JSON text, as exchanges send it."""
     return orjson.dumps(obj).decode()
+
+
+def rfc3339(ms: int) -> str:
+    """Milliseconds -> ``2026-11-23T18:56:41.520000Z``."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fmt_num(value: float, decimals: int) -> str:
+    """A decimal string without trailing zeros (``30000.1``, ``0.5``, ``2``), as most venues send."""
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def loads(text: str | bytes) -> Any:
@@ -155,6 +173,7 @@ class Venue:
         self.faults = FaultState()
         self.connections: set[Connection] = set()
         self._subs: dict[Hashable, set[Connection]] = {}
+        self._windows: dict[tuple[str, int], BookWindow] = {}
         self.symbol_by_id: dict[str, str] = {self.market_ids[s]: s for s in self.markets}
 
     # --------------------------------------------------------------- routing
@@ -264,13 +283,34 @@ class Venue:
         """Called by the Simulator for every update: applies one-shot faults, then on_update."""
         if update.has_book and "gap" in self.extra_faults and self.faults.take("gap", symbol):
             log.info("sim_fault_gap", venue=self.name, symbol=symbol, skipped_seq=update.seq)
-            if not update.trades:
-                return
+            self.on_gap(symbol, update)
             update = MarketUpdate(bids=[], asks=[], trades=update.trades, seq=update.seq, ts_ms=update.ts_ms)
         self.on_update(symbol, update)
 
+    def on_gap(self, symbol: str, update: MarketUpdate) -> None:
+        """The book part of ``update`` is being lost (``gap`` fault); ``on_update`` then gets the
+        update without it. Override to advance per-connection counters as if it had been sent."""
+
     def on_update(self, symbol: str, update: MarketUpdate) -> None:
         raise NotImplementedError
+
+    def window(self, symbol: str, depth: int) -> BookWindow:
+        """The ``depth``-level window of ``symbol`` (created on first use, then kept current).
+
+        For depth-limited feeds: the snapshot for a new subscriber is
+        ``window(...).snapshot()``, and ``on_update`` sends what ``advance_windows``
+        returns for that depth instead of the raw update.
+        """
+        key = (symbol, depth)
+        win = self._windows.get(key)
+        if win is None:
+            win = self._windows[key] = BookWindow(self.markets[symbol], depth)
+        return win
+
+    def advance_windows(self, symbol: str) -> dict[int, tuple[list[Level], list[Level]]]:
+        """Advance every window of ``symbol``; call it once per update, also for updates not sent
+        (a ``gap``-stripped update must still move the window: the client just misses it)."""
+        return {depth: win.advance() for (sym, depth), win in self._windows.items() if sym == symbol}
 
     async def run(self) -> None:
         """Optional venue-wide background loop (server pings, heartbeats). Default: none."""

@@ -10,6 +10,7 @@ yield rows in primary-key order, which starts with ``timestamp``.
 from __future__ import annotations
 
 import abc
+import asyncio
 import heapq
 from datetime import datetime
 from typing import Any, AsyncIterator, Iterable, Sequence
@@ -206,18 +207,33 @@ class Storage(abc.ABC):
     async def iter_rows(self, table: Table, start: datetime, end: datetime, *,
                         exchanges: Sequence[str] | None = None, symbols: Sequence[str] | None = None,
                         chunk: int = 5000) -> AsyncIterator[list[tuple]]:
-        """Rows of [start, end) in key order, ``chunk`` at a time (keyset pagination)."""
-        after: tuple | None = None
+        """Rows of [start, end) in key order, ``chunk`` at a time (keyset pagination).
+
+        The next chunk is fetched while the caller works on the current one: at most two chunks
+        are in memory, whatever the length of the range.
+        """
         key_idx = table.key_index
-        while True:
-            rows = await self.rows(table, start, end, exchanges=exchanges, symbols=symbols, after=after, limit=chunk)
-            if not rows:
-                return
-            yield rows
-            if len(rows) < chunk:
-                return
-            last = rows[-1]
-            after = tuple(last[i] for i in key_idx)
+
+        def fetch(after: tuple | None) -> asyncio.Task:
+            return asyncio.ensure_future(self.rows(table, start, end, exchanges=exchanges, symbols=symbols,
+                                                   after=after, limit=chunk))
+
+        pending = fetch(None)
+        try:
+            while True:
+                rows = await pending
+                if len(rows) == chunk:
+                    pending = fetch(tuple(rows[-1][i] for i in key_idx))
+                if not rows:
+                    return
+                yield rows
+                if len(rows) < chunk:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+            elif not pending.cancelled():
+                pending.exception()  # retrieved: an abandoned prefetch's error is not an unhandled one
 
     async def iter_trades(self, start: datetime, end: datetime, **kw: Any) -> AsyncIterator[list[TradeEvent]]:
         async for rows in self.iter_rows(TRADES, start, end, **kw):

@@ -100,8 +100,7 @@ def trade_row(t: TradeEvent) -> tuple:
 
 
 def _trade_from_row(r: tuple) -> TradeEvent:
-    return TradeEvent(symbol=r[0], exchange=r[1], timestamp=r[2], price=r[3], size=r[4], side=r[5],
-                      trade_id=r[6], received_at=r[7])
+    return TradeEvent(*r)  # the row's columns are TradeEvent's fields, in order (hot path: replay)
 
 
 TRADES = Table(

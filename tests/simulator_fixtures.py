@@ -7,6 +7,7 @@ as a test helper (the production table lives in ``coby/exchanges.py``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -118,11 +119,16 @@ def make_ccxt_client(
     return ex
 
 
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05) -> None:
-    """Await ``check()`` until it returns True; AssertionError after ``timeout`` seconds."""
+async def poll(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Call ``check()`` (sync or async) until it is true; AssertionError after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not await check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)

@@ -211,8 +211,11 @@ class Market:
         rng = self._rng
         ts = self.clock()
         touched: dict[tuple[str, float], float] = {}  # (side, price) -> size before the step
+        traded: set[tuple[str, float]] = set()  # levels trades hit: nothing else edits them this step
 
         def change(side: str, price: float, size: float) -> None:
+            if (side, price) in traded:
+                return
             book = self._side(side)[0]
             touched.setdefault((side, price), book.get(price, 0.0))
             self._set(side, price, size)
@@ -224,7 +227,9 @@ class Market:
         if rng.random() < 0.3 + 0.3 * abs(lean):
             taker = "buy" if rng.random() < 0.5 + 0.45 * lean else "sell"
             for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 3)):
-                trades.append(self._take(taker, ts, change))
+                trade = self._take(taker, ts, change)
+                trades.append(trade)
+                traded.add(("ask" if taker == "buy" else "bid", trade.price))
 
         for _ in range(rng.randint(2, 6)):
             self._random_change(lean, change)

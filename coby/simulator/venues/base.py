@@ -17,7 +17,8 @@ How to write a venue (``coby/simulator/venues/<name>.py``)
    with ``conn.send(...)`` / ``conn.send_json(...)`` and call
    ``self.subscribe(conn, topic)`` in the same synchronous stretch (no ``await`` in
    between), so no delta can slip between the snapshot and the subscription. A
-   topic is any hashable, e.g. ``("book", "BTC-USDT")``. ``on_open(conn)`` can send
+   topic is any hashable; make it a tuple holding the canonical symbol, e.g.
+   ``("book", "BTC-USDT")``, so that faults armed without a symbol find it. ``on_open(conn)`` can send
    a welcome frame. Per-connection protocol state goes in ``conn.state`` (a dict).
 4. ``on_update(symbol, update)`` is called for every market update (a
    :class:`~coby.simulator.market.MarketUpdate`: level changes with final sizes,
@@ -254,6 +255,14 @@ class Venue:
     def subscribers(self, topic: Hashable) -> set[Connection]:
         return self._subs.get(topic, set())
 
+    def watched(self, symbol: str) -> bool:
+        """Whether any connection subscribes to a topic naming ``symbol`` (faults armed without a
+        symbol wait for a watched one). Topics that are not tuples count as watching everything."""
+        for topic, subs in self._subs.items():
+            if subs and (not isinstance(topic, tuple) or symbol in topic):
+                return True
+        return False
+
     def _forget(self, conn: Connection) -> None:
         for topic in conn.topics:
             self._subs.get(topic, set()).discard(conn)
@@ -281,7 +290,12 @@ class Venue:
 
     def publish(self, symbol: str, update: MarketUpdate) -> None:
         """Called by the Simulator for every update: applies one-shot faults, then on_update."""
-        if update.has_book and "gap" in self.extra_faults and self.faults.take("gap", symbol):
+        if (
+            update.has_book
+            and "gap" in self.extra_faults
+            and self.watched(symbol)
+            and self.faults.take("gap", symbol)
+        ):
             log.info("sim_fault_gap", venue=self.name, symbol=symbol, skipped_seq=update.seq)
             self.on_gap(symbol, update)
             update = MarketUpdate(bids=[], asks=[], trades=update.trades, seq=update.seq, ts_ms=update.ts_ms)

@@ -88,6 +88,26 @@ def _redis_url(v: str | None) -> str | None:
     return "must start with redis://, rediss:// or unix://"
 
 
+def _exchange_urls(v: dict[str, str]) -> str | None:
+    for k, url in v.items():
+        if k != "*" and k not in EXCHANGES:
+            return f"unknown exchange {k!r}; use a venue name or '*'"
+        if not str(url).startswith(("http://", "https://")):
+            return f"URL for {k!r} must start with http:// or https://"
+    return None
+
+
+def _symbol_map(v: dict[str, dict[str, str]]) -> str | None:
+    from coby.symbols import check_symbol_map  # coby.symbols imports nothing of coby's settings
+
+    return check_symbol_map(v)
+
+
+def _origins(v: tuple[str, ...]) -> str | None:
+    bad = [o for o in v if o != "*" and (not o.startswith(("http://", "https://")) or o.endswith("/"))]
+    return f"bad origin(s) {', '.join(bad)}: use scheme://host[:port] or *" if bad else None
+
+
 def _choice(*allowed: str) -> Callable[[str], str | None]:
     return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
 
@@ -132,6 +152,11 @@ class Settings:
                                              "canonical symbol), in quote currency.", (), _bucket_sizes)
     default_bucket_size: float = setting(1.0, "Bucket width for symbols not in bucket_sizes.",
                                          ("COBY_DEFAULT_BUCKET_SIZE",), _positive)
+    aggregate_interval: float = setting(0.5, "Seconds between aggregation ticks (buckets, heatmap, imbalance, "
+                                        "consolidated book over all venues at once).", ("COBY_AGGREGATE_INTERVAL",),
+                                        _positive)
+    heatmap_interval: float = setting(5.0, "Seconds between heatmaps stored in heatmap_data.",
+                                      ("COBY_HEATMAP_INTERVAL",), _positive)
     # --- connectors --------------------------------------------------------------------------
     max_connections_per_exchange: int = setting(5, "Upper bound on concurrent connections per venue.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
@@ -152,11 +177,53 @@ class Settings:
     simulate: bool = setting(False, "Start the exchange simulator in-process and point every venue at it.",
                              ("COBY_SIMULATE",))
     simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), _port)
+    exchange_urls: dict[str, str] = setting({}, "Base URL per venue (key '*': every venue) of a server speaking the "
+                                            "venues' protocols, e.g. {\"*\": \"http://127.0.0.1:8765\"}; each venue's "
+                                            "endpoints become BASE/<venue>/... (the simulator's layout). With simulate, "
+                                            "'*' defaults to http://127.0.0.1:<simulator_port>. Markets are then preset.",
+                                            ("COBY_EXCHANGE_URLS",), _exchange_urls)
+    symbol_map: dict[str, dict[str, str]] = setting({}, "Per-venue market for a canonical symbol, overriding "
+                                                    "BASE/QUOTE, e.g. {coinbase = {\"BTC-USDT\" = \"BTC/USD\"}}; "
+                                                    "'SYMBOL|ID' also fixes the venue id. Env: "
+                                                    "venue:CANONICAL=SYMBOL,... See docs/symbols.md.",
+                                                    ("COBY_SYMBOL_MAP",), _symbol_map)
+    connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "
+                                     "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), _positive)
+    trade_stale_after: float = setting(120.0, "Seconds without a trade before the watchdog recreates a trade feed "
+                                       "(0: never). Skipped while the same connection's book is fresh: a quiet "
+                                       "market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",), _non_negative)
+    markets_ttl: float = setting(86400.0, "Seconds the on-disk market cache (data_dir/markets) is used before a "
+                                 "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), _positive)
+    max_future_skew: float = setting(5.0, "Validation: reject items stamped more than this many seconds in the "
+                                     "future.", ("COBY_MAX_FUTURE_SKEW",), _positive)
+    max_data_age: float = setting(3600.0, "Validation: reject items stamped more than this many seconds in the past.",
+                                  ("COBY_MAX_DATA_AGE",), _positive)
+    trade_id_memory: int = setting(10000, "Recent trade ids remembered per (venue, symbol) to reject duplicates.",
+                                   ("COBY_TRADE_ID_MEMORY",), _positive)
+    reject_log_interval: float = setting(10.0, "Seconds between two log lines about rejected items of one venue and "
+                                         "reason (the others are counted).", ("COBY_REJECT_LOG_INTERVAL",), _positive)
     # --- API ---------------------------------------------------------------------------------
     api_host: str = setting("127.0.0.1", "Address the HTTP API binds to.", ("API_HOST",))
     api_port: int = setting(8080, "Port of the HTTP API.", ("API_PORT",), _port)
     api_token: str | None = setting(None, "Bearer token required on every route but /health when set.",
                                     ("COBY_API_TOKEN",), secret=True)
+    api_cors_origins: tuple[str, ...] = setting((), "Browser origins allowed to call the API (CORS) and to open "
+                                                "/ws, e.g. https://desk.example; '*' for any. Empty: none but the "
+                                                "API's own origin.", ("COBY_API_CORS_ORIGINS",), _origins)
+    api_max_range_days: float = setting(7.0, "Longest time range (end - start) one history request may ask for, days.",
+                                        ("COBY_API_MAX_RANGE_DAYS",), _positive)
+    api_max_page: int = setting(1000, "Largest page (limit) of a history request.", ("COBY_API_MAX_PAGE",), _positive)
+    ws_max_subscriptions: int = setting(100, "Channels one WebSocket connection may subscribe to.",
+                                        ("COBY_WS_MAX_SUBSCRIPTIONS",), _positive)
+    ws_max_connections_per_ip: int = setting(50, "WebSocket connections allowed at once from one client address.",
+                                             ("COBY_WS_MAX_CONNECTIONS_PER_IP",), _positive)
+    ws_queue_size: int = setting(2000, "Messages of queued channels (trades, ohlcv) one WebSocket client may fall "
+                                 "behind; one more and it is told why and disconnected (close code 4008). Book-like "
+                                 "channels coalesce to the latest state instead.", ("COBY_WS_QUEUE_SIZE",), _positive)
+    ws_heartbeat: float = setting(30.0, "Seconds between WebSocket pings; a client that misses the pong is dropped.",
+                                  ("COBY_WS_HEARTBEAT",), _positive)
+    ws_close_timeout: float = setting(5.0, "Seconds a disconnected slow client has to take its error and close frame "
+                                      "before the connection is aborted.", ("COBY_WS_CLOSE_TIMEOUT",), _positive)
     # --- operations --------------------------------------------------------------------------
     log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)
     shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",
@@ -330,6 +397,8 @@ def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
             elif f.name == "symbols":
                 items = [i.upper().replace("/", "-") for i in items]
             return tuple(dict.fromkeys(items))
+        if origin is dict and args[1] is not float:  # dict[str, str] / dict[str, dict[str, str]]
+            return _parse_str_table(value, nested=typing.get_origin(args[1]) is dict)
         if origin is dict:
             if isinstance(value, str):  # "BTC=10,ETH=1"
                 pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
@@ -342,6 +411,33 @@ def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting {f.name}={value!r} from {source}: {e}") from None
     raise ConfigError(f"setting {f.name}: unsupported type {hint!r}")  # pragma: no cover - programming error
+
+
+def _parse_str_table(value: Any, nested: bool) -> dict[str, Any]:
+    """``KEY=VALUE,...`` (nested: ``OUTER:KEY=VALUE,...``) or a TOML table -> dict of strings."""
+    if isinstance(value, str):
+        out: dict[str, Any] = {}
+        for item in (p.strip() for p in value.split(",")):
+            if not item:
+                continue
+            key, eq, val = item.partition("=")
+            if not eq:
+                raise ValueError("expected KEY=VALUE pairs separated by commas")
+            if nested:
+                outer, colon, key = key.partition(":")
+                if not colon:
+                    raise ValueError("expected VENUE:KEY=VALUE pairs separated by commas")
+                out.setdefault(outer.strip(), {})[key.strip()] = val.strip()
+            else:
+                out[key.strip()] = val.strip()
+        return out
+    if not isinstance(value, dict):
+        raise ValueError("expected a table")
+    if nested:
+        if not all(isinstance(v, dict) for v in value.values()):
+            raise ValueError("expected a table of tables")
+        return {str(k): {str(kk): str(vv) for kk, vv in v.items()} for k, v in value.items()}
+    return {str(k): str(v) for k, v in value.items()}
 
 
 _HINTS = typing.get_type_hints(Settings)

@@ -1,0 +1,549 @@
+"""Exchange connectors: ccxt.pro ``watch_order_book`` / ``watch_trades`` loops that do not stall silently.
+
+One :class:`ExchangeConnector` per venue. Each subscribed (symbol, book|trades) is
+a *stream*: a task looping on one ccxt watch, normalising what it returns
+(:mod:`coby.normalize`) and emitting it to the callbacks. Streams of a symbol
+share a *feed*: one ccxt client (its connections), so recovering one symbol never
+touches the others; up to ``max_connections_per_exchange`` feeds per venue, then
+symbols share them.
+
+Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
+:mod:`coby.venues`):
+
+* every ccxt exception is translated once (:func:`translate_ccxt_error`);
+* a failed stream backs off (exponential, jitter, reset on success) and then
+  re-watches (binance/okx, where ccxt resyncs itself) or recycles its feed - closes
+  the ccxt client and builds a new one (every other venue, and every stall);
+* the venue's circuit breaker opens after ``circuit_failures`` consecutive
+  failures (a recycled feed counts once): feeds are closed, and after
+  ``circuit_cooldown`` one stream probes;
+* the staleness watchdog recycles a feed whose book has not changed for
+  ``stale_after`` seconds (``connect_timeout`` for the first book);
+* a frame guard on every ccxt connection catches what ccxt lets escape its
+  receive loop (which would otherwise die and hang the watch): unparseable frames
+  are dropped and counted as ``malformed``, handler errors force a resync, and the
+  venue's sequence check (:data:`coby.venues.VENUES`) flags gaps ccxt ignores.
+
+Every gap is explicit: ``ConnectionEvent`` connected / disconnected / stale /
+resynced per stream, circuit_open / circuit_closed per venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import random
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import ccxt
+import structlog
+
+from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, RateLimited, StaleFeed,
+                         TemporaryExchangeError)
+from coby.markets import MarketCatalog
+from coby.metrics import BOOK_AGE, CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS, STALLS
+from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
+                         OrderBookSnapshot, utcnow)
+from datetime import datetime
+from coby.normalize import DataProcessor
+from coby.resilience import Backoff, CircuitBreaker, CircuitState
+from coby.symbols import SymbolMap, split_canonical
+from coby.venues import VENUES, build_client, override_base
+
+log = structlog.get_logger("coby.exchanges")
+
+Callback = Callable[[Any], Any]
+BOOK, TRADES = "book", "trades"
+
+_PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,
+              ccxt.BadRequest, ccxt.InvalidProxySettings)
+# Exceptions raised while decoding a frame (before any handler saw it): drop the frame.
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (json.JSONDecodeError, UnicodeDecodeError, zlib.error, EOFError,
+                                                  OSError)
+try:
+    from google.protobuf.message import DecodeError as _ProtoDecodeError
+
+    _PARSE_ERRORS += (_ProtoDecodeError,)
+except ImportError:  # pragma: no cover - protobuf is a dependency
+    pass
+
+
+def translate_ccxt_error(exchange: str, exc: BaseException) -> ExchangeError:
+    """The one translation of ccxt's (and the transport's) exceptions into coby's."""
+    if isinstance(exc, ExchangeError):
+        return exc
+    if isinstance(exc, (ccxt.ChecksumError, ccxt.InvalidNonce)):
+        cls: type[ExchangeError] = BookOutOfSync
+    elif isinstance(exc, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
+        cls = RateLimited
+    elif isinstance(exc, _PERMANENT):
+        cls = PermanentExchangeError
+    else:  # NetworkError, RequestTimeout, ExchangeNotAvailable, other ccxt errors, OSError, timeouts, bugs
+        cls = TemporaryExchangeError
+    err = cls(exchange, f"{type(exc).__name__}: {exc}"[:300])
+    err.__cause__ = exc
+    return err
+
+
+def _local_resync(exchange: str, detail: str) -> BookOutOfSync:
+    """A resync coby decided on (ccxt does not know its book is wrong): always recycle the client."""
+    err = BookOutOfSync(exchange, detail)
+    err.local = True  # type: ignore[attr-defined]
+    return err
+
+
+class _Feed:
+    """One ccxt client serving some symbols of a venue. ``gen`` counts its clients."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.client: Any = None
+        self.gen = 0
+        self.markets: dict[str, dict[str, Any]] = {}
+        self.symbol_by_id: dict[str, str] = {}
+        self.streams: list[_Stream] = []
+        self.gap_state: dict[Any, Any] = {}
+        self.bad_books: set[str | None] = set()
+
+
+class _Stream:
+    """One watch loop: the book or the trades of one symbol."""
+
+    def __init__(self, kind: str, symbol: str, unified: str, feed: _Feed, backoff: Backoff, now: float) -> None:
+        self.kind, self.symbol, self.unified, self.feed, self.backoff = kind, symbol, unified, feed, backoff
+        self.task: asyncio.Task[None] | None = None
+        self.gen = -1
+        self.watching = False  # awaiting ccxt (the only state the watchdog interrupts)
+        self.attempt_at = now
+        self.last_progress = float("-inf")
+        self.live = False  # delivered since the last (re)connect
+        self.ever = False  # delivered at least once
+        self.cause: ExchangeError | None = None  # why the current gap started
+        self.interrupt: ExchangeError | None = None
+        self.failed: str | None = None  # permanent error: the stream stopped
+        self.last_key: tuple[Any, Any] = (None, None)
+        self.latest: OrderBookSnapshot | None = None
+
+
+class ExchangeConnector:
+    """The design's ExchangeConnector for one venue, on unmodified ccxt.pro."""
+
+    def __init__(self, exchange: str, settings: Any, on_event: Callback | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 processor: DataProcessor | None = None, symbol_map: SymbolMap | None = None,
+                 catalog: MarketCatalog | None = None, client_factory: Callable[..., Any] = build_client,
+                 rng: random.Random | None = None) -> None:
+        if exchange not in VENUES:
+            raise PermanentExchangeError(exchange, "unknown exchange")
+        self.exchange = exchange
+        self.settings = settings
+        self.venue = VENUES[exchange]
+        self._clock, self._sleep, self._factory = clock, sleep, client_factory
+        self._rng = rng or random.Random()
+        self.processor = processor or DataProcessor.from_settings(settings)
+        self.symbol_map = symbol_map or SymbolMap(settings.symbol_map)
+        self.catalog = catalog or MarketCatalog(exchange, settings, self.symbol_map)
+        self._base_url = override_base(settings, exchange)
+        self._breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
+        self._book_limit = self.venue.book_limit(settings.book_depth)
+        self._callbacks: list[tuple[Callback, bool]] = []
+        if on_event is not None:
+            self.add_data_callback(on_event)
+        self._feeds: list[_Feed] = []
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connected = self._stopped = False
+        self._messages = self._reconnects = 0
+        self._error: str | None = None
+        self._callback_log = [float("-inf"), 0]  # last logged at, suppressed since
+        self._counters = {BOOK: MESSAGES.labels(exchange, "book"), TRADES: MESSAGES.labels(exchange, "trade")}
+        self._log = log.bind(exchange=exchange)
+
+    # ------------------------------------------------------------ interface
+
+    def add_data_callback(self, callback: Callback) -> None:
+        """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable)."""
+        self._callbacks.append((callback, inspect.iscoroutinefunction(callback)))
+
+    async def connect(self) -> bool:
+        """Start the venue's watchdog (and a market refresh if the cache is old); streams connect lazily."""
+        if self._stopped:
+            return False
+        if not self._connected:
+            self._connected = True
+            self._spawn(self._watchdog(), "watchdog")
+            if self.catalog.needs_refresh(self.settings.symbols):
+                self._spawn(self.catalog.refresh(), "markets")
+            self._log.info("connector_started", base_url=self._base_url, markets=self.catalog.source)
+        return True
+
+    async def subscribe_orderbook(self, symbol: str) -> None:
+        await self._subscribe(BOOK, symbol)
+
+    async def subscribe_trades(self, symbol: str) -> None:
+        await self._subscribe(TRADES, symbol)
+
+    async def disconnect(self) -> None:
+        """Cancel and await every task, close every ccxt client. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for st in self._streams.values():
+            if st.live:
+                st.live = False
+                await self._event(ConnectionEventKind.DISCONNECTED, st.symbol, f"{st.kind}: stopped")
+        clients = [f.client for f in self._feeds if f.client is not None]
+        for f in self._feeds:
+            f.client = None
+        await asyncio.gather(*(self._close_client(c) for c in clients), return_exceptions=True)
+        CIRCUIT_OPEN.labels(self.exchange).set(0)
+        self._log.info("connector_stopped")
+
+    def get_connection_status(self) -> ConnectionStatus:
+        streams = [s for s in self._streams.values() if s.failed is None]
+        if self._stopped:
+            state = ConnectionState.STOPPED
+        elif self._breaker.state is not CircuitState.CLOSED:
+            state = ConnectionState.CIRCUIT_OPEN
+        elif streams and all(s.live for s in streams):
+            state = ConnectionState.CONNECTED
+        elif any(isinstance(s.cause, StaleFeed) and not s.live for s in streams):
+            state = ConnectionState.STALE
+        elif streams and not any(s.ever for s in streams):
+            state = ConnectionState.CONNECTING
+        else:
+            state = ConnectionState.DISCONNECTED
+        last = max((s.last_progress for s in self._streams.values()), default=float("-inf"))
+        last_at = None if last == float("-inf") else \
+            datetime.fromtimestamp(time.time() - (self._clock() - last), UTC)
+        return ConnectionStatus(self.exchange, state, last_at, self._messages, self._reconnects,
+                                self.processor.reject_counts(self.exchange), self._breaker.state.value, self._error)
+
+    def latest_book(self, symbol: str) -> OrderBookSnapshot | None:
+        """The last valid book emitted for ``symbol`` (None before the first)."""
+        st = self._streams.get((BOOK, symbol))
+        return st.latest if st else None
+
+    # ------------------------------------------------------------- streams
+
+    async def _subscribe(self, kind: str, symbol: str) -> None:
+        if self._stopped:
+            raise PermanentExchangeError(self.exchange, "connector is stopped")
+        split_canonical(symbol)
+        if (kind, symbol) in self._streams:
+            return
+        await self.connect()
+        feed = self._feed_for(symbol)
+        st = _Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
+                     Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
+        feed.streams.append(st)
+        self._streams[(kind, symbol)] = st
+        st.task = self._spawn(self._run(st), f"{kind}-{symbol}")
+
+    def _feed_for(self, symbol: str) -> _Feed:
+        for feed in self._feeds:
+            if any(s.symbol == symbol for s in feed.streams):
+                return feed
+        if len(self._feeds) < self.settings.max_connections_per_exchange:
+            feed = _Feed(len(self._feeds))
+            self._feeds.append(feed)
+        else:
+            feed = min(self._feeds, key=lambda f: len({s.symbol for s in f.streams}))
+        market = self.catalog.market(symbol)
+        feed.markets.update(self.catalog.markets_for([symbol]))
+        feed.symbol_by_id[market.id] = symbol
+        if feed.client is not None:  # a live client learns the new market
+            feed.client.set_markets(list(feed.markets.values()))
+        return feed
+
+    async def _run(self, st: _Stream) -> None:
+        with structlog.contextvars.bound_contextvars(exchange=self.exchange, symbol=st.symbol, stream=st.kind):
+            while True:
+                await self._gate(st)
+                feed = st.feed
+                client = self._client(feed)
+                st.gen, st.attempt_at, st.interrupt = feed.gen, self._clock(), None
+                try:
+                    if st.kind == BOOK:
+                        await self._books(st, client)
+                    else:
+                        await self._trades(st, client)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if st.interrupt is not None and task is not None and task.cancelling():
+                        task.uncancel()  # the watchdog / a recycle interrupted us: a failure, not a stop
+                        err: ExchangeError = st.interrupt
+                        if task.cancelling():
+                            raise
+                    elif task is None or task.cancelling():
+                        raise
+                    else:  # ccxt cancelled the future under us (its client was closed)
+                        err = TemporaryExchangeError(self.exchange, "connection closed")
+                except Exception as exc:  # noqa: BLE001 - every failure goes through the policy
+                    err = translate_ccxt_error(self.exchange, exc)
+                finally:
+                    st.watching = False
+                if not await self._failed(st, err):
+                    return
+                await self._sleep(st.backoff.next_delay())
+
+    async def _books(self, st: _Stream, ex: Any) -> None:
+        watch, process = ex.watch_order_book, self.processor.process_orderbook
+        unified, limit, depth, feed = st.unified, self._book_limit, self.settings.book_depth, st.feed
+        breaker, counter = self._breaker, self._counters[BOOK]
+        while True:
+            st.watching = True
+            raw = await watch(unified, limit)
+            st.watching = False
+            if feed.bad_books and (st.symbol in feed.bad_books or None in feed.bad_books):
+                raise _local_resync(self.exchange, "sequence gap detected by coby")
+            key = (raw.get("nonce"), raw.get("timestamp"))
+            if key == st.last_key and key != (None, None):
+                continue  # resolved without a change (e.g. a skipped frame): not progress
+            st.last_key = key
+            book = process(raw, self.exchange, st.symbol, depth)
+            if book is None:
+                continue  # rejected (crossed, ...): not progress; the watchdog resyncs if it persists
+            st.latest = book
+            self._messages += 1
+            if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
+                await self._delivered(st)
+            counter.inc()
+            await self._emit(book)
+            st.last_progress = self._clock()
+
+    async def _trades(self, st: _Stream, ex: Any) -> None:
+        watch, process, unified = ex.watch_trades, self.processor.process_trades, st.unified
+        breaker, counter = self._breaker, self._counters[TRADES]
+        while True:
+            st.watching = True
+            raws = await watch(unified)
+            st.watching = False
+            trades = process(raws, self.exchange, st.symbol)
+            self._messages += len(trades)
+            if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
+                await self._delivered(st)
+            for trade in trades:
+                counter.inc()
+                await self._emit(trade)
+            st.last_progress = self._clock()
+
+    async def _delivered(self, st: _Stream) -> None:
+        """Bookkeeping of a stream that got data: success for the breaker, events after a gap."""
+        breaker = self._breaker
+        if breaker.failures or breaker.state is not CircuitState.CLOSED:
+            if breaker.record_success(st) is CircuitState.CLOSED:
+                CIRCUIT_OPEN.labels(self.exchange).set(0)
+                await self._event(ConnectionEventKind.CIRCUIT_CLOSED, None, "probe succeeded")
+        if st.live:
+            return
+        st.live = True
+        st.backoff.reset()
+        if not st.ever:
+            st.ever = True
+            await self._event(ConnectionEventKind.CONNECTED, st.symbol, st.kind)
+        else:
+            self._reconnects += 1
+            RECONNECTS.labels(self.exchange).inc()
+            if st.kind == BOOK and isinstance(st.cause, (BookOutOfSync, StaleFeed)):
+                RESYNCS.labels(self.exchange).inc()
+            await self._event(ConnectionEventKind.RESYNCED, st.symbol, f"{st.kind} after {st.cause}")
+        st.cause = None
+
+    async def _failed(self, st: _Stream, err: ExchangeError) -> bool:
+        """Apply the failure policy; False if the stream must stop (permanent error)."""
+        feed, own_incident = st.feed, st.gen == st.feed.gen
+        self._error = str(err)
+        if st.live:
+            st.live = False
+            st.cause = err
+            await self._event(ConnectionEventKind.DISCONNECTED, st.symbol, f"{st.kind}: {err}")
+        elif st.cause is None:
+            st.cause = err
+        if isinstance(err, PermanentExchangeError):
+            st.failed = str(err)
+            self._log.error("stream_failed_permanently", stream=st.kind, symbol=st.symbol, error=str(err))
+            return False
+        self._log.info("stream_failed", stream=st.kind, symbol=st.symbol, error=str(err), own=own_incident)
+        if own_incident:
+            local = getattr(err, "local", False)
+            rewatch = (self.venue.book_recovery == "rewatch" and not local and not isinstance(err, StaleFeed)) or \
+                (st.kind == TRADES and self.venue.trades_own_connection and not isinstance(err, StaleFeed))
+            if not rewatch:
+                self._recycle(feed, err)
+            await self._record_failure(st)
+        return True
+
+    async def _record_failure(self, st: _Stream) -> None:
+        if self._breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
+            CIRCUIT_OPEN.labels(self.exchange).set(1)
+            self._log.warning("circuit_open", failures=self._breaker.threshold, cooldown=self._breaker.cooldown)
+            for feed in self._feeds:
+                self._recycle(feed, TemporaryExchangeError(self.exchange, "circuit open"))
+            await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, self._error or "")
+
+    async def _gate(self, st: _Stream) -> None:
+        """Wait while the venue's circuit is open (the half-open probe goes through)."""
+        while True:
+            wait = self._breaker.wait_time(self._clock(), st)
+            if wait <= 0:
+                return
+            await self._sleep(min(wait, 1.0))
+
+    # ---------------------------------------------------------------- feeds
+
+    def _client(self, feed: _Feed) -> Any:
+        if feed.client is None:
+            feed.client = self._factory(self.exchange, feed.markets, self._base_url)
+            feed.gap_state, feed.bad_books = {}, set()
+            self._guard(feed.client, feed, feed.gen)
+        return feed.client
+
+    def _recycle(self, feed: _Feed, err: ExchangeError) -> None:
+        """Drop the feed's ccxt client (closed in the background) and interrupt its streams."""
+        feed.gen += 1
+        old, feed.client = feed.client, None
+        if old is not None:
+            self._spawn(self._close_client(old), "close-client")
+        current = asyncio.current_task()
+        for st in feed.streams:
+            if st.watching and st.task is not None and st.task is not current and not st.task.done():
+                st.interrupt = err
+                st.task.cancel()
+
+    async def _close_client(self, client: Any) -> None:
+        try:
+            await asyncio.wait_for(client.close(), 10.0)
+        except Exception as exc:  # noqa: BLE001 - a client that fails to close is dropped anyway
+            self._log.debug("client_close_failed", error=repr(exc))
+
+    def _guard(self, ex: Any, feed: _Feed, gen: int) -> None:
+        """Wrap every ccxt connection's frame handler, and the venue's sequence check."""
+        make_client = ex.client
+
+        def client(url: str) -> Any:
+            c = make_client(url)
+            if not getattr(c, "_coby_guarded", False):
+                c._coby_guarded = True
+                handle = c.handle_message
+
+                def guarded(message: Any) -> None:
+                    try:
+                        handle(message)
+                    except Exception as exc:  # noqa: BLE001 - must not escape: it kills ccxt's receive loop
+                        self._frame_failed(feed, gen, c, exc)
+
+                c.handle_message = guarded
+            return c
+
+        ex.client = client
+        if self.venue.gap_check is not None:
+            name, check = self.venue.gap_check
+            inner, state = getattr(ex, name), feed.gap_state
+
+            def checked(ws: Any, message: Any) -> Any:
+                hit = check(state, ws, message)
+                if hit is not None and feed.gen == gen:
+                    mid, detail = hit
+                    feed.bad_books.add(feed.symbol_by_id.get(mid) if mid is not None else None)
+                    self._log.warning("sequence_gap", market=mid, detail=detail)
+                return inner(ws, message)
+
+            setattr(ex, name, checked)
+
+    def _frame_failed(self, feed: _Feed, gen: int, ws: Any, exc: Exception) -> None:
+        if feed.gen != gen:
+            return
+        if isinstance(exc, _PARSE_ERRORS) and not isinstance(exc, ccxt.BaseError):
+            self.processor.reject(self.exchange, None, "malformed", f"unparseable frame: {exc!r}")
+            if self.venue.sequenced:
+                return  # dropped; the venue's sequence numbers or checksum catch a lost book update
+            err: ExchangeError = _local_resync(self.exchange, "unparseable frame on a feed without sequence numbers")
+        elif isinstance(exc, ccxt.BaseError):
+            err = translate_ccxt_error(self.exchange, exc)
+            if isinstance(err, BookOutOfSync):
+                err = _local_resync(self.exchange, f"ccxt handler raised {err}")
+        else:
+            self.processor.reject(self.exchange, None, "malformed", f"handler failed: {exc!r}")
+            err = _local_resync(self.exchange, f"handler failed on a frame: {exc!r}"[:300])
+        ws.reject(err)  # wakes every watcher of this connection into the failure policy
+
+    # -------------------------------------------------------------- watchdog
+
+    async def _watchdog(self) -> None:
+        s = self.settings
+        every = max(0.05, min(s.stale_after / 4.0, 1.0))
+        while True:
+            await self._sleep(every)
+            try:
+                await self._check_stale(self._clock())
+            except Exception as exc:  # noqa: BLE001 - the watchdog never dies
+                self._log.error("watchdog_error", error=repr(exc))
+
+    async def _check_stale(self, now: float) -> None:
+        s = self.settings
+        for st in list(self._streams.values()):
+            if st.kind == BOOK:
+                age = now - st.last_progress if st.last_progress > float("-inf") else 0.0
+                BOOK_AGE.labels(self.exchange, st.symbol).set(age)
+            if not st.watching or st.gen != st.feed.gen:
+                continue
+            if st.kind == BOOK:
+                limit = s.stale_after if st.live else max(s.stale_after, s.connect_timeout)
+            else:
+                if not s.trade_stale_after:
+                    continue
+                limit = s.trade_stale_after if st.live else max(s.trade_stale_after, s.connect_timeout)
+                book = self._streams.get((BOOK, st.symbol))
+                if not self.venue.trades_own_connection and book is not None and book.live and \
+                        now - book.last_progress < s.stale_after:
+                    continue  # same connection delivers books: a quiet market, not a dead feed
+            quiet = now - max(st.last_progress, st.attempt_at)
+            if quiet <= limit:
+                continue
+            err = StaleFeed(self.exchange, f"{st.kind} {st.symbol}: nothing for {quiet:.1f}s")
+            STALLS.labels(self.exchange).inc()
+            self._log.warning("feed_stale", stream=st.kind, symbol=st.symbol, quiet=round(quiet, 2), live=st.live)
+            if st.live:
+                st.live, st.cause = False, err
+                await self._event(ConnectionEventKind.STALE, st.symbol, f"{st.kind}: {err}")
+            if st.gen == st.feed.gen:
+                self._recycle(st.feed, err)
+                await self._record_failure(st)
+
+    # ---------------------------------------------------------------- output
+
+    async def _emit(self, item: Any) -> None:
+        for callback, is_async in self._callbacks:
+            try:
+                result = callback(item)
+                if is_async or (result is not None and hasattr(result, "__await__")):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a consumer's bug never kills the feed
+                state, now = self._callback_log, time.monotonic()
+                if now - state[0] >= self.settings.reject_log_interval:
+                    self._log.error("callback_failed", callback=repr(callback)[:120], error=repr(exc)[:300],
+                                    item=type(item).__name__, suppressed=state[1])
+                    state[0], state[1] = now, 0
+                else:
+                    state[1] += 1
+
+    async def _event(self, kind: ConnectionEventKind, symbol: str | None, detail: str) -> None:
+        await self._emit(ConnectionEvent(self.exchange, symbol, utcnow(), kind.value, detail[:500]))
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"coby-{self.exchange}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

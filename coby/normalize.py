@@ -1,0 +1,351 @@
+"""ccxt structures -> coby's models, and the one place incoming data is validated.
+
+:class:`DataProcessor` turns a ccxt order book (``{'bids': [[price, size], ...],
+'asks': ..., 'timestamp': ms, 'nonce': n}``) into an :class:`OrderBookSnapshot` and
+a ccxt trade (``{'id', 'timestamp', 'price', 'amount', 'side', 'info'}``) into a
+:class:`TradeEvent`, then checks them:
+
+==================  ===============================================================
+reason              rejected when
+==================  ===============================================================
+schema              a field is missing or of the wrong type (price None, side 'x')
+range               a price or size is not a positive finite number
+empty_book          a side of the book has no level
+future_timestamp    the venue's time is ahead of ours by more than ``max_future_skew``
+old_timestamp       the venue's time is behind ours by more than ``max_age``
+crossed_book        best bid > best ask
+locked_book         best bid == best ask
+duplicate_trade     a trade id already seen recently for the (exchange, symbol)
+malformed           (counted for the connectors) a frame that could not be parsed
+==================  ===============================================================
+
+A rejected item is counted in ``coby_rejects_total{exchange,reason}``, logged at
+most once per ``reject_log_interval`` per (exchange, reason) with the number
+suppressed meanwhile, and never returned to the caller.
+
+Hot path: a ccxt book can hold 1000 levels per side and is mutated in place; only
+the top ``depth`` levels are converted, and a level whose (price, size) is
+unchanged since the previous snapshot of the same book reuses its (immutable)
+:class:`PriceLevel`, so an update that moves one level costs one new object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from operator import attrgetter
+from typing import Any
+
+import structlog
+
+from coby.errors import ValidationError
+from coby.metrics import REJECTS
+from coby.models import OrderBookMetrics, OrderBookSnapshot, PriceLevel, TradeEvent, UTC, to_ms
+
+log = structlog.get_logger("coby.normalize")
+
+REASONS: tuple[str, ...] = (
+    "schema", "range", "empty_book", "future_timestamp", "old_timestamp", "crossed_book", "locked_book",
+    "duplicate_trade", "malformed",
+)
+_INF = float("inf")
+_SIDES = frozenset(("buy", "sell"))
+_size = attrgetter("size")
+_fromtimestamp = datetime.fromtimestamp
+
+# Venues whose ccxt trade ``id`` is not the venue's trade id: take it from the raw payload.
+# htx's 24-digit ``id`` does not survive JSON parsing as an integer (distinct trades
+# collide); ``tradeId`` is the real, small, unique id.
+INFO_TRADE_ID: dict[str, str] = {"htx": "tradeId"}
+
+
+class _RecentIds:
+    """The last ``size`` ids seen, with O(1) membership."""
+
+    __slots__ = ("_seen", "_order", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._seen: set[str] = set()
+        self._order: deque[str] = deque()
+        self._size = size
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False if it was already there."""
+        if key in self._seen:
+            return False
+        if len(self._order) >= self._size:
+            self._seen.discard(self._order.popleft())
+        self._order.append(key)
+        self._seen.add(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class DataProcessor:
+    """Normalises and validates venue data; one instance can serve every venue.
+
+    ``clock`` returns the wall time in seconds since the epoch (the timestamp
+    checks compare against it; tests pass a fake one).
+    """
+
+    def __init__(self, *, max_future_skew: float = 5.0, max_age: float = 3600.0, trade_id_memory: int = 10_000,
+                 reject_log_interval: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._skew_ms = max_future_skew * 1000.0
+        self._age_ms = max_age * 1000.0
+        self._id_memory = trade_id_memory
+        self._log_interval = reject_log_interval
+        self._level_cache: dict[tuple[str, str], tuple[dict[float, PriceLevel], dict[float, PriceLevel]]] = {}
+        self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
+        self._rejects: dict[str, dict[str, int]] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._log_state: dict[tuple[str, str], list[float]] = {}  # -> [last logged at, suppressed since]
+
+    @classmethod
+    def from_settings(cls, settings: Any, clock: Callable[[], float] = time.time) -> DataProcessor:
+        return cls(max_future_skew=settings.max_future_skew, max_age=settings.max_data_age,
+                   trade_id_memory=settings.trade_id_memory, reject_log_interval=settings.reject_log_interval,
+                   clock=clock)
+
+    # ------------------------------------------------------------------ books
+
+    def normalize_orderbook(self, raw: Mapping[str, Any], exchange: str, symbol: str,
+                            depth: int | None = None) -> OrderBookSnapshot:
+        """The top ``depth`` levels of a ccxt book as a snapshot (ValidationError: schema, range)."""
+        try:
+            raw_bids, raw_asks = raw["bids"], raw["asks"]
+            ts = raw.get("timestamp")
+            nonce = raw.get("nonce")
+        except (KeyError, TypeError, AttributeError):
+            raise ValidationError("schema", "book without bids/asks") from None
+        caches = self._level_cache.get((exchange, symbol))
+        if caches is None:
+            caches = self._level_cache[(exchange, symbol)] = ({}, {})
+        limit = depth if depth else 1 << 30
+        bids = _convert(raw_bids, limit, caches[0])
+        asks = _convert(raw_asks, limit, caches[1])
+        now = self._clock()
+        received = _fromtimestamp(now, UTC)
+        if ts is None:
+            timestamp = received
+        elif type(ts) is int or type(ts) is float:
+            timestamp = _fromtimestamp(ts / 1000.0, UTC)
+        else:
+            raise ValidationError("schema", f"book timestamp {ts!r}")
+        return OrderBookSnapshot(symbol, exchange, timestamp, bids, asks,
+                                 nonce if type(nonce) is int else None, received)
+
+    def process_orderbook(self, raw: Mapping[str, Any], exchange: str, symbol: str,
+                          depth: int | None = None) -> OrderBookSnapshot | None:
+        """Normalise and validate in one pass; None (counted, logged) if rejected. The connectors' path."""
+        try:
+            book = self.normalize_orderbook(raw, exchange, symbol, depth)
+            reason = self._book_reason(book, levels_checked=True)
+        except ValidationError as exc:
+            self.reject(exchange, symbol, exc.reason, str(exc))
+            return None
+        if reason is not None:
+            self.reject(exchange, symbol, reason[0], reason[1])
+            return None
+        return book
+
+    # ----------------------------------------------------------------- trades
+
+    def normalize_trade(self, raw: Mapping[str, Any], exchange: str, symbol: str,
+                        _occurrence: int = 0) -> TradeEvent:
+        """A ccxt trade as a TradeEvent (ValidationError: schema)."""
+        try:
+            price, amount, side, ts = raw["price"], raw["amount"], raw["side"], raw["timestamp"]
+            key = INFO_TRADE_ID.get(exchange)
+            trade_id = raw["info"].get(key) if key else raw.get("id")
+        except (KeyError, TypeError, AttributeError):
+            raise ValidationError("schema", "trade without price/amount/side/timestamp") from None
+        if not (type(price) is float or type(price) is int) or not (type(amount) is float or type(amount) is int):
+            raise ValidationError("schema", f"trade price/amount {price!r}/{amount!r}")
+        if side not in _SIDES:
+            raise ValidationError("schema", f"trade side {side!r}")
+        if not (type(ts) is int or type(ts) is float):
+            raise ValidationError("schema", f"trade timestamp {ts!r}")
+        if trade_id is None or trade_id == "":
+            # No venue id (mexc aggregated deals): a synthetic one from the content; the
+            # occurrence index keeps identical trades within one batch apart.
+            trade_id = f"{int(ts)}:{price!r}:{amount!r}:{side}:{_occurrence}"
+        elif type(trade_id) is not str:
+            trade_id = str(trade_id)
+        return TradeEvent(symbol, exchange, _fromtimestamp(ts / 1000.0, UTC), float(price), float(amount), side,
+                          trade_id, _fromtimestamp(self._clock(), UTC))
+
+    def process_trades(self, raws: Iterable[Mapping[str, Any]], exchange: str, symbol: str) -> list[TradeEvent]:
+        """Normalise and validate a batch (as ``watch_trades`` returns it); rejects are dropped."""
+        out: list[TradeEvent] = []
+        seen: dict[tuple[Any, ...], int] | None = None
+        for raw in raws:
+            occurrence = 0
+            if raw.get("id") is None:
+                seen = {} if seen is None else seen
+                k = (raw.get("timestamp"), raw.get("price"), raw.get("amount"), raw.get("side"))
+                occurrence = seen[k] = seen.get(k, -1) + 1
+            try:
+                trade = self.normalize_trade(raw, exchange, symbol, occurrence)
+            except ValidationError as exc:
+                self.reject(exchange, symbol, exc.reason, str(exc))
+                continue
+            if self.validate_data(trade):
+                out.append(trade)
+        return out
+
+    # ------------------------------------------------------------- validation
+
+    def validate_data(self, item: OrderBookSnapshot | TradeEvent) -> bool:
+        """Full checks of a snapshot or trade; False (counted, logged) if rejected.
+
+        A valid trade's id is remembered: validating the same trade again reports
+        it as a duplicate (that is how duplicates from the venue are caught).
+        """
+        if isinstance(item, OrderBookSnapshot):
+            reason = self._book_reason(item, levels_checked=False)
+        elif isinstance(item, TradeEvent):
+            reason = self._trade_reason(item)
+        else:
+            reason = ("schema", f"not a book or trade: {type(item).__name__}")
+            self.reject(getattr(item, "exchange", "unknown"), getattr(item, "symbol", None), *reason)
+            return False
+        if reason is not None:
+            self.reject(item.exchange, item.symbol, reason[0], reason[1])
+            return False
+        return True
+
+    def _time_reason(self, ts_ms: float, now_ms: float) -> tuple[str, str] | None:
+        if ts_ms > now_ms + self._skew_ms:
+            return "future_timestamp", f"{(ts_ms - now_ms) / 1000.0:.3f}s ahead"
+        if ts_ms < now_ms - self._age_ms:
+            return "old_timestamp", f"{(now_ms - ts_ms) / 1000.0:.0f}s old"
+        return None
+
+    def _book_reason(self, book: OrderBookSnapshot, levels_checked: bool) -> tuple[str, str] | None:
+        bids, asks = book.bids, book.asks
+        if not bids or not asks:
+            return "empty_book", f"{len(bids)} bids, {len(asks)} asks"
+        if not levels_checked:
+            for level in (*bids, *asks):
+                p, s = level.price, level.size
+                if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
+                    return "schema", f"level {level!r}"
+                if not (0.0 < p < _INF and 0.0 < s < _INF):
+                    return "range", f"level {p!r} x {s!r}"
+        best_bid, best_ask = bids[0].price, asks[0].price
+        if best_bid > best_ask:
+            return "crossed_book", f"bid {best_bid} > ask {best_ask}"
+        if best_bid == best_ask:
+            return "locked_book", f"bid == ask == {best_ask}"
+        return self._time_reason(to_ms(book.timestamp), self._clock() * 1000.0)
+
+    def _trade_reason(self, trade: TradeEvent) -> tuple[str, str] | None:
+        p, s = trade.price, trade.size
+        if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
+            return "schema", f"price/size {p!r}/{s!r}"
+        if not (0.0 < p < _INF and 0.0 < s < _INF):
+            return "range", f"price {p!r} size {s!r}"
+        if trade.side not in _SIDES:
+            return "schema", f"side {trade.side!r}"
+        if not trade.trade_id:
+            return "schema", "empty trade id"
+        reason = self._time_reason(trade.timestamp.timestamp() * 1000.0, self._clock() * 1000.0)
+        if reason is not None:
+            return reason
+        key = (trade.exchange, trade.symbol)
+        ids = self._trade_ids.get(key)
+        if ids is None:
+            ids = self._trade_ids[key] = _RecentIds(self._id_memory)
+        if not ids.add(trade.trade_id):
+            return "duplicate_trade", f"trade id {trade.trade_id}"
+        return None
+
+    # ---------------------------------------------------------------- metrics
+
+    def calculate_metrics(self, book: OrderBookSnapshot) -> OrderBookMetrics:
+        """Mid, spread and the volume on each side of ``book`` (ValidationError if a side is empty)."""
+        if not book.bids or not book.asks:
+            raise ValidationError("empty_book", "metrics need both sides")
+        best_bid, best_ask = book.bids[0].price, book.asks[0].price
+        return OrderBookMetrics(
+            symbol=book.symbol, exchange=book.exchange, timestamp=book.timestamp,
+            mid_price=(best_bid + best_ask) / 2.0, spread=best_ask - best_bid,
+            bid_volume=sum(map(_size, book.bids)), ask_volume=sum(map(_size, book.asks)),
+            best_bid=best_bid, best_ask=best_ask,
+        )
+
+    # ---------------------------------------------------------------- rejects
+
+    def reject(self, exchange: str, symbol: str | None, reason: str, detail: str = "") -> None:
+        """Count a rejected item and log it at a bounded rate."""
+        counts = self._rejects.get(exchange)
+        if counts is None:
+            counts = self._rejects[exchange] = {}
+        counts[reason] = counts.get(reason, 0) + 1
+        key = (exchange, reason)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REJECTS.labels(exchange, reason)
+        counter.inc()
+        now = time.monotonic()
+        state = self._log_state.get(key)
+        if state is None:
+            state = self._log_state[key] = [float("-inf"), 0.0]
+        if now - state[0] >= self._log_interval:
+            log.warning("item_rejected", exchange=exchange, symbol=symbol, reason=reason, detail=detail[:200],
+                        suppressed=int(state[1]))
+            state[0], state[1] = now, 0.0
+        else:
+            state[1] += 1
+
+    def reject_counts(self, exchange: str) -> dict[str, int]:
+        """Rejects of ``exchange`` by reason, since this processor was made."""
+        return dict(self._rejects.get(exchange, {}))
+
+    def forget(self, exchange: str, symbol: str) -> None:
+        """Drop the level cache of a book (e.g. after a resync); trade ids are kept to catch replays."""
+        self._level_cache.pop((exchange, symbol), None)
+
+
+def _convert(side: Any, limit: int, cache: dict[float, PriceLevel]) -> tuple[PriceLevel, ...]:
+    """The top ``limit`` ccxt levels ``[price, size(, count)]`` as PriceLevels, reusing unchanged ones."""
+    try:
+        top = side[:limit]
+        out: list[PriceLevel] = []
+        append = out.append
+        get = cache.get
+        if top and len(top[0]) > 2:  # counted book (bitfinex): [price, size, count]
+            for lv in top:
+                p, s, c = lv[0], lv[1], lv[2]
+                level = get(p)
+                if level is None or level.size != s or level.count != c:
+                    level = cache[p] = _new_level(p, s, int(c) if c is not None else None)
+                append(level)
+        else:
+            for lv in top:
+                p = lv[0]
+                s = lv[1]
+                level = get(p)
+                if level is None or level.size != s:
+                    level = cache[p] = _new_level(p, s, None)
+                append(level)
+    except (TypeError, IndexError, KeyError, ValueError):
+        raise ValidationError("schema", "book level is not [price, size]") from None
+    if len(cache) > 4 * len(out) + 64:  # prices move away: keep the cache to what is on the book
+        cache.clear()
+        for level in out:
+            cache[level.price] = level
+    return tuple(out)
+
+
+def _new_level(p: Any, s: Any, c: int | None) -> PriceLevel:
+    if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
+        raise ValidationError("schema", f"level {p!r} x {s!r}")
+    if not (0.0 < p < _INF and 0.0 < s < _INF):
+        raise ValidationError("range", f"level {p!r} x {s!r}")
+    return PriceLevel(float(p), float(s), c)

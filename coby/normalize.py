@@ -39,6 +39,7 @@ from operator import attrgetter
 from typing import Any
 
 import structlog
+from ccxt.async_support.base.ws.order_book_side import CountedOrderBookSide
 
 from coby.errors import ValidationError
 from coby.metrics import REJECTS
@@ -319,7 +320,7 @@ def _convert(side: Any, limit: int, cache: dict[float, PriceLevel]) -> tuple[Pri
         out: list[PriceLevel] = []
         append = out.append
         get = cache.get
-        if top and len(top[0]) > 2:  # counted book (bitfinex): [price, size, count]
+        if isinstance(side, CountedOrderBookSide):  # bitfinex: [price, size, count]; others' 3rd item is an id
             for lv in top:
                 p, s, c = lv[0], lv[1], lv[2]
                 level = get(p)

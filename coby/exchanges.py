@@ -271,9 +271,9 @@ class ExchangeConnector:
             while True:
                 await self._gate(st)
                 feed = st.feed
-                client = self._client(feed)
                 st.gen, st.attempt_at, st.interrupt = feed.gen, self._clock(), None
                 try:
+                    client = self._client(feed)
                     if st.kind == BOOK:
                         await self._books(st, client)
                     else:

@@ -31,11 +31,8 @@ resynced per stream, circuit_open / circuit_closed per venue.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import random
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,6 +41,7 @@ import structlog
 
 from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, RateLimited, StaleFeed,
                          TemporaryExchangeError)
+from coby.feeds import PARSE_ERRORS, Callbacks, Feed, Stream
 from coby.markets import MarketCatalog
 from coby.metrics import BOOK_AGE, CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS, STALLS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
@@ -61,16 +59,6 @@ BOOK, TRADES = "book", "trades"
 
 _PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,
               ccxt.BadRequest, ccxt.InvalidProxySettings)
-# Exceptions raised while decoding a frame (before any handler saw it): drop the frame.
-_PARSE_ERRORS: tuple[type[BaseException], ...] = (json.JSONDecodeError, UnicodeDecodeError, zlib.error, EOFError,
-                                                  OSError)
-try:
-    from google.protobuf.message import DecodeError as _ProtoDecodeError
-
-    _PARSE_ERRORS += (_ProtoDecodeError,)
-except ImportError:  # pragma: no cover - protobuf is a dependency
-    pass
-
 
 def translate_ccxt_error(exchange: str, exc: BaseException) -> ExchangeError:
     """The one translation of ccxt's (and the transport's) exceptions into coby's."""
@@ -96,39 +84,6 @@ def _local_resync(exchange: str, detail: str) -> BookOutOfSync:
     return err
 
 
-class _Feed:
-    """One ccxt client serving some symbols of a venue. ``gen`` counts its clients."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.client: Any = None
-        self.gen = 0
-        self.markets: dict[str, dict[str, Any]] = {}
-        self.symbol_by_id: dict[str, str] = {}
-        self.streams: list[_Stream] = []
-        self.gap_state: dict[Any, Any] = {}
-        self.bad_books: set[str | None] = set()
-
-
-class _Stream:
-    """One watch loop: the book or the trades of one symbol."""
-
-    def __init__(self, kind: str, symbol: str, unified: str, feed: _Feed, backoff: Backoff, now: float) -> None:
-        self.kind, self.symbol, self.unified, self.feed, self.backoff = kind, symbol, unified, feed, backoff
-        self.task: asyncio.Task[None] | None = None
-        self.gen = -1
-        self.watching = False  # awaiting ccxt (the only state the watchdog interrupts)
-        self.attempt_at = now
-        self.last_progress = float("-inf")
-        self.live = False  # delivered since the last (re)connect
-        self.ever = False  # delivered at least once
-        self.cause: ExchangeError | None = None  # why the current gap started
-        self.interrupt: ExchangeError | None = None
-        self.failed: str | None = None  # permanent error: the stream stopped
-        self.last_key: tuple[Any, Any] = (None, None)
-        self.latest: OrderBookSnapshot | None = None
-
-
 class ExchangeConnector:
     """The design's ExchangeConnector for one venue, on unmodified ccxt.pro."""
 
@@ -151,16 +106,15 @@ class ExchangeConnector:
         self._base_url = override_base(settings, exchange)
         self._breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
         self._book_limit = self.venue.book_limit(settings.book_depth)
-        self._callbacks: list[tuple[Callback, bool]] = []
+        self._emit = Callbacks(exchange, settings.reject_log_interval)
         if on_event is not None:
             self.add_data_callback(on_event)
-        self._feeds: list[_Feed] = []
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._feeds: list[Feed] = []
+        self._streams: dict[tuple[str, str], Stream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connected = self._stopped = False
         self._messages = self._reconnects = 0
         self._error: str | None = None
-        self._callback_log = [float("-inf"), 0]  # last logged at, suppressed since
         self._counters = {BOOK: MESSAGES.labels(exchange, "book"), TRADES: MESSAGES.labels(exchange, "trade")}
         self._log = log.bind(exchange=exchange)
 
@@ -168,7 +122,7 @@ class ExchangeConnector:
 
     def add_data_callback(self, callback: Callback) -> None:
         """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable)."""
-        self._callbacks.append((callback, inspect.iscoroutinefunction(callback)))
+        self._emit.add(callback)
 
     async def connect(self) -> bool:
         """Start the venue's watchdog (and a market refresh if the cache is old); streams connect lazily."""
@@ -244,18 +198,18 @@ class ExchangeConnector:
             return
         await self.connect()
         feed = self._feed_for(symbol)
-        st = _Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
+        st = Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
         feed.streams.append(st)
         self._streams[(kind, symbol)] = st
         st.task = self._spawn(self._run(st), f"{kind}-{symbol}")
 
-    def _feed_for(self, symbol: str) -> _Feed:
+    def _feed_for(self, symbol: str) -> Feed:
         for feed in self._feeds:
             if any(s.symbol == symbol for s in feed.streams):
                 return feed
         if len(self._feeds) < self.settings.max_connections_per_exchange:
-            feed = _Feed(len(self._feeds))
+            feed = Feed(len(self._feeds), self.venue)
             self._feeds.append(feed)
         else:
             feed = min(self._feeds, key=lambda f: len({s.symbol for s in f.streams}))
@@ -266,7 +220,7 @@ class ExchangeConnector:
             feed.client.set_markets(list(feed.markets.values()))
         return feed
 
-    async def _run(self, st: _Stream) -> None:
+    async def _run(self, st: Stream) -> None:
         with structlog.contextvars.bound_contextvars(exchange=self.exchange, symbol=st.symbol, stream=st.kind):
             while True:
                 await self._gate(st)
@@ -297,7 +251,7 @@ class ExchangeConnector:
                     return
                 await self._sleep(st.backoff.next_delay())
 
-    async def _books(self, st: _Stream, ex: Any) -> None:
+    async def _books(self, st: Stream, ex: Any) -> None:
         watch, process = ex.watch_order_book, self.processor.process_orderbook
         unified, limit, depth, feed = st.unified, self._book_limit, self.settings.book_depth, st.feed
         breaker, counter = self._breaker, self._counters[BOOK]
@@ -322,7 +276,7 @@ class ExchangeConnector:
             await self._emit(book)
             st.last_progress = self._clock()
 
-    async def _trades(self, st: _Stream, ex: Any) -> None:
+    async def _trades(self, st: Stream, ex: Any) -> None:
         watch, process, unified = ex.watch_trades, self.processor.process_trades, st.unified
         breaker, counter = self._breaker, self._counters[TRADES]
         while True:
@@ -338,7 +292,7 @@ class ExchangeConnector:
                 await self._emit(trade)
             st.last_progress = self._clock()
 
-    async def _delivered(self, st: _Stream) -> None:
+    async def _delivered(self, st: Stream) -> None:
         """Bookkeeping of a stream that got data: success for the breaker, events after a gap."""
         breaker = self._breaker
         if breaker.failures or breaker.state is not CircuitState.CLOSED:
@@ -360,7 +314,7 @@ class ExchangeConnector:
             await self._event(ConnectionEventKind.RESYNCED, st.symbol, f"{st.kind} after {st.cause}")
         st.cause = None
 
-    async def _failed(self, st: _Stream, err: ExchangeError) -> bool:
+    async def _failed(self, st: Stream, err: ExchangeError) -> bool:
         """Apply the failure policy; False if the stream must stop (permanent error)."""
         feed, own_incident = st.feed, st.gen == st.feed.gen
         self._error = str(err)
@@ -384,7 +338,7 @@ class ExchangeConnector:
             await self._record_failure(st)
         return True
 
-    async def _record_failure(self, st: _Stream) -> None:
+    async def _record_failure(self, st: Stream) -> None:
         if self._breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
             CIRCUIT_OPEN.labels(self.exchange).set(1)
             self._log.warning("circuit_open", failures=self._breaker.threshold, cooldown=self._breaker.cooldown)
@@ -392,7 +346,7 @@ class ExchangeConnector:
                 self._recycle(feed, TemporaryExchangeError(self.exchange, "circuit open"))
             await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, self._error or "")
 
-    async def _gate(self, st: _Stream) -> None:
+    async def _gate(self, st: Stream) -> None:
         """Wait while the venue's circuit is open (the half-open probe goes through)."""
         while True:
             wait = self._breaker.wait_time(self._clock(), st)
@@ -402,17 +356,12 @@ class ExchangeConnector:
 
     # ---------------------------------------------------------------- feeds
 
-    def _client(self, feed: _Feed) -> Any:
-        if feed.client is None:
-            feed.client = self._factory(self.exchange, feed.markets, self._base_url)
-            feed.gap_state, feed.bad_books = {}, set()
-            self._guard(feed.client, feed, feed.gen)
-        return feed.client
+    def _client(self, feed: Feed) -> Any:
+        return feed.open_client(lambda: self._factory(self.exchange, feed.markets, self._base_url), self._frame_failed)
 
-    def _recycle(self, feed: _Feed, err: ExchangeError) -> None:
+    def _recycle(self, feed: Feed, err: ExchangeError) -> None:
         """Drop the feed's ccxt client (closed in the background) and interrupt its streams."""
-        feed.gen += 1
-        old, feed.client = feed.client, None
+        old = feed.drop_client()
         if old is not None:
             self._spawn(self._close_client(old), "close-client")
         current = asyncio.current_task()
@@ -427,44 +376,10 @@ class ExchangeConnector:
         except Exception as exc:  # noqa: BLE001 - a client that fails to close is dropped anyway
             self._log.debug("client_close_failed", error=repr(exc))
 
-    def _guard(self, ex: Any, feed: _Feed, gen: int) -> None:
-        """Wrap every ccxt connection's frame handler, and the venue's sequence check."""
-        make_client = ex.client
-
-        def client(url: str) -> Any:
-            c = make_client(url)
-            if not getattr(c, "_coby_guarded", False):
-                c._coby_guarded = True
-                handle = c.handle_message
-
-                def guarded(message: Any) -> None:
-                    try:
-                        handle(message)
-                    except Exception as exc:  # noqa: BLE001 - must not escape: it kills ccxt's receive loop
-                        self._frame_failed(feed, gen, c, exc)
-
-                c.handle_message = guarded
-            return c
-
-        ex.client = client
-        if self.venue.gap_check is not None:
-            name, check = self.venue.gap_check
-            inner, state = getattr(ex, name), feed.gap_state
-
-            def checked(ws: Any, message: Any) -> Any:
-                hit = check(state, ws, message)
-                if hit is not None and feed.gen == gen:
-                    mid, detail = hit
-                    feed.bad_books.add(feed.symbol_by_id.get(mid) if mid is not None else None)
-                    self._log.warning("sequence_gap", market=mid, detail=detail)
-                return inner(ws, message)
-
-            setattr(ex, name, checked)
-
-    def _frame_failed(self, feed: _Feed, gen: int, ws: Any, exc: Exception) -> None:
+    def _frame_failed(self, feed: Feed, gen: int, ws: Any, exc: Exception) -> None:
         if feed.gen != gen:
             return
-        if isinstance(exc, _PARSE_ERRORS) and not isinstance(exc, ccxt.BaseError):
+        if isinstance(exc, PARSE_ERRORS) and not isinstance(exc, ccxt.BaseError):
             self.processor.reject(self.exchange, None, "malformed", f"unparseable frame: {exc!r}")
             if self.venue.sequenced:
                 return  # dropped; the venue's sequence numbers or checksum catch a lost book update
@@ -522,21 +437,6 @@ class ExchangeConnector:
                 await self._record_failure(st)
 
     # ---------------------------------------------------------------- output
-
-    async def _emit(self, item: Any) -> None:
-        for callback, is_async in self._callbacks:
-            try:
-                result = callback(item)
-                if is_async or (result is not None and hasattr(result, "__await__")):
-                    await result
-            except Exception as exc:  # noqa: BLE001 - a consumer's bug never kills the feed
-                state, now = self._callback_log, time.monotonic()
-                if now - state[0] >= self.settings.reject_log_interval:
-                    self._log.error("callback_failed", callback=repr(callback)[:120], error=repr(exc)[:300],
-                                    item=type(item).__name__, suppressed=state[1])
-                    state[0], state[1] = now, 0
-                else:
-                    state[1] += 1
 
     async def _event(self, kind: ConnectionEventKind, symbol: str | None, detail: str) -> None:
         await self._emit(ConnectionEvent(self.exchange, symbol, utcnow(), kind.value, detail[:500]))

@@ -535,3 +535,15 @@ async def test_one_open_circuit_does_not_touch_the_other_venues(live, tmp_path):
                    what="the nine others flowing")
     finally:
         await broken.disconnect()
+
+
+def test_symbol_map_setting_from_toml_and_environment(tmp_path):
+    """symbol_map is read from a TOML table of tables and from VENUE:CANONICAL=SYMBOL pairs."""
+    toml = tmp_path / "coby.toml"
+    toml.write_text('[symbol_map.coinbase]\n"BTC-USDT" = "BTC/USD"\n')
+    assert Settings.load(toml, env={}).symbol_map == {"coinbase": {"BTC-USDT": "BTC/USD"}}
+    env = {"COBY_SYMBOL_MAP": "coinbase:BTC-USDT=BTC/USD,kraken:ETH-USDT=ETH/USD|XETHZUSD"}
+    assert Settings.load(env=env).symbol_map == {"coinbase": {"BTC-USDT": "BTC/USD"},
+                                                 "kraken": {"ETH-USDT": "ETH/USD|XETHZUSD"}}
+    with pytest.raises(Exception, match="symbol_map"):
+        Settings.load(env={"COBY_SYMBOL_MAP": "nowhere:BTC-USDT=BTC/USD"})

@@ -182,10 +182,15 @@ async def test_drop_fails_the_watch_and_a_new_watch_reconnects(sim: Simulator, e
     """`drop` closes the sockets: the pending watch raises NetworkError, the next one reconnects and resyncs."""
     async with client(sim, exchange) as ex:
         await asyncio.wait_for(ex.watch_order_book("BTC/USDT"), 10)
-        pending = asyncio.ensure_future(ex.watch_order_book("BTC/USDT"))
-        await sim.inject(exchange, "drop")
-        with pytest.raises(ccxt.NetworkError):
-            await asyncio.wait_for(pending, 5)
+        sim.freeze()  # no delta may resolve the pending watch before the drop
+        try:
+            await asyncio.sleep(0.1)
+            pending = asyncio.ensure_future(ex.watch_order_book("BTC/USDT"))
+            await sim.inject(exchange, "drop")
+            with pytest.raises(ccxt.NetworkError):
+                await asyncio.wait_for(pending, 5)
+        finally:
+            sim.unfreeze()
         await asyncio.wait_for(ex.watch_order_book("BTC/USDT"), 10)
         assert len(sim.venues[exchange].connections) == 1
         await assert_book_synced(sim, ex, exchange)
@@ -260,9 +265,10 @@ async def test_crossed_delta_is_seen_then_removed(sim: Simulator, exchange: str)
             if book is not None and len(book["bids"]) and len(book["asks"]):
                 crossed_seen.append(book["bids"][0][0] >= book["asks"][0][0])
 
-        ws.on_message_callback = spy
         sim.freeze()
         try:
+            await asyncio.sleep(0.1)  # frames already in flight land before the spy
+            ws.on_message_callback = spy
             await sim.inject(exchange, "crossed", symbol="BTC-USDT")
             await poll(lambda: len(crossed_seen) >= 2, timeout=3)
         finally:

@@ -278,17 +278,23 @@ async def test_crossed_delta_is_seen_then_removed(sim: Simulator, exchange: str)
 
 
 @amod
-async def test_binance_duplicate_trade_is_passed_through_twice(sim: Simulator) -> None:
-    """binance: the resent trade shows up twice in watch_trades with the same id."""
-    async with client(sim, "binance") as ex:
+@pytest.mark.parametrize("exchange", VENUES)
+async def test_duplicate_trade_reaches_ccxt(sim: Simulator, exchange: str) -> None:
+    """The resent trade is held twice by ccxt, except coinbase whose trade cache is keyed by id."""
+    async with client(sim, exchange) as ex:
         await asyncio.wait_for(ex.watch_trades("BTC/USDT"), 10)
         sim.freeze()
         try:
             await asyncio.sleep(0.1)
-            last = sim.markets["binance", "BTC-USDT"].last_trade
+            last = sim.markets[exchange, "BTC-USDT"].last_trade
             assert last is not None
-            await sim.inject("binance", "duplicate_trade", symbol="BTC-USDT")
-            await poll(lambda: sum(t["id"] == str(last.trade_id) for t in ex.trades["BTC/USDT"]) >= 2, 3)
+            await poll(lambda: any(t["id"] == str(last.trade_id) for t in ex.trades["BTC/USDT"]), 3)
+            sent = sim.venues[exchange].connections
+            await sim.inject(exchange, "duplicate_trade", symbol="BTC-USDT")
+            await poll(lambda: all(c.backlog == 0 for c in sent), 3)
+            await asyncio.sleep(0.05)
+            wanted = 1 if exchange == "coinbase" else 2
+            await poll(lambda: sum(t["id"] == str(last.trade_id) for t in ex.trades["BTC/USDT"]) == wanted, 3)
         finally:
             sim.unfreeze()
 
@@ -342,3 +348,56 @@ async def test_malformed_frame_kills_ccxt_receive_loop_until_reconnect(sim: Simu
         await ex.close()
         await asyncio.wait_for(ex.watch_order_book("BTC/USDT"), 10)
         await assert_book_synced(sim, ex, "bybit")
+
+
+# ------------------------------------------------------------------- lifecycle
+
+
+class _StuckWebSocket:
+    """A socket whose sends never complete: a client that stopped reading."""
+
+    closed = False
+
+    async def send_str(self, data: str) -> None:
+        await asyncio.Event().wait()
+
+
+class _Transport:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@amod
+async def test_slow_consumer_is_disconnected_without_blocking_the_venue() -> None:
+    """A connection whose queue overflows is aborted; sending to it never blocks."""
+    from coby.simulator.venues.base import Connection
+    from coby.simulator.venues.binance import BinanceVenue
+
+    venue = BinanceVenue({"BTC-USDT": Market("binance", "BTC-USDT")})
+    request = type("Req", (), {"transport": _Transport()})()
+    conn = Connection(venue, _StuckWebSocket(), request, queue_size=3)  # type: ignore[arg-type]
+    writer = asyncio.create_task(conn.run_writer())
+    try:
+        for i in range(10):
+            conn.send(f"frame {i}")
+        assert request.transport.closed and conn.backlog == 0
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+
+
+@amod
+async def test_serve_runs_until_cancelled_and_aclose_is_idempotent() -> None:
+    """serve() keeps a simulator up until cancelled; Simulator.aclose() may be called twice."""
+    from coby.simulator import serve
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(serve(port=0, exchanges=["kraken"], symbols=["BTC-USDT"]), 0.3)
+    simulator = Simulator(exchanges=["coinbase"], symbols=["ETH-USDT"], port=0)
+    await simulator.start()
+    assert simulator.port != 0
+    await simulator.aclose()
+    await simulator.aclose()

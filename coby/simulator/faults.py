@@ -40,11 +40,13 @@ cannot express a fault rejects it with :class:`UnsupportedFault` (HTTP 400).
     client's book is crossed, then it equals the true book again. A normaliser
     should reject the crossed state.
 ``duplicate_trade``
-    The venue's last trade is sent again with the same id. ccxt passes it through:
-    ``watch_trades`` returns it twice; dedup is the consumer's job.
+    The venue's last trade is sent again with the same id. binance, okx, bybit,
+    kraken: ccxt passes it through, ``watch_trades`` holds it twice (dedup is the
+    consumer's job); coinbase: ccxt's trade cache is keyed by id, so it is replaced.
 ``burst`` (``count``, default 1000)
     ``count`` market updates per market of the venue (or of ``symbol``) are made and
-    sent as fast as the clients take them (paced only so no client queue overflows).
+    sent as fast as the clients take them (paced so no client queue overflows, but
+    for at most 2 s in all: a client that stops reading is then disconnected).
     Runs even while frozen. ccxt coalesces: ``watch_order_book`` wakes far fewer
     times than messages arrive, and the book must still equal the true book after.
 """

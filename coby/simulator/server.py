@@ -192,11 +192,17 @@ class Simulator:
         symbols = [symbol] if symbol else list(venue.markets)
         log.info("sim_fault", venue=exchange, fault="burst", count=count, symbol=symbol)
         high_water = venue.queue_size // 2
+        loop = asyncio.get_running_loop()
+        patience = 2.0  # seconds of waiting for slow clients, over the whole burst
         for i in range(count):
             for sym in symbols:
                 venue.publish(sym, venue.markets[sym].step())
-            while venue.max_backlog() > high_water:
+            # Pace to the clients, but a client that stops reading cannot hold the burst for
+            # long: once the patience is spent its queue overflows and it is disconnected.
+            while patience > 0 and venue.max_backlog() > high_water:
+                started = loop.time()
                 await asyncio.sleep(0.002)
+                patience -= loop.time() - started
             if i % 32 == 31:
                 await asyncio.sleep(0)
 

@@ -42,8 +42,8 @@ How to write a venue (``coby/simulator/venues/<name>.py``)
    heartbeats), owned and cancelled by the Simulator.
 
 Delivery: each connection has a bounded queue drained by its own writer task; a
-client that lets ``queue_size`` frames pile up is disconnected (code 1008), so one
-slow client never blocks the others. While a ``stall`` is on, every frame (data,
+client that lets ``queue_size`` frames pile up is disconnected (TCP closed, no
+close frame), so one slow client never blocks the others. While a ``stall`` is on, every frame (data,
 acks, pongs) is discarded and REST handlers wait.
 """
 
@@ -121,20 +121,30 @@ class Connection:
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
-            log.warning("sim_slow_consumer", venue=self.venue.name, conn=self.id)
-            self.close_soon(1008, "slow consumer")
+            log.warning("sim_slow_consumer", venue=self.venue.name, conn=self.id, backlog=self.backlog)
+            self.abort()
 
     def send_json(self, obj: Any) -> None:
         self.send(dumps(obj))
 
     def close_soon(self, code: int = 1000, message: str = "") -> None:
-        """Close after nothing more is sent (queued frames are discarded)."""
+        """Close once the frames already queued are sent; nothing queued after this is sent."""
         if self._closing:
             return
         self._closing = True
+        try:
+            self._queue.put_nowait((_CLOSE, code, message))
+        except asyncio.QueueFull:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a close frame (what a slow consumer gets)."""
+        self._closing = True
         while not self._queue.empty():
             self._queue.get_nowait()
-        self._queue.put_nowait((_CLOSE, code, message))
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
 
     async def close(self, code: int = 1000, message: str = "") -> None:
         """Close now with ``code``; queued frames are discarded."""
@@ -143,18 +153,22 @@ class Connection:
             await self.ws.close(code=code, message=message.encode())
 
     async def run_writer(self) -> None:
-        while True:
-            frame = await self._queue.get()
-            if self.ws.closed:
-                return
-            if isinstance(frame, str):
-                await self.ws.send_str(frame)
-            elif isinstance(frame, bytes):
-                await self.ws.send_bytes(frame)
-            else:
-                _, code, message = frame  # type: ignore[misc]
-                await self.ws.close(code=code, message=message.encode())
-                return
+        """Drain the queue into the socket until closed (run by the connection's handler)."""
+        try:
+            while True:
+                frame = await self._queue.get()
+                if self.ws.closed:
+                    return
+                if isinstance(frame, str):
+                    await self.ws.send_str(frame)
+                elif isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    _, code, message = frame  # type: ignore[misc]
+                    await self.ws.close(code=code, message=message.encode())
+                    return
+        except ConnectionResetError:
+            return  # the client went away; the handler's read loop ends too
 
 
 class Venue:

@@ -20,9 +20,9 @@ Faults handled here, for all five:
     ``on_update``; a window advanced later would re-send the lost levels and heal
     the book, so ``publish`` is overridden.)
 ``crossed``
-    For every window of the symbol: a bid above the best ask (the deepest bid
-    leaves a full window), then at once its deletion and the deepest bid again.
-    Not applied to the true book.
+    For every window of the symbol: a bid above the best ask, then at once its
+    deletion and the window's deepest bid again (a client that trimmed its book
+    to the window depth meanwhile has dropped it). Not applied to the true book.
 """
 
 from __future__ import annotations

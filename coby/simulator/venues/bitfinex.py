@@ -65,7 +65,6 @@ from coby.simulator.venues.base import Connection, dumps, loads
 
 CHECKSUM_FLAG = 131072
 CHECKSUM_LEVELS = 25
-HEARTBEAT_INTERVAL = 15.0
 TRADE_SNAPSHOT = 30
 
 
@@ -92,6 +91,7 @@ class BitfinexVenue(WindowedVenue):
     market_ids = {"BTC-USDT": "tBTCUST", "ETH-USDT": "tETHUST", "SOL-USDT": "tSOLUST"}
     extra_faults = frozenset({"gap", "bad_checksum"})
     book_depths = frozenset({1, 25, 100, 250})
+    heartbeat_interval: float = 15.0  # seconds between [chanId,"hb"] frames
 
     def __init__(self, markets: Mapping[str, Market], clock: Callable[[], int] = wall_clock_ms) -> None:
         super().__init__(markets, clock)
@@ -174,7 +174,7 @@ class BitfinexVenue(WindowedVenue):
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.heartbeat_interval)
             for topic, cid in self._chan_ids.items():
                 self.broadcast(topic, dumps([cid, "hb"]))
 
@@ -190,10 +190,12 @@ class BitfinexVenue(WindowedVenue):
         if not subs or not (bids or asks):
             return
         cid = self.chan_id(topic)
-        for p, s in bids:
-            self.broadcast(topic, dumps([cid, self._row(symbol, p, s, True)]))
-        for p, s in asks:
-            self.broadcast(topic, dumps([cid, self._row(symbol, p, s, False)]))
+        # Deletions first: a client that trims to ``len`` between two frames must never hold
+        # more than ``len`` levels, or it trims a level that stays in the window.
+        rows = [(p, s, True) for p, s in bids] + [(p, s, False) for p, s in asks]
+        rows.sort(key=lambda row: row[1] != 0.0)
+        for p, s, bid in rows:
+            self.broadcast(topic, dumps([cid, self._row(symbol, p, s, bid)]))
         if not settled or not any(c.state.get("flags", 0) & CHECKSUM_FLAG for c in subs):
             return
         checksum = book_checksum(*self.window(symbol, depth).snapshot())

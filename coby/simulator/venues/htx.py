@@ -59,7 +59,6 @@ from coby.simulator.market import Level, SimTrade
 from coby.simulator.venues._windowed import WindowedVenue
 from coby.simulator.venues.base import Connection, loads
 
-PING_INTERVAL = 5.0
 
 
 def gz(obj: Any) -> bytes:
@@ -80,6 +79,7 @@ class HtxVenue(WindowedVenue):
     market_ids = {"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt", "SOL-USDT": "solusdt"}
     extra_faults = frozenset({"gap"})
     book_depths = frozenset({5, 20, 150, 400})
+    ping_interval: float = 5.0  # seconds between server pings
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(self.path("ws"), self.websocket), web.get(self.path("feed"), self.websocket)]
@@ -141,7 +141,7 @@ class HtxVenue(WindowedVenue):
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(PING_INTERVAL)
+            await asyncio.sleep(self.ping_interval)
             frame = gz({"ping": self.clock()})
             for conn in tuple(self.connections):
                 conn.send(frame)

@@ -1,0 +1,202 @@
+"""The books of one aggregation tick as columns: every level of every book in one polars column pair.
+
+``BookColumns`` is one snapshot as plain lists (for ``bisect`` and the consolidated merge), made
+once per snapshot object and reused while a venue's book does not change between ticks.
+
+``BookFrame`` lays many books end to end, one *segment* per (book, side): first the bids of
+every book, then the asks of every book, each segment best level first::
+
+    row:      0 ....... 999 | 1000 ..... 1999 | ... | 20000 ..... 20999 | ...
+    segment:  book 0 bids   | book 1 bids     | ... | book 0 asks       | ...
+
+Polars does the per-level work in a handful of whole-column operations - scale prices to
+integers, compute every level's bucket index, find the runs of equal index, sum each run's size -
+so a tick costs a few vectorised passes over all books at once, not a frame per book or per
+message. Python touches only per-bucket and per-book results. (Most of those operations are
+chosen to be ones polars runs directly on a Series; each expression-backed one costs a query.)
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import chain
+from operator import neg
+from typing import Sequence
+
+import polars as pl
+
+from coby.models import OrderBookSnapshot
+
+# Prices and bucket sizes are resolved to 1e-9 before bucketing, so that bucket edges are exact
+# decimals (a bid at 0.3 lands in the 0.3 bucket of a 0.1-wide grid, whatever 0.3/0.1 is in binary).
+PRICE_SCALE = 1_000_000_000
+BID, ASK = 0, 1
+# Adding and subtracting 1.5 * 2**52 rounds a float to the nearest integer (ties to even, as
+# round() does) for |x| < 2**51: two cheap Series operations instead of an expression. The float
+# path is used while every price is below 2**48 / 1e9 (about 281,000); above, an exact integer path.
+_ROUNDER = 6755399441055744.0
+_FAST_LIMIT = 2.0**48 / PRICE_SCALE
+
+
+def bucket_units(bucket_size: float) -> int:
+    """A bucket width in units of 1e-9. Raises ValueError unless it is a positive multiple of 1e-9."""
+    units = round(bucket_size * PRICE_SCALE)
+    if units < 1 or abs(units - bucket_size * PRICE_SCALE) > 1e-6 * max(1.0, units):
+        raise ValueError(f"bucket size {bucket_size!r} must be a positive multiple of 1e-9")
+    return units
+
+
+def bucket_index(price: float, side: int, units: int) -> int:
+    """Signed bucket index of one level: ``-floor(P / units)`` for a bid (<= 0), ``ceil(P / units)``
+    for an ask (>= 1 for any price >= 1e-9), with ``P = round(price * 1e9)``. The scalar twin of
+    the vectorised computation in ``BookFrame.bucket_volumes``."""
+    scaled = round(price * PRICE_SCALE)
+    return -(scaled // units) if side == BID else -((-scaled) // units)
+
+
+def bucket_edge(index: float, units: int) -> float:
+    """The price a signed bucket index stands for: |index| * width, exact to the decimal."""
+    return abs(int(index)) * units / PRICE_SCALE
+
+
+class BookColumns:
+    """One snapshot as lists, prices best first (bids descending, asks ascending), and sizes.
+
+    ``size_series`` (bids, asks) are views into the ``BookFrame`` the book was last bucketed in,
+    for prefix sums; ``BookFrame`` sets them.
+    """
+
+    __slots__ = ("snapshot", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "size_series")
+
+    def __init__(self, snapshot: OrderBookSnapshot) -> None:
+        bids, asks = snapshot.bids, snapshot.asks
+        self.snapshot = snapshot
+        self.bid_prices = [lv.price for lv in bids]
+        self.bid_sizes = [lv.size for lv in bids]
+        self.ask_prices = [lv.price for lv in asks]
+        self.ask_sizes = [lv.size for lv in asks]
+        self.size_series: tuple[pl.Series, pl.Series] | None = None
+
+    def band_count(self, side: int, limit: float) -> int:
+        """How many of a side's best levels lie at or inside ``limit`` (bids >= it, asks <= it)."""
+        if side == BID:
+            return bisect_right(self.bid_prices, -limit, key=neg)
+        return bisect_right(self.ask_prices, limit)
+
+    def prefix_volume(self, side: int, count: int) -> float:
+        """Volume of a side's best ``count`` levels."""
+        if count <= 0:
+            return 0.0
+        if self.size_series is None:
+            return float(sum((self.bid_sizes if side == BID else self.ask_sizes)[:count]))
+        return float(self.size_series[side].head(count).sum())
+
+
+class BookFrame:
+    """Many books as one column of prices and one of sizes, for bucketing them all at once.
+
+    ``units[i]`` is book i's bucket width in 1e-9 units. Books that share a width should be
+    adjacent (the engine groups them by symbol): the bucket index is computed once per run of
+    equal widths on each side.
+    """
+
+    __slots__ = ("books", "units", "starts", "lengths", "price", "size", "_bid_rows")
+
+    def __init__(self, books: Sequence[BookColumns], units: Sequence[int]) -> None:
+        if len(books) != len(units):
+            raise ValueError("one bucket width per book")
+        self.books = tuple(books)
+        self.units = tuple(units)
+        prices = [c.bid_prices for c in self.books] + [c.ask_prices for c in self.books]
+        sizes = [c.bid_sizes for c in self.books] + [c.ask_sizes for c in self.books]
+        self.lengths = [len(p) for p in prices]
+        self.starts = []
+        row = 0
+        for length in self.lengths:
+            self.starts.append(row)
+            row += length
+        self._bid_rows = self.starts[len(self.books)] if self.books else 0
+        self.price = pl.Series("price", list(chain.from_iterable(prices)), dtype=pl.Float64, strict=False)
+        self.size = pl.Series("size", list(chain.from_iterable(sizes)), dtype=pl.Float64, strict=False)
+        n = len(self.books)
+        for i, c in enumerate(self.books):
+            c.size_series = (self.size.slice(self.starts[i], self.lengths[i]),
+                             self.size.slice(self.starts[n + i], self.lengths[n + i]))
+
+    def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:
+        """Per book, the volume in each bucket of each side: ({bid edge: volume}, {ask edge: volume}),
+        best bucket first.
+
+        Vectorised over all books: key = -price for bids, price for asks; ``P = round(key * 1e9)``;
+        bucket index ``ceil(P / units)`` (so -floor for bids); then one group-by over the runs of
+        equal index (a side's levels are sorted, so each bucket of a segment is one contiguous run).
+        """
+        nbooks = len(self.books)
+        out: list[tuple[dict[float, float], dict[float, float]]] = [({}, {}) for _ in range(nbooks)]
+        if len(self.size) == 0:
+            return out
+        key = pl.concat([self.price.slice(0, self._bid_rows) * -1.0, self.price.slice(self._bid_rows)])
+        scaled = key * PRICE_SCALE
+        ranges = self._unit_ranges()
+        if max(abs(self.price.min()), abs(self.price.max())) < _FAST_LIMIT:  # type: ignore[arg-type]
+            # Float path, all direct Series operations. P = round(key * 1e9) by the 1.5 * 2**52 trick;
+            # then ceil((P - 0.5) / u): polars divides by a scalar through its reciprocal, which may
+            # land a hair off an exact multiple, and the half-unit offset absorbs that (the error is
+            # far below 0.5 / u while P < 2**48).
+            scaled = (scaled + _ROUNDER) - _ROUNDER - 0.5
+            parts = [scaled.slice(row, length) / units for row, length, units in ranges]
+            index = (parts[0] if len(parts) == 1 else pl.concat(parts)).ceil()
+        else:
+            # Exact integer path for prices beyond the float path's range.
+            scaled_int = scaled.round().cast(pl.Int64)
+            parts = [(scaled_int.slice(row, length) + (units - 1)) // units for row, length, units in ranges]
+            index = parts[0] if len(parts) == 1 else pl.concat(parts)
+        runs = (
+            pl.DataFrame({"run": index.rle_id(), "index": index, "size": self.size})
+            .group_by("run")
+            .agg(pl.col("index").first(), pl.col("size").sum(), pl.len())
+            .sort("run")
+        )
+        seg_units = self.units + self.units
+        seg, seg_end, row = 0, self.lengths[0], 0
+        for idx, volume, length in zip(runs["index"].to_list(), runs["size"].to_list(), runs["len"].to_list()):
+            while row >= seg_end:
+                seg += 1
+                seg_end = self.starts[seg] + self.lengths[seg]
+            if row + length <= seg_end:
+                side_out = out[seg % nbooks][seg // nbooks]
+                edge = bucket_edge(idx, seg_units[seg])
+                side_out[edge] = side_out.get(edge, 0.0) + volume
+            else:
+                # A run spans a segment boundary: the last bucket of one book's side has the same
+                # index as the first bucket of the next book's (shallow books). Split it.
+                self._split_run(out, seg_units, idx, row, length, seg)
+            row += length
+        return out
+
+    # --- internals -----------------------------------------------------------------------------
+    def _unit_ranges(self) -> list[tuple[int, int, int]]:
+        """(first row, row count, units) for each run of adjacent segments with the same width."""
+        ranges: list[tuple[int, int, int]] = []
+        nbooks = len(self.books)
+        for seg, (row, length) in enumerate(zip(self.starts, self.lengths)):
+            units = self.units[seg % nbooks]
+            if ranges and ranges[-1][2] == units:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + length, units)
+            else:
+                ranges.append((row, length, units))
+        return [r for r in ranges if r[1] > 0]
+
+    def _split_run(self, out: list[tuple[dict[float, float], dict[float, float]]], seg_units: tuple[int, ...],
+                   idx: float, row: int, length: int, seg: int) -> None:
+        nbooks = len(self.books)
+        end = row + length
+        while row < end:
+            seg_end = self.starts[seg] + self.lengths[seg]
+            take = min(end, seg_end) - row
+            if take > 0:
+                side_out = out[seg % nbooks][seg // nbooks]
+                edge = bucket_edge(idx, seg_units[seg])
+                side_out[edge] = side_out.get(edge, 0.0) + float(self.size.slice(row, take).sum())
+                row += take
+            seg += 1

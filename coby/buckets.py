@@ -1,0 +1,284 @@
+"""The aggregation engine: price buckets, heatmaps, imbalances and the consolidated book, per tick.
+
+How a level's price maps to its bucket
+--------------------------------------
+Buckets of width ``s`` (``Settings.bucket_size(symbol)``: BTC $10, ETH $1 by default) are named by
+an edge price ``e``, a multiple of ``s``. Each side rounds *away from the mid*:
+
+* a **bid** at price ``p`` goes to ``e = floor(p / s) * s``: the bucket holds bids with
+  ``e <= p < e + s`` and is keyed by its lower edge;
+* an **ask** at price ``p`` goes to ``e = ceil(p / s) * s``: the bucket holds asks with
+  ``e - s < p <= e`` and is keyed by its upper edge.
+
+So each key is the price a taker is sure of within the bucket (sell into the bid bucket at no less
+than ``e``; buy the ask bucket at no more than ``e``), and the two sides never share a bucket
+while the book is uncrossed: every bid key <= best bid < best ask <= every ask key. Flooring both
+sides would put a 60005 bid and a 60006 ask in the same 60000 bucket; rounding away from the mid
+leaves such a bucket only to a locked or crossed book, where it is the truth.
+
+Prices and widths are resolved to 1e-9 and bucketed in integers, so edges are exact decimals: a
+bid at 0.3 on a 0.1 grid is in bucket 0.3 (``0.3 / 0.1`` is 2.9999999999999996 in binary).
+
+The tick
+--------
+``update_book`` keeps the latest snapshot per (venue, symbol) - a dict store, nothing else.
+``tick(now)`` puts every fresh book into one ``BookFrame`` (polars columns over all books), and
+returns, for every symbol: per-venue and consolidated buckets, the consolidated heatmap (also
+recorded in the rolling ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue
+``OrderBookMetrics`` and the consolidated book. A book is *stale* when its exchange timestamp or
+its receive time is more than ``stale_after`` seconds before ``now``: stale books are left out of
+everything in the tick, and named in the symbol's ``ConsolidatedOrderBook.stale_exchanges``.
+
+Timestamps: a venue's figures carry its snapshot's timestamp; consolidated figures carry ``now``.
+The engine imports nothing downstream (no storage, cache or HTTP): it returns model objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Mapping, Sequence
+
+from coby.bookframe import ASK, BID, BookColumns, BookFrame, bucket_edge, bucket_index, bucket_units
+from coby.config import Settings
+from coby.consolidated import consolidate
+from coby.heatmap import HeatmapSeries
+from coby.imbalance import DEPTH_BANDS, book_metrics, consolidated_imbalance, venue_imbalance
+from coby.models import (
+    ConsolidatedOrderBook,
+    HeatmapData,
+    ImbalanceMetrics,
+    OrderBookMetrics,
+    OrderBookSnapshot,
+    PriceBuckets,
+    ensure_utc,
+    utcnow,
+)
+
+
+def bucket_price(price: float, side: str, bucket_size: float) -> float:
+    """The bucket a level belongs to: ``floor`` for a bid, ``ceil`` for an ask (see the module docstring)."""
+    units = bucket_units(bucket_size)
+    if side == "bid":
+        return bucket_edge(bucket_index(price, BID, units), units)
+    if side == "ask":
+        return bucket_edge(bucket_index(price, ASK, units), units)
+    raise ValueError(f"side must be 'bid' or 'ask', got {side!r}")
+
+
+@dataclass(slots=True, frozen=True)
+class TickResult:
+    """Everything one tick computed. Per-venue maps are keyed by (symbol, exchange)."""
+
+    timestamp: datetime
+    books: dict[str, ConsolidatedOrderBook]
+    buckets: dict[str, PriceBuckets]
+    venue_buckets: dict[tuple[str, str], PriceBuckets]
+    heatmaps: dict[str, HeatmapData]
+    imbalances: dict[str, ImbalanceMetrics]
+    venue_imbalances: dict[tuple[str, str], ImbalanceMetrics]
+    metrics: dict[tuple[str, str], OrderBookMetrics]
+    heatmaps_due: tuple[HeatmapData, ...] = ()  # due for the heatmap_data table (HeatmapSeries.store_interval)
+
+    @property
+    def stale(self) -> dict[str, tuple[str, ...]]:
+        """Per symbol, the venues left out as stale (symbols with none are omitted)."""
+        return {s: b.stale_exchanges for s, b in self.books.items() if b.stale_exchanges}
+
+
+@dataclass(slots=True, frozen=True)
+class _Venue:
+    """What one venue's snapshot contributes, computed once per snapshot."""
+
+    cols: BookColumns
+    buckets: PriceBuckets
+    totals: tuple[float, float]
+    imbalance: ImbalanceMetrics
+    metrics: OrderBookMetrics | None
+
+
+class AggregationEngine:
+    """Holds the latest book per (venue, symbol) and aggregates them all at once on ``tick``.
+
+    ``bucket_size``: symbol -> width (a callable such as ``Settings.bucket_size``, or a mapping by
+    symbol or base asset); ``stale_after``: seconds; ``depth_bands``: fractions of mid for the depth
+    imbalances; ``consolidated_depth``: levels per side of the consolidated book (None: all);
+    ``heatmaps``: how heatmaps are scaled, kept and sampled for storage; ``clock``: the time
+    ``tick()`` and ``aggregate_across_exchanges()`` use when not given ``now`` (a replay passes its own).
+    """
+
+    def __init__(self, *, bucket_size: Callable[[str], float] | Mapping[str, float] | None = None,
+                 stale_after: float = 10.0, depth_bands: Sequence[float] = DEPTH_BANDS,
+                 consolidated_depth: int | None = 100, heatmaps: HeatmapSeries | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        if not stale_after > 0:
+            raise ValueError(f"stale_after must be > 0, got {stale_after!r}")
+        if consolidated_depth is not None and consolidated_depth < 1:
+            raise ValueError(f"consolidated_depth must be >= 1 or None, got {consolidated_depth!r}")
+        if any(not 0 < b < 1 for b in depth_bands):
+            raise ValueError(f"depth bands must be fractions of mid in (0, 1), got {tuple(depth_bands)!r}")
+        if bucket_size is None:
+            bucket_size = Settings().bucket_size
+        elif isinstance(bucket_size, Mapping):
+            sizes = dict(bucket_size)
+            bucket_size = lambda symbol: float(sizes.get(symbol, sizes[symbol.split("-", 1)[0]]))  # noqa: E731
+        self._bucket_size_of = bucket_size
+        self.stale_after = timedelta(seconds=stale_after)
+        self.depth_bands = tuple(depth_bands)
+        self.consolidated_depth = consolidated_depth
+        self.heatmaps = heatmaps if heatmaps is not None else HeatmapSeries()
+        self._clock = clock
+        self._books: dict[tuple[str, str], OrderBookSnapshot] = {}
+        self._venues: dict[tuple[str, str], _Venue] = {}  # per-venue aggregates of the held snapshot
+        self._units: dict[str, tuple[float, int]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs) -> "AggregationEngine":
+        """An engine with bucket widths, staleness and consolidated depth taken from settings."""
+        kwargs.setdefault("bucket_size", settings.bucket_size)
+        kwargs.setdefault("stale_after", settings.stale_after)
+        kwargs.setdefault("consolidated_depth", settings.book_depth)
+        return cls(**kwargs)
+
+    # --- state ---------------------------------------------------------------------------------
+    def update_book(self, snapshot: OrderBookSnapshot) -> None:
+        """Keep ``snapshot`` as its venue's latest book for its symbol. O(1): no copying, no polars."""
+        self._books[(snapshot.exchange, snapshot.symbol)] = snapshot
+
+    def remove_book(self, exchange: str, symbol: str) -> None:
+        """Forget a venue's book (unsubscribed); a stale book is otherwise kept and named each tick."""
+        self._books.pop((exchange, symbol), None)
+        self._venues.pop((exchange, symbol), None)
+
+    def book(self, exchange: str, symbol: str) -> OrderBookSnapshot | None:
+        return self._books.get((exchange, symbol))
+
+    def bucket_size(self, symbol: str) -> float:
+        return self._symbol_units(symbol)[0]
+
+    # --- the tick ------------------------------------------------------------------------------
+    def tick(self, now: datetime | None = None) -> TickResult:
+        """Aggregate every held book at once (see the module docstring)."""
+        now = self._now(now)
+        fresh, stale = self._partition(now)
+        venues = self._venues_of(fresh)
+        by_symbol: dict[str, list[_Venue]] = {}
+        for v in venues:
+            by_symbol.setdefault(v.cols.snapshot.symbol, []).append(v)
+        books, buckets, heatmaps, imbalances = {}, {}, {}, {}
+        venue_buckets, venue_imbalances, metrics = {}, {}, {}
+        due = []
+        for symbol in sorted(by_symbol.keys() | stale.keys()):
+            group = by_symbol.get(symbol, [])
+            cons: tuple[dict[float, float], dict[float, float]] = ({}, {})
+            counts: tuple[dict[float, int], dict[float, int]] = ({}, {})
+            for v in group:
+                key = (symbol, v.cols.snapshot.exchange)
+                venue_buckets[key] = v.buckets
+                venue_imbalances[key] = v.imbalance
+                if v.metrics is not None:
+                    metrics[key] = v.metrics
+                for side_vol, merged, n in ((v.buckets.bid_buckets, cons[0], counts[0]),
+                                            (v.buckets.ask_buckets, cons[1], counts[1])):
+                    for edge, vol in side_vol.items():
+                        merged[edge] = merged.get(edge, 0.0) + vol
+                        n[edge] = n.get(edge, 0) + 1
+            cols = [v.cols for v in group]
+            book = consolidate(symbol, now, cols, self.consolidated_depth, stale.get(symbol, ()))
+            books[symbol] = book
+            merged_buckets = PriceBuckets(
+                symbol=symbol, timestamp=now, bucket_size=self.bucket_size(symbol),
+                bid_buckets=dict(sorted(cons[0].items(), reverse=True)), ask_buckets=dict(sorted(cons[1].items())),
+                exchange=None, bid_exchange_counts=counts[0], ask_exchange_counts=counts[1])
+            buckets[symbol] = merged_buckets
+            imbalances[symbol] = consolidated_imbalance(
+                cols, [v.totals for v in group],
+                (book.bids[0].price, book.bids[0].size) if book.bids else None,
+                (book.asks[0].price, book.asks[0].size) if book.asks else None,
+                self.depth_bands, symbol, now)
+            heatmap = self.heatmaps.build(merged_buckets, now)
+            heatmaps[symbol] = heatmap
+            if self.heatmaps.record(heatmap):
+                due.append(heatmap)
+        return TickResult(timestamp=now, books=books, buckets=buckets, venue_buckets=venue_buckets,
+                          heatmaps=heatmaps, imbalances=imbalances, venue_imbalances=venue_imbalances,
+                          metrics=metrics, heatmaps_due=tuple(due))
+
+    # --- the design's single-book methods --------------------------------------------------------
+    def create_price_buckets(self, orderbook: OrderBookSnapshot, bucket_size: float | None = None) -> PriceBuckets:
+        """One venue's book in buckets (``bucket_size`` defaults to the symbol's configured width)."""
+        size = self.bucket_size(orderbook.symbol) if bucket_size is None else float(bucket_size)
+        ((bid_vol, ask_vol),) = BookFrame([BookColumns(orderbook)], [bucket_units(size)]).bucket_volumes()
+        return PriceBuckets(symbol=orderbook.symbol, timestamp=orderbook.timestamp, bucket_size=size,
+                            bid_buckets=bid_vol, ask_buckets=ask_vol, exchange=orderbook.exchange)
+
+    def update_heatmap(self, symbol: str, buckets: PriceBuckets) -> HeatmapData:
+        """A heatmap of ``buckets``, recorded in ``symbol``'s rolling series."""
+        if buckets.symbol != symbol:
+            raise ValueError(f"buckets are for {buckets.symbol}, not {symbol}")
+        heatmap = self.heatmaps.build(buckets)
+        self.heatmaps.record(heatmap)
+        return heatmap
+
+    def calculate_imbalances(self, orderbook: OrderBookSnapshot) -> ImbalanceMetrics:
+        """Top-of-book and depth-band imbalance of one venue's book."""
+        cols = BookColumns(orderbook)
+        totals = (cols.prefix_volume(BID, len(cols.bid_prices)), cols.prefix_volume(ASK, len(cols.ask_prices)))
+        return venue_imbalance(cols, totals, self.depth_bands, orderbook.timestamp)
+
+    def aggregate_across_exchanges(self, symbol: str, now: datetime | None = None) -> ConsolidatedOrderBook:
+        """The consolidated book of ``symbol`` from the fresh books held now."""
+        now = self._now(now)
+        fresh, stale = self._partition(now, symbol)
+        return consolidate(symbol, now, [v.cols for v in self._venues_of(fresh)], self.consolidated_depth,
+                           stale.get(symbol, ()))
+
+    def heatmap_series(self, symbol: str) -> tuple[HeatmapData, ...]:
+        """The rolling heatmap history of ``symbol``, oldest first."""
+        return self.heatmaps.series(symbol)
+
+    # --- internals -------------------------------------------------------------------------------
+    def _now(self, now: datetime | None) -> datetime:
+        return ensure_utc(now) if now is not None else ensure_utc(self._clock())
+
+    def _partition(self, now: datetime, symbol: str | None = None
+                   ) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+        """Fresh book keys sorted by (symbol, exchange), and stale venues per symbol."""
+        horizon = now - self.stale_after
+        fresh: list[tuple[str, str]] = []
+        stale: dict[str, list[str]] = {}
+        for (exchange, sym), snap in self._books.items():
+            if symbol is not None and sym != symbol:
+                continue
+            seen = snap.timestamp if snap.received_at is None else min(snap.timestamp, snap.received_at)
+            if seen < horizon:
+                stale.setdefault(sym, []).append(exchange)
+            else:
+                fresh.append((exchange, sym))
+        fresh.sort(key=lambda k: (k[1], k[0]))
+        return fresh, stale
+
+    def _venues_of(self, keys: list[tuple[str, str]]) -> list[_Venue]:
+        """The per-venue aggregates of ``keys``, computing those whose book changed - all of them
+        in one ``BookFrame``."""
+        changed = [k for k in keys if (v := self._venues.get(k)) is None or v.cols.snapshot is not self._books[k]]
+        if changed:
+            cols = [BookColumns(self._books[k]) for k in changed]
+            frame = BookFrame(cols, [self._symbol_units(c.snapshot.symbol)[1] for c in cols])
+            for key, c, (bid_vol, ask_vol) in zip(changed, cols, frame.bucket_volumes()):
+                snap = c.snapshot
+                totals = (sum(bid_vol.values()), sum(ask_vol.values()))
+                buckets = PriceBuckets(symbol=snap.symbol, timestamp=snap.timestamp,
+                                       bucket_size=self.bucket_size(snap.symbol), bid_buckets=bid_vol,
+                                       ask_buckets=ask_vol, exchange=snap.exchange)
+                self._venues[key] = _Venue(c, buckets, totals,
+                                           venue_imbalance(c, totals, self.depth_bands, snap.timestamp),
+                                           book_metrics(c, *totals))
+        return [self._venues[k] for k in keys]
+
+    def _symbol_units(self, symbol: str) -> tuple[float, int]:
+        found = self._units.get(symbol)
+        if found is None:
+            size = float(self._bucket_size_of(symbol))
+            found = self._units[symbol] = (size, bucket_units(size))
+        return found

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import structlog
@@ -54,6 +54,8 @@ REASONS: tuple[str, ...] = (
 _INF = float("inf")
 _SIDES = frozenset(("buy", "sell"))
 _size = attrgetter("size")
+_PS = itemgetter(0, 1)
+_PSC = itemgetter(0, 1, 2)
 _fromtimestamp = datetime.fromtimestamp
 
 # Venues whose ccxt trade ``id`` is not the venue's trade id: take it from the raw payload.
@@ -100,7 +102,7 @@ class DataProcessor:
         self._age_ms = max_age * 1000.0
         self._id_memory = trade_id_memory
         self._log_interval = reject_log_interval
-        self._level_cache: dict[tuple[str, str], tuple[dict[float, PriceLevel], dict[float, PriceLevel]]] = {}
+        self._level_cache: dict[tuple[str, str], tuple[dict[Any, PriceLevel], dict[Any, PriceLevel]]] = {}
         self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
         self._rejects: dict[str, dict[str, int]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -313,35 +315,31 @@ class DataProcessor:
         self._level_cache.pop((exchange, symbol), None)
 
 
-def _convert(side: Any, limit: int, cache: dict[float, PriceLevel]) -> tuple[PriceLevel, ...]:
-    """The top ``limit`` ccxt levels ``[price, size(, count)]`` as PriceLevels, reusing unchanged ones."""
+def _convert(side: Any, limit: int, cache: dict[tuple[Any, ...], PriceLevel]) -> tuple[PriceLevel, ...]:
+    """The top ``limit`` ccxt levels ``[price, size(, count)]`` as PriceLevels, reusing unchanged ones.
+
+    The per-level work runs in C (itemgetter, dict.get through ``map``); Python code only
+    runs for the few levels that changed since the previous snapshot of this book.
+    """
+    top = side[:limit]
+    counted = isinstance(side, CountedOrderBookSide)  # bitfinex: [price, size, count]; others' 3rd item is an id
     try:
-        top = side[:limit]
-        out: list[PriceLevel] = []
-        append = out.append
-        get = cache.get
-        if isinstance(side, CountedOrderBookSide):  # bitfinex: [price, size, count]; others' 3rd item is an id
-            for lv in top:
-                p, s, c = lv[0], lv[1], lv[2]
-                level = get(p)
-                if level is None or level.size != s or level.count != c:
-                    level = cache[p] = _new_level(p, s, int(c) if c is not None else None)
-                append(level)
-        else:
-            for lv in top:
-                p = lv[0]
-                s = lv[1]
-                level = get(p)
-                if level is None or level.size != s:
-                    level = cache[p] = _new_level(p, s, None)
-                append(level)
-    except (TypeError, IndexError, KeyError, ValueError):
+        keys = list(map(_PSC if counted else _PS, top))
+        levels = list(map(cache.get, keys))
+    except (TypeError, IndexError, KeyError):
         raise ValidationError("schema", "book level is not [price, size]") from None
-    if len(cache) > 4 * len(out) + 64:  # prices move away: keep the cache to what is on the book
+    for i in [i for i, level in enumerate(levels) if level is None]:
+        key = keys[i]
+        count = key[2] if counted else None
+        try:
+            count = int(count) if count is not None else None
+        except (TypeError, ValueError):
+            raise ValidationError("schema", f"level count {count!r}") from None
+        levels[i] = cache[key] = _new_level(key[0], key[1], count)
+    if len(cache) > 4 * len(keys) + 64:  # sizes and prices move on: keep the cache to what is on the book
         cache.clear()
-        for level in out:
-            cache[level.price] = level
-    return tuple(out)
+        cache.update(zip(keys, levels))
+    return tuple(levels)
 
 
 def _new_level(p: Any, s: Any, c: int | None) -> PriceLevel:

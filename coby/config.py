@@ -157,6 +157,8 @@ class Settings:
                                         _positive)
     heatmap_interval: float = setting(5.0, "Seconds between heatmaps stored in heatmap_data.",
                                       ("COBY_HEATMAP_INTERVAL",), _positive)
+    ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
+                                 ("COBY_OHLCV_GRACE",), _non_negative)
     # --- connectors --------------------------------------------------------------------------
     max_connections_per_exchange: int = setting(5, "Upper bound on concurrent connections per venue.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
@@ -224,6 +226,18 @@ class Settings:
                                   ("COBY_WS_HEARTBEAT",), _positive)
     ws_close_timeout: float = setting(5.0, "Seconds a disconnected slow client has to take its error and close frame "
                                       "before the connection is aborted.", ("COBY_WS_CLOSE_TIMEOUT",), _positive)
+    # --- replay ------------------------------------------------------------------------------
+    replay_max_sessions: int = setting(8, "Replay sessions that may be active (created, running or paused) at once.",
+                                       ("COBY_REPLAY_MAX_SESSIONS",), _positive)
+    replay_max_range_days: float = setting(31.0, "Longest time range (end - start) of one replay session, days.",
+                                           ("COBY_REPLAY_MAX_RANGE_DAYS",), _positive)
+    replay_idle_ttl: float = setting(600.0, "Seconds after which a replay session that has ended, or is left "
+                                     "untouched (not started, paused, or blocked on a subscriber that does not "
+                                     "read), is stopped and forgotten.", ("COBY_REPLAY_IDLE_TTL",), _positive)
+    replay_chunk: int = setting(5000, "Rows a replay session reads from each table at a time (two chunks per table "
+                                "in memory at most).", ("COBY_REPLAY_CHUNK",), _positive)
+    replay_queue_size: int = setting(10000, "Messages one replay subscriber may have unread before the session waits "
+                                     "for it (replay never drops).", ("COBY_REPLAY_QUEUE_SIZE",), _positive)
     # --- operations --------------------------------------------------------------------------
     log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)
     shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",

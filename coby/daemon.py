@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from typing import Any
@@ -35,6 +36,7 @@ class Daemon:
         self.pipeline: Any = None
         self.http: Any = None
         self.replay: Any = None
+        self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._stopped = False
 
@@ -61,15 +63,25 @@ class Daemon:
         self.simulator = Simulator(exchanges=self.settings.exchanges, symbols=self.settings.symbols,
                                    port=self.settings.simulator_port)
         await self.simulator.start()
+        # port 0 picks a free port: the connectors must be pointed at the one it got
+        self.settings = dataclasses.replace(self.settings, simulator_port=self.simulator.port)
         log.info("simulator_started", url=self.simulator.url)
 
     async def _start_pipeline(self) -> None:
-        try:
-            from coby.pipeline import Pipeline
-        except ImportError:  # pragma: no cover - the pipeline lands with the connectors
-            return
+        from coby.pipeline import Pipeline
         self.pipeline = Pipeline(self.settings, self.storage, self.cache)
         await self.pipeline.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._publish_status(), name="coby-status"))
+
+    async def _publish_status(self) -> None:
+        """The venues' status, every second, on the ``status`` channel (and as the latest status)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.pipeline.publish_status(
+                    {name: conn.get_connection_status() for name, conn in self.connectors.items()})
+            except Exception:  # noqa: BLE001 - logged; the next second tries again
+                log.exception("status_publish_failed")
 
     async def _start_http(self) -> None:
         from coby.http import ApiServer
@@ -77,11 +89,7 @@ class Daemon:
         await self.http.start()
 
     async def _start_connectors(self) -> None:
-        try:
-            from coby.exchanges import ExchangeConnector
-        except ImportError:  # pragma: no cover - before the connectors exist
-            log.warning("connectors_unavailable")
-            return
+        from coby.exchanges import ExchangeConnector
         for exchange in self.settings.exchanges:
             conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
             self.connectors[exchange] = conn
@@ -116,6 +124,9 @@ class Daemon:
                 log.error("shutdown_step_failed", step=name, error=repr(e))
 
         await asyncio.gather(*(step(f"connector:{n}", c.disconnect()) for n, c in self.connectors.items()))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.replay is not None:
             await step("replay", self.replay.aclose())
         if self.pipeline is not None:

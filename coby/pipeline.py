@@ -1,0 +1,232 @@
+"""The pipeline: where normalised events meet storage, the cache and the aggregation engine.
+
+Connectors (live) or a replay session call ``on_event`` with ``TradeEvent``,
+``OrderBookSnapshot`` and ``ConnectionEvent`` objects. For each:
+
+- trade: stored; published on ``trades:{symbol}``; fed to the OHLCV builder;
+- book: kept as the venue's latest (cache ``book:{exchange}:{symbol}``, published); handed to
+  the aggregation engine (O(1): it only keeps the reference); stored as a snapshot of the top
+  ``snapshot_depth`` levels at most once per ``snapshot_interval`` per book;
+- connection event: stored (gaps in the data are explicit) and reflected on ``status``.
+
+Every ``aggregate_interval`` the tick runs the engine over all books at once and publishes the
+consolidated book, heatmap and metrics per symbol (the freshest books, top ``book_depth``
+levels); closes OHLCV bars whose time is up (stored, per venue and consolidated; the
+consolidated ones also published on ``ohlcv:{symbol}:{timeframe}``, with the open bar re-published
+when it changes). Stored heatmaps come from a second engine (the *recorder*) fed only the stored
+snapshots, at epoch-aligned ``heatmap_interval`` boundaries: see ``_record``. Time comes from ``clock``: wall time live, the events'
+own time in replay (``advance_to``), so replay produces the aggregates the live run did.
+
+Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
+"ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Callable
+
+import structlog
+
+from coby.cache import MemoryCache
+from coby.config import Settings
+from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
+from coby.ohlcv import OHLCVBuilder
+
+RECORD_GRACE = 2.0  # seconds past a heatmap boundary before its stored heatmap is computed
+
+log = structlog.get_logger("coby.pipeline")
+
+
+class Publisher:
+    """Wraps data in envelopes with a per-channel sequence number; keeps the latest of book-like channels."""
+
+    def __init__(self, bus: MemoryCache, replay_id: str | None = None) -> None:
+        self.bus = bus
+        self.replay_id = replay_id
+        self._seq: dict[str, int] = defaultdict(int)
+
+    def envelope(self, channel: str, data: Any, ts: datetime | None, received: datetime | None) -> dict:
+        self._seq[channel] += 1
+        env = {"channel": channel, "type": "update", "seq": self._seq[channel], "ts": ts,
+               "received": received or utcnow(), "data": data}
+        if self.replay_id is not None:
+            env["replay"] = self.replay_id
+        return env
+
+    async def publish(self, channel: str, data: Any, ts: datetime | None = None, received: datetime | None = None,
+                      latest: tuple[str, str] | None = None, book: tuple[str, str] | None = None) -> dict:
+        env = self.envelope(channel, data, ts, received)
+        if book is not None:
+            await self.bus.set_book(book[0], book[1], env)
+        elif latest is not None:
+            await self.bus.set_latest(latest[0], latest[1], env)
+        await self.bus.publish(channel, env)
+        return env
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, storage: Any, bus: MemoryCache, *, replay_id: str | None = None,
+                 clock: Callable[[], float] = time.time, run_timers: bool = True) -> None:
+        self.settings = settings
+        self.storage = storage  # None in replay: history is read, not written
+        self.publisher = Publisher(bus, replay_id)
+        self.clock = clock
+        self.run_timers = run_timers
+        self._last_stored: dict[tuple[str, str], float] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.engine = _make_engine(settings)
+        self.recorder = _make_engine(settings)  # sees only the stored snapshots: see _record
+        self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace)
+        self._pending_stored: list[OrderBookSnapshot] = []
+        self._record_slot: int | None = None
+        self._bar_sigs: dict[tuple[str, str], tuple] = {}
+        self.statuses: dict[str, Any] = {}
+        self.events = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.run_timers:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._ticker(), name="coby-aggregate"))
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+        # bars still open are stored as they are (upserted if they change after a restart)
+        if self.storage is not None:
+            for bar in self.ohlcv.open_bars():
+                await self.storage.store_ohlcv(bar)
+
+    async def _ticker(self) -> None:
+        interval = self.settings.aggregate_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick(self.clock())
+            except Exception:  # noqa: BLE001 - a bad tick is logged; the next one runs
+                log.exception("aggregate_tick_failed")
+
+    # --- intake ---------------------------------------------------------------------------------
+    async def on_event(self, event: Any) -> None:
+        self.events += 1
+        if isinstance(event, TradeEvent):
+            await self._on_trade(event)
+        elif isinstance(event, OrderBookSnapshot):
+            await self._on_book(event)
+        elif isinstance(event, ConnectionEvent):
+            await self._on_connection_event(event)
+        else:
+            log.warning("pipeline_unknown_event", type=type(event).__name__)
+
+    async def _on_trade(self, t: TradeEvent) -> None:
+        if self.storage is not None:
+            await self.storage.store_trade(t)
+        await self.publisher.publish(f"trades:{t.symbol}", t, t.timestamp, t.received_at)
+        self.ohlcv.add(t)  # a trade for an already closed bar is counted there (late_trades), not applied
+
+    async def _on_book(self, b: OrderBookSnapshot) -> None:
+        await self.publisher.publish(f"book:{b.exchange}:{b.symbol}", b, b.timestamp, b.received_at,
+                                     book=(b.exchange, b.symbol))
+        if self.engine is not None:
+            self.engine.update_book(b)
+        if self.storage is not None:
+            key = (b.exchange, b.symbol)
+            now = b.timestamp.timestamp()
+            if now - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
+                self._last_stored[key] = now
+                await self.storage.store_orderbook(b)
+                depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
+                self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
+
+    async def _on_connection_event(self, e: ConnectionEvent) -> None:
+        if self.storage is not None:
+            await self.storage.store_connection_event(e)
+        await self.publisher.publish("status", {"event": e, "exchanges": self.statuses}, e.timestamp, None,
+                                     latest=("status", "*"))
+
+    async def publish_status(self, statuses: dict[str, Any]) -> None:
+        self.statuses = statuses
+        await self.publisher.publish("status", {"exchanges": statuses}, None, None, latest=("status", "*"))
+
+    # --- aggregation ----------------------------------------------------------------------------
+    async def tick(self, now: float) -> None:
+        """One aggregation tick at ``now`` (seconds since the epoch)."""
+        ts = utc_from_ms(now * 1000)
+        result = self.engine.tick(ts)
+        for symbol, book in result.books.items():
+            await self.publisher.publish(f"consolidated:{symbol}", book, ts, ts, latest=("consolidated", symbol))
+            heatmap = result.heatmaps.get(symbol)
+            if heatmap is not None:
+                await self.publisher.publish(f"heatmap:{symbol}", heatmap, ts, ts, latest=("heatmap", symbol))
+            metrics = {ex: m for (sym, ex), m in result.metrics.items() if sym == symbol}
+            imbalance: dict[str, Any] = {ex: m for (sym, ex), m in result.venue_imbalances.items() if sym == symbol}
+            if symbol in result.imbalances:
+                imbalance["consolidated"] = result.imbalances[symbol]
+            await self.publisher.publish(f"metrics:{symbol}", {"metrics": metrics, "imbalance": imbalance},
+                                         ts, ts, latest=("metrics", symbol))
+        await self._record(now)
+        for bar in self.ohlcv.advance(ts):
+            await self._publish_bar(bar)
+        for bar in self.ohlcv.open_bars():
+            if bar.exchange is None and self._bar_changed(bar):
+                await self._publish_bar(bar)
+
+    async def _record(self, now: float) -> None:
+        """Stored heatmaps: computed only from stored snapshots, at epoch-aligned ``heatmap_interval``
+        boundaries, once event time is ``record_grace`` past the boundary - so a replay of the stored
+        rows recomputes exactly the heatmaps stored live."""
+        if self.storage is None:
+            return
+        interval = self.settings.heatmap_interval
+        due = math.floor((now - RECORD_GRACE) / interval)
+        if self._record_slot is None:
+            self._record_slot = due
+            return
+        while self._record_slot < due:
+            self._record_slot += 1
+            boundary = self._record_slot * interval
+            self._pending_stored.sort(key=lambda b: b.timestamp)
+            i = 0
+            while i < len(self._pending_stored) and self._pending_stored[i].timestamp.timestamp() <= boundary:
+                self.recorder.update_book(self._pending_stored[i])
+                i += 1
+            del self._pending_stored[:i]
+            result = self.recorder.tick(utc_from_ms(boundary * 1000))
+            for heatmap in result.heatmaps.values():
+                if heatmap.data:
+                    await self.storage.store_heatmap(heatmap)
+
+    def _bar_changed(self, bar: OHLCVBar) -> bool:
+        key = (bar.symbol, bar.timeframe, bar.timestamp)
+        sig = (bar.trade_count, bar.close, bar.high, bar.low)
+        if self._bar_sigs.get((bar.symbol, bar.timeframe)) == (key, sig):
+            return False
+        self._bar_sigs[(bar.symbol, bar.timeframe)] = (key, sig)
+        return True
+
+    async def advance_to(self, ts: datetime) -> None:
+        """Replay: run the aggregation tick at event time ``ts``."""
+        await self.tick(ts.timestamp())
+
+    async def _publish_bar(self, bar: OHLCVBar) -> None:
+        if bar.exchange is None:  # the channel carries the consolidated bars; venues' bars are in storage
+            await self.publisher.publish(f"ohlcv:{bar.symbol}:{bar.timeframe}", bar, bar.timestamp, None,
+                                         latest=(f"ohlcv:{bar.timeframe}", bar.symbol))
+        if bar.closed and self.storage is not None:
+            await self.storage.store_ohlcv(bar)
+
+
+def _make_engine(settings: Settings) -> Any:
+    from coby.buckets import AggregationEngine
+    from coby.heatmap import HeatmapSeries
+    return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval))

@@ -122,6 +122,30 @@ def test_market_is_deterministic_per_seed_and_differs_per_venue() -> None:
     assert 29_000 < a.mid < 31_000 and 29_000 < c.mid < 31_000
 
 
+@pytest.mark.parametrize("depth", [1, 10, 50, 400, 1000])
+def test_book_window_changes_keep_a_trimming_client_on_the_true_top(depth: int) -> None:
+    """A client applying a window's changes and trimming to `depth` always holds the market's top `depth`."""
+    from coby.simulator.market import BookWindow
+
+    market = Market("okx", "BTC-USDT", seed=depth)
+    window = BookWindow(market, depth)
+    held = [dict(side) for side in window.snapshot()]
+    for i in range(1500):
+        market.step()
+        if i % 5 == 0:
+            market.step()  # two updates between advances
+        for book, changes, best_first in zip(held, window.advance(), (True, False)):
+            for price, size in changes:
+                if size:
+                    book[price] = size
+                else:
+                    book.pop(price, None)
+            for price in sorted(book, reverse=best_first)[depth:]:
+                del book[price]
+        bids, asks = market.snapshot(depth)
+        assert held == [dict(bids), dict(asks)] == [window.bids, window.asks]
+
+
 # ------------------------------------------------------------------- control API
 
 

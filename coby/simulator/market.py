@@ -96,6 +96,7 @@ DEFAULT_INSTRUMENT = Instrument(base_price=100.0, tick=0.01, lot=0.01, typical_s
 
 MIN_LEVELS = 300
 MAX_LEVELS = 500
+JOURNAL_MAX = 100_000
 
 
 class Market:
@@ -122,6 +123,10 @@ class Market:
         rng = self._rng
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
+        # Every (side, price) edited, in order, so BookWindows can advance incrementally;
+        # _journal[i] has the absolute position _journal_base + i.
+        self._journal: list[tuple[str, float]] = []
+        self._journal_base = 0
         # Sorted ascending, both sides: best bid is _bid_px[-1], best ask is _ask_px[0].
         self._bid_px: list[float] = []
         self._ask_px: list[float] = []
@@ -189,6 +194,11 @@ class Market:
         return (self.bids, self._bid_px) if side == "bid" else (self.asks, self._ask_px)
 
     def _set(self, side: str, price: float, size: float) -> None:
+        self._journal.append((side, price))
+        if len(self._journal) > JOURNAL_MAX:
+            drop = len(self._journal) // 2
+            del self._journal[:drop]
+            self._journal_base += drop
         book, prices = self._side(side)
         if size <= 0.0:
             if price in book:
@@ -340,16 +350,34 @@ class BookWindow:
     send the level that enters it, so a client that trims its book to ``depth``
     after every message stays equal to the true top ``depth``. ``advance()`` is
     called after every market update and returns exactly those changes.
+
+    ``advance`` is incremental: it reads the market's journal of edited levels and
+    the moves of the window's edge, so its cost does not grow with ``depth``.
     """
 
-    __slots__ = ("market", "depth", "bids", "asks")
+    __slots__ = ("market", "depth", "bids", "asks", "_pos", "_edges")
 
     def __init__(self, market: Market, depth: int) -> None:
         self.market = market
         self.depth = depth
-        bids, asks = market.snapshot(depth)
-        self.bids: dict[float, float] = dict(bids)
-        self.asks: dict[float, float] = dict(asks)
+        self._resync()
+
+    def _resync(self) -> tuple[list[Level], list[Level]]:
+        """Rebuild from the market; returns the changes versus the old window (if any)."""
+        bids, asks = self.market.snapshot(self.depth)
+        new_bids, new_asks = dict(bids), dict(asks)
+        old_bids: dict[float, float] = getattr(self, "bids", {})
+        old_asks: dict[float, float] = getattr(self, "asks", {})
+        changes = (_diff(old_bids, new_bids, reverse=True), _diff(old_asks, new_asks, reverse=False))
+        self.bids, self.asks = new_bids, new_asks
+        self._pos = self.market._journal_base + len(self.market._journal)
+        full_b, full_a = len(bids) >= self.depth, len(asks) >= self.depth
+        # keyed by is_bid: the deepest price inside the window, or infinity if the side is not full
+        self._edges = {
+            True: bids[-1][0] if full_b else -math.inf,
+            False: asks[-1][0] if full_a else math.inf,
+        }
+        return changes
 
     def snapshot(self) -> tuple[list[Level], list[Level]]:
         """The window now (bids best first, asks best first)."""
@@ -360,11 +388,60 @@ class BookWindow:
 
     def advance(self) -> tuple[list[Level], list[Level]]:
         """Move the window to the market's current top; return (bid changes, ask changes)."""
-        bids, asks = self.market.snapshot(self.depth)
-        new_bids, new_asks = dict(bids), dict(asks)
-        changes = (_diff(self.bids, new_bids, reverse=True), _diff(self.asks, new_asks, reverse=False))
-        self.bids, self.asks = new_bids, new_asks
-        return changes
+        m = self.market
+        start = self._pos - m._journal_base
+        if start < 0:  # the journal was trimmed past us: rebuild
+            return self._resync()
+        touched = m._journal[start:]
+        self._pos = m._journal_base + len(m._journal)
+        bid_changes: dict[float, float] = {}
+        ask_changes: dict[float, float] = {}
+        self._advance_side(m.bids, m._bid_px, self.bids, bid_changes, [p for s, p in touched if s == "bid"], True)
+        self._advance_side(m.asks, m._ask_px, self.asks, ask_changes, [p for s, p in touched if s == "ask"], False)
+        return (sorted(bid_changes.items(), reverse=True), sorted(ask_changes.items()))
+
+    def _advance_side(
+        self,
+        book: dict[float, float],
+        prices: list[float],
+        window: dict[float, float],
+        changes: dict[float, float],
+        touched: list[float],
+        is_bid: bool,
+    ) -> None:
+        """Bring one side of the window to ``prices`` (ascending), recording the changes."""
+        n = self.depth
+        full = len(prices) >= n
+        # The window is prices[lo_i:hi_i]: the top end for bids, the bottom end for asks.
+        lo_i, hi_i = (len(prices) - n if full else 0, len(prices)) if is_bid else (0, min(n, len(prices)))
+        old_edge = self._edges[is_bid]  # the window's deepest price before (-inf/+inf: not full)
+        new_edge = (prices[lo_i] if is_bid else prices[hi_i - 1]) if full else (-math.inf if is_bid else math.inf)
+        self._edges[is_bid] = new_edge
+
+        def put(price: float, size: float) -> None:
+            if size > 0.0:
+                if window.get(price) != size:
+                    window[price] = size
+                    changes[price] = size
+            elif price in window:
+                del window[price]
+                changes[price] = 0.0
+
+        for price in set(touched):
+            inside = price >= new_edge if is_bid else price <= new_edge
+            put(price, book.get(price, 0.0) if inside else 0.0)
+        # Untouched levels crossing the window's edge: between the old and the new edge.
+        if old_edge != new_edge:
+            if is_bid:
+                between = prices[bisect.bisect_left(prices, min(old_edge, new_edge)) : bisect.bisect_left(
+                    prices, max(old_edge, new_edge))]
+                for price in between:
+                    put(price, book[price] if price >= new_edge else 0.0)
+            else:
+                between = prices[bisect.bisect_right(prices, min(old_edge, new_edge)) : bisect.bisect_right(
+                    prices, max(old_edge, new_edge))]
+                for price in between:
+                    put(price, book[price] if price <= new_edge else 0.0)
 
     def crossed_changes(self) -> tuple[list[Level], list[Level]]:
         """A change that puts a bid above the best ask (the window itself is untouched)."""

@@ -57,8 +57,9 @@ log = structlog.get_logger("coby.exchanges")
 Callback = Callable[[Any], Any]
 BOOK, TRADES = "book", "trades"
 
+# Retrying cannot help: a wrong symbol mapping, a call the venue lacks, credentials, configuration.
 _PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,
-              ccxt.BadRequest, ccxt.InvalidProxySettings)
+              ccxt.InvalidProxySettings)
 
 def translate_ccxt_error(exchange: str, exc: BaseException) -> ExchangeError:
     """The one translation of ccxt's (and the transport's) exceptions into coby's."""
@@ -112,6 +113,7 @@ class ExchangeConnector:
         self._feeds: list[Feed] = []
         self._streams: dict[tuple[str, str], Stream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self._connected = self._stopped = False
         self._messages = self._reconnects = 0
         self._error: str | None = None
@@ -159,7 +161,7 @@ class ExchangeConnector:
         clients = [f.client for f in self._feeds if f.client is not None]
         for f in self._feeds:
             f.client = None
-        await asyncio.gather(*(self._close_client(c) for c in clients), return_exceptions=True)
+        await asyncio.gather(*(self._close_client(c) for c in clients), *self._closing, return_exceptions=True)
         CIRCUIT_OPEN.labels(self.exchange).set(0)
         self._log.info("connector_stopped")
 
@@ -357,13 +359,22 @@ class ExchangeConnector:
     # ---------------------------------------------------------------- feeds
 
     def _client(self, feed: Feed) -> Any:
-        return feed.open_client(lambda: self._factory(self.exchange, feed.markets, self._base_url), self._frame_failed)
+        def build() -> Any:
+            # markets as the catalog knows them now: real ones once a background refresh succeeded
+            symbols = {s.symbol for s in feed.streams}
+            feed.markets = self.catalog.markets_for(symbols)
+            feed.symbol_by_id = {self.catalog.market(sym).id: sym for sym in symbols}
+            return self._factory(self.exchange, feed.markets, self._base_url)
+
+        return feed.open_client(build, self._frame_failed)
 
     def _recycle(self, feed: Feed, err: ExchangeError) -> None:
         """Drop the feed's ccxt client (closed in the background) and interrupt its streams."""
         old = feed.drop_client()
         if old is not None:
-            self._spawn(self._close_client(old), "close-client")
+            task = asyncio.ensure_future(self._close_client(old))
+            self._closing.add(task)  # awaited, not cancelled, by disconnect(): a close must finish
+            task.add_done_callback(self._closing.discard)
         current = asyncio.current_task()
         for st in feed.streams:
             if st.watching and st.task is not None and st.task is not current and not st.task.done():

@@ -491,14 +491,18 @@ async def test_crossed_books_rejected_and_counted(live):
     await poll(lambda: flowing(rec, 0, VENUES), what="warm-up")
     before = {v: rejects(v, "crossed_book") + rejects(v, "locked_book") for v in VENUES}
     mark = rec.mark()
-    await inject_all(sim, "crossed", VENUES, symbol="BTC-USDT")
+    pending = list(VENUES)
+    for _ in range(5):  # ccxt may coalesce the crossing frame and its repair into one wake-up: inject again
+        await inject_all(sim, "crossed", pending, symbol="BTC-USDT")
+        await asyncio.sleep(1.0)
+        pending = [v for v in pending if rejects(v, "crossed_book") + rejects(v, "locked_book") <= before[v]]
+        if not pending:
+            break
+    assert not pending, f"crossed state never seen (so never rejected) on {pending}"
     await poll(lambda: flowing(rec, mark, VENUES, books=3), what="flow after crossed")
     for item in rec.since(mark):
         if isinstance(item, OrderBookSnapshot):
             assert item.bids[0].price < item.asks[0].price, item.exchange
-    # ccxt may coalesce the crossing and the repair into one wake-up; most venues show the crossed state
-    counted = [v for v in VENUES if rejects(v, "crossed_book") + rejects(v, "locked_book") > before[v]]
-    assert counted, "no venue showed the crossed state"
 
 
 @pytestmark_sim

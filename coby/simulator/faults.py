@@ -3,7 +3,7 @@
 Inject with ``Simulator.inject(exchange, fault, **params)`` or
 ``POST /_sim/fault/{exchange}`` with ``{"fault": "<name>", ...params}``. Every
 one-shot fault accepts an optional ``symbol`` (canonical, e.g. ``"BTC-USDT"``);
-without it the fault hits the first matching message of any symbol. A venue that
+without it the fault hits the first matching message of any watched symbol. A venue that
 cannot express a fault rejects it with :class:`UnsupportedFault` (HTTP 400).
 
 ``drop``
@@ -30,10 +30,12 @@ cannot express a fault rejects it with :class:`UnsupportedFault` (HTTP 400).
     and crashes when turned on), so nothing visible happens; bitfinex: ccxt raises
     ``ChecksumError``.
 ``malformed``
-    One frame that is not valid for the protocol (truncated JSON, or a message
-    without its required fields) is sent now to every connection. ccxt: see the
-    venue module; typically the frame is dropped by the receive loop's JSON parse
-    or the handler ignores it, and the feed continues.
+    One frame that is not valid for the protocol (by default truncated JSON) is sent
+    now to every connection of the venue. ccxt 4.5.90 parses JSON frames without a
+    guard, so the parse error escapes its receive loop ("Exception in callback" in
+    the asyncio log) and the loop dies: no ``watch_*`` on that connection resolves
+    again and nothing raises. Only ``await ex.close()`` (or a watchdog doing it) and
+    a new watch recover. Keepalive may eventually notice (kraken 12 s, okx 36 s).
 ``crossed``
     A book delta with a bid strictly above the best ask, not applied to the true
     book, then at once a delta deleting it. ccxt applies both: for a moment the

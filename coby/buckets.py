@@ -35,7 +35,7 @@ The engine imports nothing downstream (no storage, cache or HTTP): it returns mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable, Mapping, Sequence
 
@@ -64,6 +64,16 @@ def bucket_price(price: float, side: str, bucket_size: float) -> float:
     if side == "ask":
         return bucket_edge(bucket_index(price, ASK, units), units)
     raise ValueError(f"side must be 'bid' or 'ask', got {side!r}")
+
+
+def _lookup(sizes: dict[str, float]) -> Callable[[str], float]:
+    """Bucket width by symbol, then by base asset (as ``Settings.bucket_size``)."""
+    def bucket_size(symbol: str) -> float:
+        for key in (symbol, symbol.split("-", 1)[0]):
+            if key in sizes:
+                return float(sizes[key])
+        raise ValueError(f"no bucket size for {symbol!r} (give one for the symbol or its base asset)")
+    return bucket_size
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,6 +107,23 @@ class _Venue:
     metrics: OrderBookMetrics | None
 
 
+@dataclass(slots=True, frozen=True)
+class _SymbolAggregate:
+    """One symbol's consolidated figures."""
+
+    book: ConsolidatedOrderBook
+    buckets: PriceBuckets
+    imbalance: ImbalanceMetrics
+    heatmap: HeatmapData
+
+    def __iter__(self):
+        return iter((self.book, self.buckets, self.imbalance, self.heatmap))
+
+    def stamped(self, now: datetime) -> "_SymbolAggregate":
+        return _SymbolAggregate(replace(self.book, timestamp=now), replace(self.buckets, timestamp=now),
+                                replace(self.imbalance, timestamp=now), replace(self.heatmap, timestamp=now))
+
+
 class AggregationEngine:
     """Holds the latest book per (venue, symbol) and aggregates them all at once on ``tick``.
 
@@ -120,8 +147,7 @@ class AggregationEngine:
         if bucket_size is None:
             bucket_size = Settings().bucket_size
         elif isinstance(bucket_size, Mapping):
-            sizes = dict(bucket_size)
-            bucket_size = lambda symbol: float(sizes.get(symbol, sizes[symbol.split("-", 1)[0]]))  # noqa: E731
+            bucket_size = _lookup(dict(bucket_size))
         self._bucket_size_of = bucket_size
         self.stale_after = timedelta(seconds=stale_after)
         self.depth_bands = tuple(depth_bands)
@@ -130,6 +156,8 @@ class AggregationEngine:
         self._clock = clock
         self._books: dict[tuple[str, str], OrderBookSnapshot] = {}
         self._venues: dict[tuple[str, str], _Venue] = {}  # per-venue aggregates of the held snapshot
+        # per symbol: the snapshots and stale venues its consolidated figures were made from
+        self._symbols: dict[str, tuple[tuple[OrderBookSnapshot, ...], tuple[str, ...], _SymbolAggregate]] = {}
         self._units: dict[str, tuple[float, int]] = {}
 
     @classmethod
@@ -149,6 +177,7 @@ class AggregationEngine:
         """Forget a venue's book (unsubscribed); a stale book is otherwise kept and named each tick."""
         self._books.pop((exchange, symbol), None)
         self._venues.pop((exchange, symbol), None)
+        self._symbols.pop(symbol, None)
 
     def book(self, exchange: str, symbol: str) -> OrderBookSnapshot | None:
         return self._books.get((exchange, symbol))
@@ -161,48 +190,58 @@ class AggregationEngine:
         """Aggregate every held book at once (see the module docstring)."""
         now = self._now(now)
         fresh, stale = self._partition(now)
-        venues = self._venues_of(fresh)
         by_symbol: dict[str, list[_Venue]] = {}
-        for v in venues:
+        for v in self._venues_of(fresh):
             by_symbol.setdefault(v.cols.snapshot.symbol, []).append(v)
         books, buckets, heatmaps, imbalances = {}, {}, {}, {}
         venue_buckets, venue_imbalances, metrics = {}, {}, {}
         due = []
         for symbol in sorted(by_symbol.keys() | stale.keys()):
             group = by_symbol.get(symbol, [])
-            cons: tuple[dict[float, float], dict[float, float]] = ({}, {})
-            counts: tuple[dict[float, int], dict[float, int]] = ({}, {})
             for v in group:
                 key = (symbol, v.cols.snapshot.exchange)
                 venue_buckets[key] = v.buckets
                 venue_imbalances[key] = v.imbalance
                 if v.metrics is not None:
                     metrics[key] = v.metrics
-                for side_vol, merged, n in ((v.buckets.bid_buckets, cons[0], counts[0]),
-                                            (v.buckets.ask_buckets, cons[1], counts[1])):
-                    for edge, vol in side_vol.items():
-                        merged[edge] = merged.get(edge, 0.0) + vol
-                        n[edge] = n.get(edge, 0) + 1
-            cols = [v.cols for v in group]
-            book = consolidate(symbol, now, cols, self.consolidated_depth, stale.get(symbol, ()))
-            books[symbol] = book
-            merged_buckets = PriceBuckets(
-                symbol=symbol, timestamp=now, bucket_size=self.bucket_size(symbol),
-                bid_buckets=dict(sorted(cons[0].items(), reverse=True)), ask_buckets=dict(sorted(cons[1].items())),
-                exchange=None, bid_exchange_counts=counts[0], ask_exchange_counts=counts[1])
-            buckets[symbol] = merged_buckets
-            imbalances[symbol] = consolidated_imbalance(
-                cols, [v.totals for v in group],
-                (book.bids[0].price, book.bids[0].size) if book.bids else None,
-                (book.asks[0].price, book.asks[0].size) if book.asks else None,
-                self.depth_bands, symbol, now)
-            heatmap = self.heatmaps.build(merged_buckets, now)
-            heatmaps[symbol] = heatmap
-            if self.heatmaps.record(heatmap):
-                due.append(heatmap)
+            agg = self._symbol_aggregate(symbol, group, tuple(sorted(stale.get(symbol, ()))), now)
+            books[symbol], buckets[symbol], imbalances[symbol], heatmaps[symbol] = agg
+            if self.heatmaps.record(agg.heatmap):
+                due.append(agg.heatmap)
         return TickResult(timestamp=now, books=books, buckets=buckets, venue_buckets=venue_buckets,
                           heatmaps=heatmaps, imbalances=imbalances, venue_imbalances=venue_imbalances,
                           metrics=metrics, heatmaps_due=tuple(due))
+
+    def _symbol_aggregate(self, symbol: str, group: list[_Venue], stale: tuple[str, ...],
+                          now: datetime) -> _SymbolAggregate:
+        """The consolidated figures of one symbol; reused (re-stamped) while its books are unchanged."""
+        snaps = tuple(v.cols.snapshot for v in group)
+        cached = self._symbols.get(symbol)
+        if cached is not None and cached[1] == stale and len(cached[0]) == len(snaps) \
+                and all(a is b for a, b in zip(cached[0], snaps)):
+            return cached[2].stamped(now)
+        cons: tuple[dict[float, float], dict[float, float]] = ({}, {})
+        counts: tuple[dict[float, int], dict[float, int]] = ({}, {})
+        for v in group:
+            for side_vol, merged, n in ((v.buckets.bid_buckets, cons[0], counts[0]),
+                                        (v.buckets.ask_buckets, cons[1], counts[1])):
+                for edge, vol in side_vol.items():
+                    merged[edge] = merged.get(edge, 0.0) + vol
+                    n[edge] = n.get(edge, 0) + 1
+        cols = [v.cols for v in group]
+        book = consolidate(symbol, now, cols, self.consolidated_depth, stale)
+        buckets = PriceBuckets(
+            symbol=symbol, timestamp=now, bucket_size=self.bucket_size(symbol),
+            bid_buckets=dict(sorted(cons[0].items(), reverse=True)), ask_buckets=dict(sorted(cons[1].items())),
+            exchange=None, bid_exchange_counts=counts[0], ask_exchange_counts=counts[1])
+        imbalance = consolidated_imbalance(
+            cols, [v.totals for v in group],
+            (book.bids[0].price, book.bids[0].size) if book.bids else None,
+            (book.asks[0].price, book.asks[0].size) if book.asks else None,
+            self.depth_bands, symbol, now)
+        agg = _SymbolAggregate(book, buckets, imbalance, self.heatmaps.build(buckets, now))
+        self._symbols[symbol] = (snaps, stale, agg)
+        return agg
 
     # --- the design's single-book methods --------------------------------------------------------
     def create_price_buckets(self, orderbook: OrderBookSnapshot, bucket_size: float | None = None) -> PriceBuckets:

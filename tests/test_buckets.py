@@ -125,6 +125,25 @@ def test_update_book_keeps_the_latest_snapshot_per_venue_and_symbol():
     assert eng.tick(NOW).books == {}
 
 
+def test_unchanged_books_give_the_same_figures_restamped():
+    """A tick with no new book repeats the previous figures under the new time; a new book, or a
+    venue turning stale, recomputes them."""
+    eng = engine(stale_after=5.0)
+    eng.update_book(book("binance", [(100.0, 1.0)], [(101.0, 1.0)]))
+    eng.update_book(book("okx", [(100.0, 2.0)], [(101.0, 1.0)], age=3.0))
+    first = eng.tick(NOW)
+    later = NOW + timedelta(seconds=1)
+    second = eng.tick(later)
+    assert second.books["BTC-USDT"].timestamp == later and second.heatmaps["BTC-USDT"].timestamp == later
+    assert second.books["BTC-USDT"].bids == first.books["BTC-USDT"].bids
+    assert second.buckets["BTC-USDT"].bid_buckets == {100.0: 3.0}
+    third = eng.tick(NOW + timedelta(seconds=2.5))  # okx's book is now 5.5 s old
+    assert third.books["BTC-USDT"].stale_exchanges == ("okx",)
+    assert third.buckets["BTC-USDT"].bid_buckets == {100.0: 1.0}
+    eng.update_book(book("binance", [(100.0, 4.0)], [(101.0, 1.0)]))
+    assert eng.tick(NOW).buckets["BTC-USDT"].bid_buckets == {100.0: 6.0}
+
+
 def test_consolidated_book_merges_levels_with_venue_shares():
     """Equal prices from different venues merge into one level carrying each venue's size."""
     eng = engine()

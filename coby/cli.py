@@ -119,6 +119,44 @@ def simulate(port: int = typer.Option(8765, "--port", help="Port to listen on.")
 
 
 @app.command()
+def replay(
+    start: str = typer.Option(..., "--start", help="Start of the range: ISO 8601 (naive = UTC) or epoch ms."),
+    end: str = typer.Option(..., "--end", help="End of the range (exclusive): ISO 8601 or epoch ms."),
+    speed: float = typer.Option(0.0, "--speed", help="1 real time, 10 ten times faster, 0.5 half speed; "
+                                                     "0 (default) as fast as stdout is read."),
+    exchanges: Optional[str] = typer.Option(None, "--exchanges", help="Comma-separated venues (default: all)."),
+    symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated symbols (default: all)."),
+    channels: Optional[str] = typer.Option(None, "--channels", help="Comma-separated channel kinds or names, "
+                                                                    "e.g. trades,book (default: all)."),
+    db: Optional[str] = DbOpt,
+    config: Optional[Path] = ConfigOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="Default WARNING (stderr is the progress "
+                                                                      "bar's)."),
+) -> None:
+    """Replay a stored range: one JSON envelope a line on stdout (live's channels, marked "replay"),
+    a progress bar on stderr when it is a terminal."""
+    settings = _settings(config, db_url=db, data_dir=data_dir, exchanges=exchanges, symbols=symbols,
+                         log_level=log_level)
+    from coby.logs import configure
+    configure(log_level or ("WARNING" if settings.log_level == "INFO" else settings.log_level))
+    from coby.errors import ReplayError
+    from coby.replay_cli import print_replay
+    try:
+        code = asyncio.run(print_replay(settings, start, end, speed,
+                                        exchanges=settings.exchanges if exchanges else None,
+                                        symbols=settings.symbols if symbols else None,
+                                        channels=channels.split(",") if channels else None))
+    except ReplayError as e:
+        _fail(str(e))
+    except StorageError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command()
 def version() -> None:
     """Print coby's version and its key dependencies' versions."""
     import ccxt

@@ -1,8 +1,5 @@
 """The books of one aggregation tick as columns: every level of every book in one polars column pair.
 
-``BookColumns`` is one snapshot as plain lists (for ``bisect`` and the consolidated merge), made
-once per snapshot object and reused while a venue's book does not change between ticks.
-
 ``BookFrame`` lays many books end to end, one *segment* per (book, side): first the bids of
 every book, then the asks of every book, each segment best level first::
 
@@ -12,14 +9,15 @@ every book, then the asks of every book, each segment best level first::
 Polars does the per-level work in a handful of whole-column operations - scale prices to
 integers, compute every level's bucket index, find the runs of equal index, sum each run's size -
 so a tick costs a few vectorised passes over all books at once, not a frame per book or per
-message. Python touches only per-bucket and per-book results. (Most of those operations are
+message. Python touches only per-bucket and per-book results. Each book keeps its place in the
+frame (``BookColumns``: ranges of the frame's flat lists, for ``bisect`` and the consolidated
+merge) for as long as its venue's book does not change. (Most of those operations are
 chosen to be ones polars runs directly on a Series; each expression-backed one costs a query.)
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from itertools import chain
 from operator import neg
 from typing import Sequence
 
@@ -60,35 +58,38 @@ def bucket_edge(index: float, units: int) -> float:
 
 
 class BookColumns:
-    """One snapshot as lists, prices best first (bids descending, asks ascending), and sizes.
+    """One book's place in a ``BookFrame``: its levels are ranges of the frame's flat lists,
+    best first on each side (bids descending, asks ascending).
 
-    ``size_series`` (bids, asks) are views into the ``BookFrame`` the book was last bucketed in,
-    for prefix sums; ``BookFrame`` sets them.
+    ``size_series`` (bids, asks) are zero-copy views of the frame's size column, for prefix sums.
+    Kept with the venue's snapshot, a ``BookColumns`` keeps its frame's lists and column alive.
     """
 
-    __slots__ = ("snapshot", "bid_prices", "bid_sizes", "ask_prices", "ask_sizes", "size_series")
+    __slots__ = ("snapshot", "prices", "sizes", "ranges", "size_series")
 
-    def __init__(self, snapshot: OrderBookSnapshot) -> None:
-        bids, asks = snapshot.bids, snapshot.asks
+    def __init__(self, snapshot: OrderBookSnapshot, prices: list[float], sizes: list[float],
+                 ranges: tuple[tuple[int, int], tuple[int, int]], size_series: tuple[pl.Series, pl.Series]) -> None:
         self.snapshot = snapshot
-        self.bid_prices = [lv.price for lv in bids]
-        self.bid_sizes = [lv.size for lv in bids]
-        self.ask_prices = [lv.price for lv in asks]
-        self.ask_sizes = [lv.size for lv in asks]
-        self.size_series: tuple[pl.Series, pl.Series] | None = None
+        self.prices = prices
+        self.sizes = sizes
+        self.ranges = ranges  # (start, stop) of the bids and of the asks in prices / sizes
+        self.size_series = size_series
+
+    def count(self, side: int) -> int:
+        start, stop = self.ranges[side]
+        return stop - start
 
     def band_count(self, side: int, limit: float) -> int:
         """How many of a side's best levels lie at or inside ``limit`` (bids >= it, asks <= it)."""
+        start, stop = self.ranges[side]
         if side == BID:
-            return bisect_right(self.bid_prices, -limit, key=neg)
-        return bisect_right(self.ask_prices, limit)
+            return bisect_right(self.prices, -limit, start, stop, key=neg) - start
+        return bisect_right(self.prices, limit, start, stop) - start
 
     def prefix_volume(self, side: int, count: int) -> float:
         """Volume of a side's best ``count`` levels."""
         if count <= 0:
             return 0.0
-        if self.size_series is None:
-            return float(sum((self.bid_sizes if side == BID else self.ask_sizes)[:count]))
         return float(self.size_series[side].head(count).sum())
 
 
@@ -97,31 +98,35 @@ class BookFrame:
 
     ``units[i]`` is book i's bucket width in 1e-9 units. Books that share a width should be
     adjacent (the engine groups them by symbol): the bucket index is computed once per run of
-    equal widths on each side.
+    equal widths on each side. ``books`` holds each snapshot's ``BookColumns``.
     """
 
     __slots__ = ("books", "units", "starts", "lengths", "price", "size", "_bid_rows")
 
-    def __init__(self, books: Sequence[BookColumns], units: Sequence[int]) -> None:
-        if len(books) != len(units):
+    def __init__(self, snapshots: Sequence[OrderBookSnapshot], units: Sequence[int]) -> None:
+        if len(snapshots) != len(units):
             raise ValueError("one bucket width per book")
-        self.books = tuple(books)
         self.units = tuple(units)
-        prices = [c.bid_prices for c in self.books] + [c.ask_prices for c in self.books]
-        sizes = [c.bid_sizes for c in self.books] + [c.ask_sizes for c in self.books]
-        self.lengths = [len(p) for p in prices]
+        # Two flat lists, all bids then all asks; the comprehensions are the per-level Python cost.
+        prices = [lv.price for b in snapshots for lv in b.bids] + [lv.price for b in snapshots for lv in b.asks]
+        sizes = [lv.size for b in snapshots for lv in b.bids] + [lv.size for b in snapshots for lv in b.asks]
+        self.lengths = [len(b.bids) for b in snapshots] + [len(b.asks) for b in snapshots]
         self.starts = []
         row = 0
         for length in self.lengths:
             self.starts.append(row)
             row += length
-        self._bid_rows = self.starts[len(self.books)] if self.books else 0
-        self.price = pl.Series("price", list(chain.from_iterable(prices)), dtype=pl.Float64, strict=False)
-        self.size = pl.Series("size", list(chain.from_iterable(sizes)), dtype=pl.Float64, strict=False)
-        n = len(self.books)
-        for i, c in enumerate(self.books):
-            c.size_series = (self.size.slice(self.starts[i], self.lengths[i]),
-                             self.size.slice(self.starts[n + i], self.lengths[n + i]))
+        self._bid_rows = self.starts[len(snapshots)] if snapshots else 0
+        self.price = pl.Series("price", prices, dtype=pl.Float64, strict=False)
+        self.size = pl.Series("size", sizes, dtype=pl.Float64, strict=False)
+        n = len(snapshots)
+        books = []
+        for i, snap in enumerate(snapshots):
+            bid = (self.starts[i], self.starts[i] + self.lengths[i])
+            ask = (self.starts[n + i], self.starts[n + i] + self.lengths[n + i])
+            views = (self.size.slice(bid[0], bid[1] - bid[0]), self.size.slice(ask[0], ask[1] - ask[0]))
+            books.append(BookColumns(snap, prices, sizes, (bid, ask), views))
+        self.books = tuple(books)
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:
         """Per book, the volume in each bucket of each side: ({bid edge: volume}, {ask edge: volume}),
@@ -158,15 +163,20 @@ class BookFrame:
             .sort("run")
         )
         seg_units = self.units + self.units
-        seg, seg_end, row = 0, self.lengths[0], 0
+        ends = [start + length for start, length in zip(self.starts, self.lengths)]
+        seg, row = 0, 0
+        seg_end, side_out, units = ends[0], out[0][BID], seg_units[0]
         for idx, volume, length in zip(runs["index"].to_list(), runs["size"].to_list(), runs["len"].to_list()):
-            while row >= seg_end:
-                seg += 1
-                seg_end = self.starts[seg] + self.lengths[seg]
+            if row >= seg_end:
+                while row >= ends[seg]:
+                    seg += 1
+                seg_end, side_out, units = ends[seg], out[seg % nbooks][seg // nbooks], seg_units[seg]
             if row + length <= seg_end:
-                side_out = out[seg % nbooks][seg // nbooks]
-                edge = bucket_edge(idx, seg_units[seg])
-                side_out[edge] = side_out.get(edge, 0.0) + volume
+                edge = abs(int(idx)) * units / PRICE_SCALE  # int * int, then one correctly rounded division
+                if edge in side_out:  # only for a book whose levels are out of order
+                    side_out[edge] += volume
+                else:
+                    side_out[edge] = volume
             else:
                 # A run spans a segment boundary: the last bucket of one book's side has the same
                 # index as the first bucket of the next book's (shallow books). Split it.

@@ -247,7 +247,7 @@ class AggregationEngine:
     def create_price_buckets(self, orderbook: OrderBookSnapshot, bucket_size: float | None = None) -> PriceBuckets:
         """One venue's book in buckets (``bucket_size`` defaults to the symbol's configured width)."""
         size = self.bucket_size(orderbook.symbol) if bucket_size is None else float(bucket_size)
-        ((bid_vol, ask_vol),) = BookFrame([BookColumns(orderbook)], [bucket_units(size)]).bucket_volumes()
+        ((bid_vol, ask_vol),) = BookFrame([orderbook], [bucket_units(size)]).bucket_volumes()
         return PriceBuckets(symbol=orderbook.symbol, timestamp=orderbook.timestamp, bucket_size=size,
                             bid_buckets=bid_vol, ask_buckets=ask_vol, exchange=orderbook.exchange)
 
@@ -261,8 +261,8 @@ class AggregationEngine:
 
     def calculate_imbalances(self, orderbook: OrderBookSnapshot) -> ImbalanceMetrics:
         """Top-of-book and depth-band imbalance of one venue's book."""
-        cols = BookColumns(orderbook)
-        totals = (cols.prefix_volume(BID, len(cols.bid_prices)), cols.prefix_volume(ASK, len(cols.ask_prices)))
+        (cols,) = BookFrame([orderbook], [self._symbol_units(orderbook.symbol)[1]]).books
+        totals = (cols.prefix_volume(BID, cols.count(BID)), cols.prefix_volume(ASK, cols.count(ASK)))
         return venue_imbalance(cols, totals, self.depth_bands, orderbook.timestamp)
 
     def aggregate_across_exchanges(self, symbol: str, now: datetime | None = None) -> ConsolidatedOrderBook:
@@ -302,9 +302,9 @@ class AggregationEngine:
         in one ``BookFrame``."""
         changed = [k for k in keys if (v := self._venues.get(k)) is None or v.cols.snapshot is not self._books[k]]
         if changed:
-            cols = [BookColumns(self._books[k]) for k in changed]
-            frame = BookFrame(cols, [self._symbol_units(c.snapshot.symbol)[1] for c in cols])
-            for key, c, (bid_vol, ask_vol) in zip(changed, cols, frame.bucket_volumes()):
+            snaps = [self._books[k] for k in changed]
+            frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps])
+            for key, c, (bid_vol, ask_vol) in zip(changed, frame.books, frame.bucket_volumes()):
                 snap = c.snapshot
                 totals = (sum(bid_vol.values()), sum(ask_vol.values()))
                 buckets = PriceBuckets(symbol=snap.symbol, timestamp=snap.timestamp,

@@ -21,21 +21,21 @@ from datetime import datetime
 from operator import neg
 from typing import Sequence
 
-from coby.bookframe import BookColumns
+from coby.bookframe import ASK, BID, BookColumns
 from coby.models import ConsolidatedLevel, ConsolidatedOrderBook
 
 
-def merge_side(venues: Sequence[tuple[str, list[float], list[float]]], depth: int | None,
-               descending: bool) -> tuple[ConsolidatedLevel, ...]:
-    """Merge one side of several venues. Each venue gives (name, prices best first, sizes);
-    ``descending`` for bids.
+def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tuple[ConsolidatedLevel, ...]:
+    """Merge one side of several venues' books (bids best = highest first, asks lowest first).
 
     The best ``depth`` distinct prices among the venues' best ``depth`` levels are the merged
     book's prices; each venue is then read only down to the worst of them.
     """
+    descending = side == BID
     candidates: set[float] = set()
-    for _, prices, _ in venues:
-        candidates.update(prices if depth is None else prices[:depth])
+    for c in books:
+        start, stop = c.ranges[side]
+        candidates.update(c.prices[start:stop if depth is None else min(stop, start + depth)])
     ordered = sorted(candidates, reverse=descending)
     if depth is not None:
         del ordered[depth:]
@@ -43,9 +43,12 @@ def merge_side(venues: Sequence[tuple[str, list[float], list[float]]], depth: in
         return ()
     merged: dict[float, dict[str, float]] = {price: {} for price in ordered}
     worst = ordered[-1]
-    for exchange, prices, sizes in venues:
-        count = bisect_right(prices, -worst, key=neg) if descending else bisect_right(prices, worst)
-        for price, size in zip(prices[:count], sizes[:count]):
+    for c in books:
+        exchange = c.snapshot.exchange
+        start, stop = c.ranges[side]
+        stop = bisect_right(c.prices, -worst, start, stop, key=neg) if descending \
+            else bisect_right(c.prices, worst, start, stop)
+        for price, size in zip(c.prices[start:stop], c.sizes[start:stop]):
             shares = merged.get(price)  # None only for a venue whose levels are out of order
             if shares is not None:
                 shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes
@@ -60,8 +63,8 @@ def holder(level: ConsolidatedLevel) -> str:
 def consolidate(symbol: str, timestamp: datetime, books: Sequence[BookColumns], depth: int | None,
                 stale_exchanges: Sequence[str] = ()) -> ConsolidatedOrderBook:
     """The consolidated book of ``books`` (fresh books of one symbol, one per venue)."""
-    bids = merge_side([(c.snapshot.exchange, c.bid_prices, c.bid_sizes) for c in books], depth, descending=True)
-    asks = merge_side([(c.snapshot.exchange, c.ask_prices, c.ask_sizes) for c in books], depth, descending=False)
+    bids = merge_side(books, BID, depth)
+    asks = merge_side(books, ASK, depth)
     best_bid = bids[0].price if bids else None
     best_ask = asks[0].price if asks else None
     return ConsolidatedOrderBook(

@@ -12,8 +12,9 @@ Otherwise it is the cache the pipeline already knows (``publish``, ``set_book``,
 - ``subscribe("*")`` receives every channel (the CLI and the benchmark read everything);
 - a channel filter (kinds such as ``trades``, or full names such as ``book:okx:BTC-USDT``)
   keeps the other channels off the bus altogether;
-- a message nobody subscribed to is never encoded; latest values are kept as objects and
-  encoded only when read (replay at speed 0 publishes far more than anyone reads);
+- a message nobody subscribed to is never encoded, nor one whose subscribers are in-process
+  (``subscribe(..., raw=True)``: they take the envelope objects); latest values are kept as
+  objects and encoded only when read (replay at speed 0 publishes far more than anyone reads);
 - ``end()`` closes the stream: subscribers read what is queued, then their iteration stops
   (``get`` raises ``ReplayEnded``).
 
@@ -42,18 +43,20 @@ class ReplayEnded(Exception):
 class ReplaySubscription(Subscription):
     """A bounded queue the publisher waits on when it is full. Iterating it stops at the end of the session."""
 
-    def __init__(self, bus: "ReplayBus", channels: tuple[str, ...], maxsize: int) -> None:
+    def __init__(self, bus: "ReplayBus", channels: tuple[str, ...], maxsize: int, raw: bool = False) -> None:
         super().__init__(bus, channels, maxsize)
         self._bus = bus
+        self.raw = raw
         self.closed = False
         self.ended = False
 
-    async def put(self, channel: str, payload: bytes) -> None:
-        if self.closed:
-            return
+    async def put(self, channel: str, payload: Any) -> None:
         queue = self.queue
         if not queue.full():
-            queue.put_nowait((channel, payload))
+            if not self.closed:
+                queue.put_nowait((channel, payload))
+            return
+        if self.closed:
             return
         self._bus.blocked_since = self._bus.clock()
         try:
@@ -121,6 +124,7 @@ class ReplayBus(MemoryCache):
         self.blocked_since: float | None = None
         self._wild: set[ReplaySubscription] = set()
         self._allowed: dict[str, bool] = {}
+        self._targets: dict[str, tuple[ReplaySubscription, ...]] = {}
 
     def allowed(self, channel: str) -> bool:
         """True when the session's channel filter lets ``channel`` through."""
@@ -142,39 +146,54 @@ class ReplayBus(MemoryCache):
         return loads(value if isinstance(value, bytes) else dumps(value))
 
     # --- pub/sub ------------------------------------------------------------------------------------
+    def _targets_of(self, channel: str) -> tuple[ReplaySubscription, ...]:
+        """The subscribers of ``channel`` (none when the filter keeps it off the bus), cached."""
+        targets = self._targets.get(channel)
+        if targets is None:
+            subs = (*self._subs.get(channel, ()), *self._wild) if self.allowed(channel) else ()
+            targets = self._targets[channel] = tuple(dict.fromkeys(subs))  # type: ignore[arg-type]
+        return targets
+
     async def publish(self, channel: str, message: Any) -> None:
-        if not self.allowed(channel):
+        targets = self._targets.get(channel)
+        if targets is None:
+            targets = self._targets_of(channel)
+        if not targets:
             return
-        subs = self._subs.get(channel)
-        if not subs and not self._wild:
-            return
-        payload = message if isinstance(message, bytes) else dumps(message)
-        for sub in (*subs, *self._wild) if subs else tuple(self._wild):
-            await sub.put(channel, payload)  # type: ignore[attr-defined]
+        payload = None
+        for sub in targets:
+            if sub.raw:
+                await sub.put(channel, message)
+            else:
+                if payload is None:
+                    payload = message if isinstance(message, bytes) else dumps(message)
+                await sub.put(channel, payload)
 
     def offer(self, channel: str, message: Any) -> int:
         """Publish without waiting: subscribers with room get ``message``, full ones miss it. Returns misses."""
-        if not self.allowed(channel):
-            return 0
-        subs = (*self._subs.get(channel, ()), *self._wild)
-        if not subs:
-            return 0
-        payload = message if isinstance(message, bytes) else dumps(message)
+        payload = None
         missed = 0
-        for sub in subs:
-            if sub.closed or sub.queue.full():  # type: ignore[attr-defined]
-                missed += not sub.closed  # type: ignore[attr-defined]
+        for sub in self._targets_of(channel):
+            if sub.closed or sub.queue.full():
+                missed += not sub.closed
                 continue
-            sub.queue.put_nowait((channel, payload))
+            if not sub.raw and payload is None:
+                payload = message if isinstance(message, bytes) else dumps(message)
+            sub.queue.put_nowait((channel, message if sub.raw else payload))
         return missed
 
     @property
     def subscribers(self) -> int:
-        return len(self._wild) + len({s for subs in self._subs.values() for s in subs})
+        return len(self._all())
 
-    def subscribe(self, *channels: str, maxsize: int | None = None) -> ReplaySubscription:
-        """Subscribe to ``channels`` (``"*"``: all). ``maxsize`` messages may wait before the session waits."""
-        sub = ReplaySubscription(self, channels, maxsize or self.maxsize)
+    def subscribe(self, *channels: str, maxsize: int | None = None, raw: bool = False) -> ReplaySubscription:
+        """Subscribe to ``channels`` (``"*"``: all). ``maxsize`` messages may wait before the session waits.
+
+        ``raw=True`` (in-process consumers): messages arrive as the envelope objects the pipeline
+        published - dicts holding the model objects, to be treated as read-only - instead of JSON
+        bytes, and nothing is encoded for this subscriber.
+        """
+        sub = ReplaySubscription(self, channels, maxsize or self.maxsize, raw)
         if self.ended:
             sub._end()
             return sub
@@ -183,11 +202,13 @@ class ReplayBus(MemoryCache):
                 self._wild.add(sub)
             else:
                 self._subs[ch].add(sub)
+        self._targets.clear()
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         self._wild.discard(sub)  # type: ignore[arg-type]
         super()._unsubscribe(sub)
+        self._targets.clear()
 
     def _all(self) -> set[ReplaySubscription]:
         return {*self._wild, *(s for subs in self._subs.values() for s in subs)}  # type: ignore[misc]

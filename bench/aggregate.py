@@ -1,7 +1,7 @@
 """Time one aggregation tick: the polars engine beside plain-Python references, in the same run.
 
     .venv/bin/python bench/aggregate.py              # 20 books and 100 books, 1000 levels a side
-    .venv/bin/python bench/aggregate.py --ticks 60 --levels 500
+    .venv/bin/python bench/aggregate.py --ticks 60 --levels 500 --threads 1
 
 A tick here is what ``AggregationEngine.tick`` does for every symbol: per-venue and consolidated
 $-buckets, the consolidated heatmap, top-of-book and +-0.1/0.5/1 % depth imbalances per venue and
@@ -16,7 +16,8 @@ References, both plain Python computing the same numbers (checked against the en
 * ``plain, per level``: a dict loop over every level (the figure in docs/limits.md's table);
 * ``plain, per bucket``: the same but bucketing a sorted side with one ``bisect`` per bucket and
   a ``sum`` of the sizes - the fastest plain-Python shape I know for sorted books.
-Iterations interleave the implementations so that they share the machine's state; medians.
+Iterations interleave the implementations so that they share the machine's state. Reported:
+the minimum (closest to an idle machine), the median and the 90th percentile.
 """
 
 from __future__ import annotations
@@ -210,11 +211,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ticks", type=int, default=40, help="timed ticks per case (default 40)")
     parser.add_argument("--levels", type=int, default=1000, help="levels per side of each book (default 1000)")
+    parser.add_argument("--threads", type=int, default=None, help="POLARS_MAX_THREADS for this run (re-executes)")
     args = parser.parse_args()
+    if args.threads is not None and os.environ.get("POLARS_MAX_THREADS") != str(args.threads):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "POLARS_MAX_THREADS": str(args.threads)})
     print(f"python {platform.python_version()}, polars {pl.__version__} ({pl.thread_pool_size()} threads), "
           f"{os.cpu_count()} CPUs, {platform.machine()}; load average {os.getloadavg()[0]:.2f}")
-    print(f"{args.levels} levels a side per book, {args.ticks} ticks per case, ms per tick (median / p90)\n")
-    header = f"{'books':>6}  {'implementation':<26}{'median':>9}{'p90':>9}{'vs engine':>11}"
+    print(f"{args.levels} levels a side per book, {args.ticks} ticks per case, ms per tick\n")
+    header = f"{'books':>6}  {'implementation':<26}{'min':>8}{'median':>9}{'p90':>9}{'median vs engine':>18}"
     print(header)
     print("-" * len(header))
     for nsymbols in (2, 10):
@@ -223,9 +227,10 @@ def main() -> None:
         for name, samples in times.items():
             med = statistics.median(samples)
             p90 = sorted(samples)[int(0.9 * (len(samples) - 1))]
-            ratio = "" if name.startswith("polars") else f"{med / base:9.2f}x"
-            print(f"{nsymbols * len(VENUES):>6}  {name:<26}{med:9.2f}{p90:9.2f}{ratio:>11}")
+            ratio = "" if name.startswith("polars") else f"{med / base:.2f}x"
+            print(f"{nsymbols * len(VENUES):>6}  {name:<26}{min(samples):8.2f}{med:9.2f}{p90:9.2f}{ratio:>18}")
         sys.stdout.flush()
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

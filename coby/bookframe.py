@@ -9,10 +9,12 @@ every book, then the asks of every book, each segment best level first::
 Polars does the per-level work in a handful of whole-column operations - scale prices to
 integers, compute every level's bucket index, find the runs of equal index, sum each run's size -
 so a tick costs a few vectorised passes over all books at once, not a frame per book or per
-message. Python touches only per-bucket and per-book results. Each book keeps its place in the
-frame (``BookColumns``: ranges of the frame's flat lists, for ``bisect`` and the consolidated
-merge) for as long as its venue's book does not change. (Most of those operations are
-chosen to be ones polars runs directly on a Series; each expression-backed one costs a query.)
+message. Most of those are operations polars runs directly on a Series; each expression-backed
+one costs a query plan, so there are few of them. Python touches only per-bucket and per-book
+results.
+
+Each book also comes out as plain lists (``BookColumns``, for ``bisect`` on the depth bands and
+for the consolidated merge), kept with the venue's snapshot for as long as it does not change.
 """
 
 from __future__ import annotations
@@ -58,39 +60,28 @@ def bucket_edge(index: float, units: int) -> float:
 
 
 class BookColumns:
-    """One book's place in a ``BookFrame``: its levels are ranges of the frame's flat lists,
-    best first on each side (bids descending, asks ascending).
+    """One book as plain lists, best level first on each side (bids descending, asks ascending):
+    for ``bisect`` (depth bands), prefix sums and the consolidated merge. Made by ``BookFrame``
+    and kept with the venue's snapshot while it does not change; the lists are the book's own, so
+    a kept book does not keep its frame alive."""
 
-    ``size_series`` (bids, asks) are zero-copy views of the frame's size column, for prefix sums.
-    Kept with the venue's snapshot, a ``BookColumns`` keeps its frame's lists and column alive.
-    """
+    __slots__ = ("snapshot", "prices", "sizes")
 
-    __slots__ = ("snapshot", "prices", "sizes", "ranges", "size_series")
-
-    def __init__(self, snapshot: OrderBookSnapshot, prices: list[float], sizes: list[float],
-                 ranges: tuple[tuple[int, int], tuple[int, int]], size_series: tuple[pl.Series, pl.Series]) -> None:
+    def __init__(self, snapshot: OrderBookSnapshot, prices: tuple[list[float], list[float]],
+                 sizes: tuple[list[float], list[float]]) -> None:
         self.snapshot = snapshot
-        self.prices = prices
+        self.prices = prices  # (bids, asks)
         self.sizes = sizes
-        self.ranges = ranges  # (start, stop) of the bids and of the asks in prices / sizes
-        self.size_series = size_series
-
-    def count(self, side: int) -> int:
-        start, stop = self.ranges[side]
-        return stop - start
 
     def band_count(self, side: int, limit: float) -> int:
         """How many of a side's best levels lie at or inside ``limit`` (bids >= it, asks <= it)."""
-        start, stop = self.ranges[side]
         if side == BID:
-            return bisect_right(self.prices, -limit, start, stop, key=neg) - start
-        return bisect_right(self.prices, limit, start, stop) - start
+            return bisect_right(self.prices[BID], -limit, key=neg)
+        return bisect_right(self.prices[ASK], limit)
 
     def prefix_volume(self, side: int, count: int) -> float:
         """Volume of a side's best ``count`` levels."""
-        if count <= 0:
-            return 0.0
-        return float(self.size_series[side].head(count).sum())
+        return float(sum(self.sizes[side][:count])) if count > 0 else 0.0
 
 
 class BookFrame:
@@ -122,10 +113,9 @@ class BookFrame:
         n = len(snapshots)
         books = []
         for i, snap in enumerate(snapshots):
-            bid = (self.starts[i], self.starts[i] + self.lengths[i])
-            ask = (self.starts[n + i], self.starts[n + i] + self.lengths[n + i])
-            views = (self.size.slice(bid[0], bid[1] - bid[0]), self.size.slice(ask[0], ask[1] - ask[0]))
-            books.append(BookColumns(snap, prices, sizes, (bid, ask), views))
+            b0, b1 = self.starts[i], self.starts[i] + self.lengths[i]
+            a0, a1 = self.starts[n + i], self.starts[n + i] + self.lengths[n + i]
+            books.append(BookColumns(snap, (prices[b0:b1], prices[a0:a1]), (sizes[b0:b1], sizes[a0:a1])))
         self.books = tuple(books)
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:

@@ -22,8 +22,8 @@ bid at 0.3 on a 0.1 grid is in bucket 0.3 (``0.3 / 0.1`` is 2.9999999999999996 i
 The tick
 --------
 ``update_book`` keeps the latest snapshot per (venue, symbol) - a dict store, nothing else.
-``tick(now)`` puts every fresh book into one ``BookFrame`` (polars columns over all books), and
-returns, for every symbol: per-venue and consolidated buckets, the consolidated heatmap (also
+``tick(now)`` puts every fresh book whose snapshot changed since the last tick into one
+``BookFrame`` (polars columns over all those books at once) and returns, for every symbol: per-venue and consolidated buckets, the consolidated heatmap (also
 recorded in the rolling ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue
 ``OrderBookMetrics`` and the consolidated book. A book is *stale* when its exchange timestamp or
 its receive time is more than ``stale_after`` seconds before ``now``: stale books are left out of
@@ -262,7 +262,7 @@ class AggregationEngine:
     def calculate_imbalances(self, orderbook: OrderBookSnapshot) -> ImbalanceMetrics:
         """Top-of-book and depth-band imbalance of one venue's book."""
         (cols,) = BookFrame([orderbook], [self._symbol_units(orderbook.symbol)[1]]).books
-        totals = (cols.prefix_volume(BID, cols.count(BID)), cols.prefix_volume(ASK, cols.count(ASK)))
+        totals = (cols.prefix_volume(BID, len(cols.prices[BID])), cols.prefix_volume(ASK, len(cols.prices[ASK])))
         return venue_imbalance(cols, totals, self.depth_bands, orderbook.timestamp)
 
     def aggregate_across_exchanges(self, symbol: str, now: datetime | None = None) -> ConsolidatedOrderBook:

@@ -34,8 +34,7 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
     descending = side == BID
     candidates: set[float] = set()
     for c in books:
-        start, stop = c.ranges[side]
-        candidates.update(c.prices[start:stop if depth is None else min(stop, start + depth)])
+        candidates.update(c.prices[side] if depth is None else c.prices[side][:depth])
     ordered = sorted(candidates, reverse=descending)
     if depth is not None:
         del ordered[depth:]
@@ -44,11 +43,9 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
     merged: dict[float, dict[str, float]] = {price: {} for price in ordered}
     worst = ordered[-1]
     for c in books:
-        exchange = c.snapshot.exchange
-        start, stop = c.ranges[side]
-        stop = bisect_right(c.prices, -worst, start, stop, key=neg) if descending \
-            else bisect_right(c.prices, worst, start, stop)
-        for price, size in zip(c.prices[start:stop], c.sizes[start:stop]):
+        exchange, prices = c.snapshot.exchange, c.prices[side]
+        stop = bisect_right(prices, -worst, key=neg) if descending else bisect_right(prices, worst)
+        for price, size in zip(prices[:stop], c.sizes[side][:stop]):
             shares = merged.get(price)  # None only for a venue whose levels are out of order
             if shares is not None:
                 shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes

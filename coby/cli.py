@@ -119,6 +119,51 @@ def simulate(port: int = typer.Option(8765, "--port", help="Port to listen on.")
 
 
 @app.command()
+def status(url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The running daemon's API."),
+           token: Optional[str] = typer.Option(None, "--token", envvar="COBY_API_TOKEN",
+                                               help="Bearer token (default: COBY_API_TOKEN).")) -> None:
+    """Print the status table of a running daemon (GET /api/v1/status)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/api/v1/status",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            detail = e.reason
+        _fail(f"{url} answered HTTP {e.code}: {detail}", 1)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        _fail(f"cannot reach {url}: {getattr(e, 'reason', e)}", 1)
+    typer.echo(_status_table(body))
+
+
+def _status_table(body: dict) -> str:
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows = [("exchange", "state", "age_s", "msg/s", "messages", "reconnects", "circuit", "rejects")]
+    for name, v in sorted(body.get("exchanges", {}).items()):
+        rejects = ",".join(f"{k}={n}" for k, n in sorted(v.get("rejects", {}).items())) or "-"
+        rows.append((name, v["state"], num(v.get("age_s"), ".1f"), num(v.get("messages_per_s"), ".1f"),
+                     str(v["messages"]), str(v["reconnects"]), v["circuit"], rejects))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    st, cache = body.get("storage", {}), body.get("cache", {})
+    lines.append("")
+    lines.append(f"storage {st.get('kind')} ({st.get('mode')}), {'healthy' if st.get('healthy') else 'UNHEALTHY'}, "
+                 f"{st.get('pending_rows')} rows pending; cache {cache.get('kind')} "
+                 f"{'connected' if cache.get('connected') else 'DISCONNECTED'}; uptime {body.get('uptime_s')} s; "
+                 f"{body.get('api', {}).get('ws_clients', 0)} WebSocket clients")
+    return "\n".join(lines)
+
+
+@app.command()
 def replay(
     start: str = typer.Option(..., "--start", help="Start of the range: ISO 8601 (naive = UTC) or epoch ms."),
     end: str = typer.Option(..., "--end", help="End of the range (exclusive): ISO 8601 or epoch ms."),

@@ -1,12 +1,21 @@
-"""The HTTP server (aiohttp, on the daemon's loop): operations routes and the API.
+"""The HTTP server (aiohttp, on the daemon's loop): middleware, operations routes, and the API's assembly.
 
-This module holds the server, the error boundary and the operations routes
-(``/health``, ``/ready``, ``/metrics``, ``/api/v1/status``). Every error leaves as
+Here: the server, the middleware chain and the operations routes (``/health``,
+``/ready``, ``/metrics``, ``/api/v1/openapi.json``). The REST routes are in
+``coby.api``, the WebSocket protocol in ``coby.ws``, the OpenAPI document in
+``coby.openapi``.
+
+Middleware, outermost first: request metrics; CORS (closed unless ``api_cors_origins``
+lists the origin); the bearer token (``api_token``: required on every route but
+/health); the error boundary, the one place an exception becomes
 ``{"ok": false, "error": "...", "status": N}``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import time
 from typing import Any
 
@@ -14,39 +23,108 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from coby import api, openapi, ws
+from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
 from coby.codec import dumps
-from coby.metrics import REGISTRY
+from coby.errors import StorageError
+from coby.metrics import FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY
+
+__all__ = ["ApiServer", "DAEMON_KEY", "create_app", "error", "json_response"]
 
 log = structlog.get_logger("coby.http")
-DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
+MONITOR_KEY: web.AppKey[Any] = web.AppKey("monitor", object)
+OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(data), status=status, content_type="application/json")
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    resp = json_response({"ok": False, "error": message, "status": status}, status)
+    if headers:
+        resp.headers.update(headers)
+    return resp
 
 
-def error(status: int, message: str) -> web.Response:
-    return json_response({"ok": False, "error": message, "status": status}, status)
+# --- middleware -------------------------------------------------------------------------------
+@web.middleware
+async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    resp = await handler(request)
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+    HTTP_REQUESTS.labels(route, str(resp.status)).inc()
+    return resp
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Closed by default: only origins in api_cors_origins get CORS headers (and pass a preflight)."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[DAEMON_KEY].settings.api_cors_origins
+    ok = origin is not None and ("*" in allowed or origin in allowed)
+    if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+        if not ok:
+            return error(403, "origin not allowed (api_cors_origins)")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin", "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"})
+    resp = await handler(request)
+    if ok and not resp.prepared:
+        resp.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+        resp.headers["Vary"] = "Origin"
+    return resp
+
+
+@web.middleware
+async def bearer_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    """When api_token is set, every route but /health needs ``Authorization: Bearer TOKEN``.
+
+    A WebSocket upgrade may carry it as ``?token=`` instead (browsers cannot set headers on one).
+    """
+    token = request.app[DAEMON_KEY].settings.api_token
+    if token and request.path != "/health":
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer":
+            given = ""
+        if not given and request.headers.get("Upgrade", "").lower() == "websocket":
+            given = request.query.get("token", "")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error(401, "missing or wrong bearer token" if given else "bearer token required",
+                         {"WWW-Authenticate": 'Bearer realm="coby"'})
+    return await handler(request)
 
 
 @web.middleware
 async def error_boundary(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ApiError as e:
+        return error(e.status, e.message)
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        if e.status == 404:
+            return error(404, f"no route {request.method} {request.path[:100]}")
+        if e.status == 405:  # keep Allow (RFC 9110)
+            return error(405, f"method {request.method} not allowed on {request.path[:100]}",
+                         {"Allow": e.headers.get("Allow", "GET, HEAD")})
         return error(e.status, e.reason or "error")
+    except StorageError as e:
+        log.warning("http_storage_error", path=request.path, error=str(e))
+        return error(503, "storage unavailable")
+    except (asyncio.CancelledError, ConnectionError):
+        raise
     except Exception as e:  # noqa: BLE001 - the one place exceptions become responses
         log.exception("http_unhandled", path=request.path)
         return error(500, f"internal error: {type(e).__name__}")
 
 
+# --- operations routes ------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Ready: storage answers and at least one venue is connected (a process without connectors,
+    serving from storage and Redis only, needs storage alone)."""
     daemon = request.app[DAEMON_KEY]
     storage_ok = await daemon.storage.ping()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
@@ -63,26 +141,85 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def status(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    venues = {name: conn.get_connection_status() for name, conn in daemon.connectors.items()}
-    return json_response({
-        "ok": True,
-        "uptime_s": round(time.time() - daemon.started_at, 1),
-        "storage": {"kind": daemon.storage.kind, "mode": daemon.storage.mode,
-                    "healthy": daemon.storage.buffer.healthy, "pending_rows": daemon.storage.buffer.pending()},
-        "cache": {"kind": daemon.cache.kind, "connected": daemon.cache.connected},
-        "exchanges": venues,
-    })
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
 
 
+# --- the monitor: event-loop lag, feed rates and ages -------------------------------------------
+class Monitor:
+    """An owned task: every ``interval`` it measures how late its sleep woke (event-loop lag); every
+    second it samples the connectors' message counters (status messages/s) and their feed ages."""
+
+    def __init__(self, daemon: Any, rates: FeedRates, interval: float = 0.1) -> None:
+        self.daemon = daemon
+        self.rates = rates
+        self.interval = interval
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run(), name="coby-http-monitor")
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        worst, window = 0.0, loop.time()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            worst = max(worst, now - before - self.interval)
+            if now - window >= 1.0:
+                LOOP_LAG.set(worst)
+                worst, window = 0.0, now
+                self.sample()
+
+    def sample(self) -> None:
+        counts, wall = {}, time.time()
+        for name, conn in self.daemon.connectors.items():
+            try:
+                st = conn.get_connection_status()
+            except Exception:  # noqa: BLE001 - a connector's trouble must not stop the monitor
+                log.exception("status_sample_failed", exchange=name)
+                continue
+            counts[name] = st.messages
+            if st.last_message_at is not None:
+                FEED_AGE.labels(name).set(max(0.0, wall - st.last_message_at.timestamp()))
+        self.rates.sample(time.monotonic(), counts)
+
+
+# --- assembly -------------------------------------------------------------------------------------
 def create_app(daemon: Any) -> web.Application:
-    app = web.Application(middlewares=[error_boundary])
+    """The whole HTTP surface for ``daemon`` (anything with .settings, .storage, .cache, .connectors,
+    .started_at): ops routes, REST, /ws on the daemon's cache, the OpenAPI document."""
+    app = web.Application(middlewares=[count_requests, cors, bearer_token, error_boundary],
+                          client_max_size=64 * 1024)
     app[DAEMON_KEY] = daemon
+    rates = FeedRates()
+    app[RATES_KEY] = rates
+    app[OPENAPI_KEY] = dumps(openapi.build_document(daemon.settings))
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
+    api.add_routes(app)
+    app[CLIENT_COUNT_KEY] = ws.add_routes(app, ws.Hub(daemon.cache))
+    monitor = Monitor(daemon, rates)
+    app[MONITOR_KEY] = monitor
+
+    async def start_monitor(app: web.Application) -> None:
+        monitor.start()
+
+    async def stop_monitor(app: web.Application) -> None:
+        await monitor.aclose()
+
+    app.on_startup.append(start_monitor)
+    app.on_cleanup.append(stop_monitor)
     return app
 
 

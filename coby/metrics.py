@@ -42,3 +42,20 @@ CACHE_ERRORS = Counter("coby_cache_errors_total", "Redis operations that failed 
                        ["op"], registry=REGISTRY)
 CACHE_CONNECTED = Gauge("coby_cache_connected", "1 while the Redis cache is reachable (1 for the in-process cache).",
                         registry=REGISTRY)
+
+# --- API ------------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter("coby_http_requests_total", "HTTP requests by route template and status.",
+                        ["route", "status"], registry=REGISTRY)
+WS_CLIENTS = Gauge("coby_ws_clients", "WebSocket clients connected now.", registry=REGISTRY)
+WS_MESSAGES = Counter("coby_ws_messages_sent_total", "Messages sent to WebSocket clients, by channel kind "
+                      "(control: acks, errors, pongs).", ["kind"], registry=REGISTRY)
+WS_COALESCED = Counter("coby_ws_coalesced_total", "Book-like updates replaced by a newer one before a slow client "
+                       "took them, by channel kind.", ["kind"], registry=REGISTRY)
+WS_DISCONNECTS = Counter("coby_ws_disconnects_total", "WebSocket connections ended, by reason (closed, "
+                         "slow_consumer, overload, error, shutdown).", ["reason"], registry=REGISTRY)
+WS_REFUSED = Counter("coby_ws_refused_total", "WebSocket upgrades refused, by reason (connections_per_ip, origin).",
+                     ["reason"], registry=REGISTRY)
+FEED_AGE = Gauge("coby_feed_age_seconds", "Seconds since a venue's connector last received a message.",
+                 ["exchange"], registry=REGISTRY)
+LOOP_LAG = Gauge("coby_event_loop_lag_seconds", "Worst event-loop lag (sleep overshoot) seen in the last second.",
+                 registry=REGISTRY)

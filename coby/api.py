@@ -1,0 +1,378 @@
+"""The REST API under /api/v1: latest state from the cache, history from storage, every parameter validated.
+
+Latest-state routes answer with the envelope the pipeline stored last (the same one a
+WebSocket client gets as its snapshot): ``{"ok": true, "channel", "seq", "ts",
+"received", "data"}``. History routes page by keyset: ``next`` is an opaque cursor (the
+key of the last row) to pass back as ``cursor=`` with the same query.
+
+Validation lives here, once: names are checked against the configured exchanges,
+symbols and timeframes, numbers against their bounds, time ranges against
+``api_max_range_days``, pages against ``api_max_page``, and an unknown query parameter
+is an error rather than a silent typo. Every failure is an ``ApiError`` (status + one
+line), which the error boundary in ``coby.http`` renders as ``{"ok": false, ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+import orjson
+from aiohttp import web
+
+from coby import __version__
+from coby.codec import dumps, to_dict
+from coby.config import EXCHANGE_ALIASES, Settings
+from coby.db.tables import CONSOLIDATED
+from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
+
+DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
+#: OHLCV timeframes the API accepts (the candles the aggregation engine builds).
+TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+MAX_DEPTH = 1000
+DEFAULT_PAGE = 100
+MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` (4xx, or 503) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(data), status=status, content_type="application/json")
+
+
+# --- validation -----------------------------------------------------------------------------
+def _show(raw: str) -> str:
+    return repr(raw[:40] + ("..." if len(raw) > 40 else ""))
+
+
+def check_query(request: web.Request, allowed: Iterable[str]) -> None:
+    """Refuse unknown or repeated query parameters (a typo must not fall back to a default)."""
+    allowed = set(allowed)
+    seen: set[str] = set()
+    for key in request.query.keys():
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ApiError(400, f"unknown parameter {_show(key)}; allowed: {names}")
+        if key in seen:
+            raise ApiError(400, f"parameter {key} given more than once")
+        seen.add(key)
+
+
+def valid_symbol(settings: Settings, raw: str) -> str:
+    sym = raw.strip().upper().replace("/", "-").replace("_", "-")
+    if sym not in settings.symbols:
+        raise ApiError(404, f"unknown symbol {_show(raw)}; known: {', '.join(settings.symbols)}")
+    return sym
+
+
+def valid_exchange(settings: Settings, raw: str) -> str:
+    ex = raw.strip().lower()
+    ex = EXCHANGE_ALIASES.get(ex, ex)
+    if ex not in settings.exchanges:
+        raise ApiError(404, f"unknown exchange {_show(raw)}; known: {', '.join(settings.exchanges)}")
+    return ex
+
+
+def valid_timeframe(raw: str) -> str:
+    if raw not in TIMEFRAMES:
+        raise ApiError(400, f"invalid timeframe {_show(raw)}; use one of {', '.join(TIMEFRAMES)}")
+    return raw
+
+
+def int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
+        raise ApiError(400, f"invalid {name} {_show(raw)}: expected an integer from {lo} to {hi}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise ApiError(400, f"invalid {name}={value}: must be from {lo} to {hi}")
+    return value
+
+
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def parse_time(name: str, raw: str) -> datetime:
+    """An RFC 3339 date-time with its offset (``2024-05-01T12:00:00Z``) or integer epoch milliseconds.
+
+    Exactly what the OpenAPI document declares: a leap second reads as the minute's last
+    microsecond; instants outside Python's years 1-9999 are clamped to them.
+    """
+    text = raw.strip()
+    if re.fullmatch(r"[0-9]{1,15}", text):
+        ms = int(text)
+        if ms > MAX_MS:
+            raise ApiError(400, f"invalid {name} {_show(raw)}: out of range")
+        return utc_from_ms(ms)
+    # a '+' offset arrives as a space when the client did not percent-encode it
+    m = _RFC3339.fullmatch(re.sub(r" ([0-9]{2}:[0-9]{2})$", r"+\1", text))
+    try:
+        if m is None:
+            raise ValueError
+        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+        micro = int((m[7] or "")[:6].ljust(6, "0"))
+        if second == 60:
+            second, micro = 59, 999_999
+        tz = m[8]
+        offset = 0 if tz in "Zz" else (int(tz[1:3]) * 60 + int(tz[4:6])) * (1 if tz[0] == "+" else -1)
+        if abs(offset) >= 24 * 60:
+            raise ValueError
+        if year == 0:
+            return datetime.min.replace(tzinfo=UTC)
+        local = datetime(year, month, day, hour, minute, second, micro)
+    except ValueError:
+        raise ApiError(400, f"invalid {name} {_show(raw)}: use RFC 3339 (2024-05-01T12:00:00Z) or epoch "
+                            "milliseconds") from None
+    try:
+        return (local - timedelta(minutes=offset)).replace(tzinfo=UTC)
+    except OverflowError:
+        return (datetime.min if offset > 0 else datetime.max).replace(tzinfo=UTC)
+
+
+def time_range(request: web.Request, settings: Settings) -> tuple[datetime, datetime]:
+    """[start, end): end defaults to now, start to end - api_max_range_days; longer ranges are refused."""
+    q = request.query
+    max_range = timedelta(days=settings.api_max_range_days)
+    end = parse_time("end", q["end"]) if "end" in q else utcnow()
+    if "start" in q:
+        start = parse_time("start", q["start"])
+    else:
+        try:
+            start = end - max_range
+        except OverflowError:
+            start = datetime.min.replace(tzinfo=UTC)
+    if start >= end:
+        raise ApiError(400, "start must be before end")
+    if end - start > max_range:
+        raise ApiError(400, f"time range too long: {(end - start).total_seconds() / 86400:.3g} days > "
+                            f"api_max_range_days={settings.api_max_range_days:g}; page through shorter ranges")
+    return start, end
+
+
+def order_param(request: web.Request) -> bool:
+    """``order=asc`` (default, oldest first) or ``desc``; True for newest first."""
+    raw = request.query.get("order", "asc")
+    if raw not in ("asc", "desc"):
+        raise ApiError(400, f"invalid order {_show(raw)}: use asc or desc")
+    return raw == "desc"
+
+
+def encode_cursor(key: tuple) -> str:
+    items = [v.isoformat() if isinstance(v, datetime) else v for v in key]
+    return base64.urlsafe_b64encode(orjson.dumps(items)).decode().rstrip("=")
+
+
+def decode_cursor(request: web.Request, arity: int) -> tuple | None:
+    """The keyset position of a ``cursor=`` from an earlier page: (timestamp, *text key columns)."""
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
+    try:
+        if len(raw) > 1000:
+            raise ValueError
+        items = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not (isinstance(items, list) and len(items) == arity and all(isinstance(i, str) for i in items)):
+            raise ValueError
+        return (ensure_utc(datetime.fromisoformat(items[0])), *items[1:])
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise ApiError(400, "invalid cursor: pass back the 'next' value of the previous page unchanged") from None
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _daemon(request: web.Request) -> Any:
+    return request.app[DAEMON_KEY]
+
+
+def _latest_response(env: Any, what: str, depth: int | None = None) -> web.Response:
+    if not isinstance(env, dict) or "data" not in env:
+        raise ApiError(404, f"no {what} yet")
+    data = env["data"]
+    if depth is not None and isinstance(data, dict):
+        data = {**data, "bids": data.get("bids", [])[:depth], "asks": data.get("asks", [])[:depth]}
+    return json_response({"ok": True, "channel": env.get("channel"), "seq": env.get("seq"), "ts": env.get("ts"),
+                          "received": env.get("received"), "data": data})
+
+
+def _page(rows: list, limit: int, key: Any) -> str | None:
+    return encode_cursor(key(rows[-1])) if rows and len(rows) == limit else None
+
+
+class FeedRates:
+    """Messages per second per venue over the last ``window`` seconds, from the connectors' counters.
+
+    ``coby.http``'s monitor samples the counters every second; a status request divides
+    the count now by the oldest sample still in the window.
+    """
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def sample(self, now: float, counts: dict[str, int]) -> None:
+        self._samples.append((now, counts))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def rate(self, exchange: str, messages: int, now: float) -> float | None:
+        for t, counts in self._samples:
+            if exchange in counts and now - t > 0.5:
+                return round(max(0, messages - counts[exchange]) / (now - t), 2)
+        return None
+
+
+RATES_KEY: web.AppKey[FeedRates] = web.AppKey("rates", FeedRates)
+CLIENT_COUNT_KEY: web.AppKey[Any] = web.AppKey("ws_client_count", object)
+
+
+# --- routes -----------------------------------------------------------------------------------
+async def status(request: web.Request) -> web.Response:
+    """The daemon and each venue: state, age of the last message, messages/s, reconnects, rejects, circuit."""
+    check_query(request, ())
+    daemon = _daemon(request)
+    rates = request.app[RATES_KEY]
+    now_wall, now_mono = time.time(), time.monotonic()
+    venues = {}
+    for name, conn in daemon.connectors.items():
+        st = conn.get_connection_status()
+        last = st.last_message_at
+        venues[name] = {
+            "exchange": name,
+            "state": getattr(st.state, "value", str(st.state)),
+            "last_message_at": last,
+            "age_s": round(now_wall - last.timestamp(), 3) if last is not None else None,
+            "messages": st.messages,
+            "messages_per_s": rates.rate(name, st.messages, now_mono),
+            "reconnects": st.reconnects,
+            "rejects": dict(st.rejects),
+            "circuit": st.circuit,
+            "error": st.error,
+        }
+    storage, cache = daemon.storage, daemon.cache
+    return json_response({
+        "ok": True,
+        "version": __version__,
+        "uptime_s": round(now_wall - daemon.started_at, 1),
+        "storage": {"kind": storage.kind, "mode": storage.mode, "healthy": storage.buffer.healthy,
+                    "pending_rows": storage.buffer.pending()},
+        "cache": {"kind": cache.kind, "connected": cache.connected},
+        "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},
+        "exchanges": venues,
+    })
+
+
+async def symbols(request: web.Request) -> web.Response:
+    check_query(request, ())
+    s = _daemon(request).settings
+    return json_response({"ok": True, "symbols": list(s.symbols), "exchanges": list(s.exchanges),
+                          "timeframes": list(TIMEFRAMES)})
+
+
+def _depth(request: web.Request, settings: Settings) -> int | None:
+    return int_param(request, "depth", None, 1, max(MAX_DEPTH, settings.book_depth))
+
+
+async def orderbook(request: web.Request) -> web.Response:
+    check_query(request, ("depth",))
+    daemon = _daemon(request)
+    s = daemon.settings
+    ex = valid_exchange(s, request.match_info["exchange"])
+    sym = valid_symbol(s, request.match_info["symbol"])
+    depth = _depth(request, s)
+    return _latest_response(await daemon.cache.get_book(ex, sym), f"order book for {ex} {sym}", depth)
+
+
+async def consolidated(request: web.Request) -> web.Response:
+    check_query(request, ("depth",))
+    daemon = _daemon(request)
+    sym = valid_symbol(daemon.settings, request.match_info["symbol"])
+    depth = _depth(request, daemon.settings)
+    return _latest_response(await daemon.cache.get_latest("consolidated", sym), f"consolidated book for {sym}",
+                            depth)
+
+
+def _latest_route(kind: str, what: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        check_query(request, ())
+        daemon = _daemon(request)
+        sym = valid_symbol(daemon.settings, request.match_info["symbol"])
+        return _latest_response(await daemon.cache.get_latest(kind, sym), f"{what} for {sym}")
+    handler.__name__ = kind
+    return handler
+
+
+async def trades(request: web.Request) -> web.Response:
+    check_query(request, ("exchange", "start", "end", "limit", "cursor", "order"))
+    daemon = _daemon(request)
+    s = daemon.settings
+    sym = valid_symbol(s, request.match_info["symbol"])
+    ex = valid_exchange(s, request.query["exchange"]) if "exchange" in request.query else None
+    start, end = time_range(request, s)
+    limit = int_param(request, "limit", min(DEFAULT_PAGE, s.api_max_page), 1, s.api_max_page)
+    desc = order_param(request)
+    after = decode_cursor(request, 4)
+    rows = await daemon.storage.get_trades(sym, start, end, exchange=ex, limit=limit, after=after, newest_first=desc)
+    return json_response({"ok": True, "symbol": sym, "exchange": ex, "start": start, "end": end, "count": len(rows),
+                          "next": _page(rows, limit, lambda t: (t.timestamp, t.symbol, t.exchange, t.trade_id)),
+                          "trades": to_dict(rows)})
+
+
+async def ohlcv(request: web.Request) -> web.Response:
+    check_query(request, ("timeframe", "exchange", "start", "end", "limit", "cursor"))
+    daemon = _daemon(request)
+    s = daemon.settings
+    sym = valid_symbol(s, request.match_info["symbol"])
+    tf = valid_timeframe(request.query.get("timeframe", "1m"))
+    ex = valid_exchange(s, request.query["exchange"]) if "exchange" in request.query else None
+    start, end = time_range(request, s)
+    limit = int_param(request, "limit", min(DEFAULT_PAGE, s.api_max_page), 1, s.api_max_page)
+    after = decode_cursor(request, 4)
+    rows = await daemon.storage.get_ohlcv(sym, tf, start, end, exchange=ex, limit=limit, after=after)
+    return json_response({"ok": True, "symbol": sym, "exchange": ex, "timeframe": tf, "start": start, "end": end,
+                          "count": len(rows),
+                          "next": _page(rows, limit, lambda b: (b.timestamp, b.symbol, b.exchange or CONSOLIDATED,
+                                                                b.timeframe)),
+                          "bars": to_dict(rows)})
+
+
+async def orderbook_history(request: web.Request) -> web.Response:
+    check_query(request, ("start", "end", "limit", "cursor", "order"))
+    daemon = _daemon(request)
+    s = daemon.settings
+    ex = valid_exchange(s, request.match_info["exchange"])
+    sym = valid_symbol(s, request.match_info["symbol"])
+    start, end = time_range(request, s)
+    limit = int_param(request, "limit", min(DEFAULT_PAGE, s.api_max_page), 1, s.api_max_page)
+    desc = order_param(request)
+    after = decode_cursor(request, 3)
+    rows = await daemon.storage.get_snapshots(sym, start, end, exchange=ex, limit=limit, after=after,
+                                              newest_first=desc)
+    return json_response({"ok": True, "symbol": sym, "exchange": ex, "start": start, "end": end, "count": len(rows),
+                          "next": _page(rows, limit, lambda b: (b.timestamp, b.symbol, b.exchange)),
+                          "snapshots": to_dict(rows)})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/status", status)
+    r.add_get("/api/v1/symbols", symbols)
+    r.add_get("/api/v1/orderbook/{exchange}/{symbol}", orderbook)
+    r.add_get("/api/v1/consolidated/{symbol}", consolidated)
+    r.add_get("/api/v1/heatmap/{symbol}", _latest_route("heatmap", "heatmap"))
+    r.add_get("/api/v1/metrics/{symbol}", _latest_route("metrics", "metrics"))
+    r.add_get("/api/v1/trades/{symbol}", trades)
+    r.add_get("/api/v1/ohlcv/{symbol}", ohlcv)
+    r.add_get("/api/v1/history/orderbook/{exchange}/{symbol}", orderbook_history)

@@ -1,0 +1,227 @@
+"""The OpenAPI 3.1 document of the REST API, served at /api/v1/openapi.json.
+
+Model schemas are derived from the dataclasses in ``coby.models`` (their type hints,
+read the way ``coby.codec`` writes them), so the document cannot drift from the JSON
+the API sends. The document is built per app from its settings: exchanges, symbols and
+limits appear as enums and bounds. The WebSocket protocol is in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from datetime import datetime
+from typing import Any
+
+from coby import __version__, models
+from coby.api import MAX_DEPTH, MAX_MS, TIMEFRAMES
+from coby.config import Settings
+
+REF = "#/components/schemas/"
+EXPOSED = (models.PriceLevel, models.OrderBookSnapshot, models.TradeEvent, models.OrderBookMetrics,
+           models.HeatmapPoint, models.HeatmapData, models.ImbalanceMetrics, models.ConsolidatedLevel,
+           models.ConsolidatedOrderBook, models.OHLCVBar)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    t = schema["type"]
+    return {**schema, "type": [*(t if isinstance(t, list) else [t]), "null"]}
+
+
+def type_schema(hint: Any) -> dict[str, Any]:
+    """JSON Schema of one type hint, as coby.codec encodes values of it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        schema = type_schema(inner[0]) if len(inner) == 1 else {"anyOf": [type_schema(a) for a in inner]}
+        return _nullable(schema) if type(None) in args else schema
+    if hint is datetime:
+        return {"type": "string", "format": "date-time"}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return {"type": "number"}
+    if hint is str:
+        return {"type": "string"}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return {"type": "string", "enum": [m.value for m in hint]}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return {"$ref": REF + hint.__name__}
+    if origin in (tuple, list):
+        return {"type": "array", "items": type_schema(args[0]) if args else {}}
+    if origin is dict:  # keys are strings in JSON (bucket prices, bands, venues)
+        return {"type": "object", "additionalProperties": type_schema(args[1]) if args else {}}
+    raise TypeError(f"no schema for {hint!r}")  # pragma: no cover - a new kind of field in models
+
+
+def model_schema(cls: type) -> dict[str, Any]:
+    if cls is models.PriceLevel:  # coby.codec encodes a level as a pair (a triple with a count)
+        return {"type": "array", "description": "A book level: [price, size], or [price, size, count].",
+                "items": {"type": "number"}, "minItems": 2, "maxItems": 3}
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    doc = (cls.__doc__ or "").strip().split("\n")[0]
+    return {"type": "object", "description": doc, "required": [f.name for f in fields],
+            "properties": {f.name: type_schema(hints[f.name]) for f in fields}}
+
+
+def _obj(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": {**required, **optional}}
+
+
+def _ok() -> dict[str, Any]:
+    return {"type": "boolean", "const": True}
+
+
+def _latest(data: dict[str, Any]) -> dict[str, Any]:
+    nullable_str = {"type": ["string", "null"]}
+    return _obj({"ok": _ok(), "channel": {"type": ["string", "null"]}, "seq": {"type": ["integer", "null"]},
+                 "ts": nullable_str, "received": nullable_str, "data": data})
+
+
+def _history(items_key: str, item: str, **extra: Any) -> dict[str, Any]:
+    ts = {"type": "string", "format": "date-time"}
+    return _obj({"ok": _ok(), "symbol": {"type": "string"}, "exchange": {"type": ["string", "null"]}, **extra,
+                 "start": ts, "end": ts, "count": {"type": "integer", "minimum": 0},
+                 "next": {"type": ["string", "null"], "description": "cursor of the next page; null: last page"},
+                 items_key: {"type": "array", "items": {"$ref": REF + item}}})
+
+
+def _schemas() -> dict[str, Any]:
+    out = {cls.__name__: model_schema(cls) for cls in EXPOSED}
+    # coby.codec writes a book level as a pair, the form the venues use (a triple when they send counts)
+    out["PriceLevel"] = {"type": "array", "description": "[price, size] or [price, size, order count]",
+                         "prefixItems": [{"type": "number"}, {"type": "number"}, {"type": "integer"}],
+                         "minItems": 2, "maxItems": 3, "items": False}
+    out["Error"] = _obj({"ok": {"type": "boolean", "const": False}, "error": {"type": "string"},
+                         "status": {"type": "integer"}})
+    venue = _obj({
+        "exchange": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in models.ConnectionState]},
+        "last_message_at": {"type": ["string", "null"], "format": "date-time"},
+        "age_s": {"type": ["number", "null"], "description": "seconds since the last message"},
+        "messages": {"type": "integer"},
+        "messages_per_s": {"type": ["number", "null"], "description": "over the last ~10 s; null at start-up"},
+        "reconnects": {"type": "integer"},
+        "rejects": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "items rejected by validation, by reason"},
+        "circuit": {"type": "string"},
+        "error": {"type": ["string", "null"]},
+    })
+    out["VenueStatus"] = venue
+    out["Status"] = _obj({
+        "ok": _ok(), "version": {"type": "string"}, "uptime_s": {"type": "number"},
+        "storage": _obj({"kind": {"type": "string"}, "mode": {"type": "string"}, "healthy": {"type": "boolean"},
+                         "pending_rows": {"type": "integer"}}),
+        "cache": _obj({"kind": {"type": "string"}, "connected": {"type": "boolean"}}),
+        "api": _obj({"ws_clients": {"type": "integer"}}),
+        "exchanges": {"type": "object", "additionalProperties": {"$ref": REF + "VenueStatus"}},
+    })
+    out["Symbols"] = _obj({"ok": _ok(), "symbols": {"type": "array", "items": {"type": "string"}},
+                           "exchanges": {"type": "array", "items": {"type": "string"}},
+                           "timeframes": {"type": "array", "items": {"type": "string"}}})
+    out["MetricsData"] = _obj({
+        "metrics": {"type": "object", "additionalProperties": {"$ref": REF + "OrderBookMetrics"},
+                    "description": "per exchange"},
+        "imbalance": {"type": "object", "additionalProperties": {"$ref": REF + "ImbalanceMetrics"},
+                      "description": "per exchange, and 'consolidated'"}})
+    out["LatestOrderBook"] = _latest({"$ref": REF + "OrderBookSnapshot"})
+    out["LatestConsolidated"] = _latest({"$ref": REF + "ConsolidatedOrderBook"})
+    out["LatestHeatmap"] = _latest({"$ref": REF + "HeatmapData"})
+    out["LatestMetrics"] = _latest({"$ref": REF + "MetricsData"})
+    out["TradesPage"] = _history("trades", "TradeEvent")
+    out["OHLCVPage"] = _history("bars", "OHLCVBar", timeframe={"type": "string"})
+    out["OrderBookHistoryPage"] = _history("snapshots", "OrderBookSnapshot")
+    out["Health"] = _obj({"ok": _ok()})
+    out["Ready"] = _obj({"ok": {"type": "boolean"}, "storage": {"type": "boolean"},
+                         "live_exchanges": {"type": "array", "items": {"type": "string"}}})
+    return out
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF + ref}}}}
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for an app running with ``settings``."""
+    symbol = {"name": "symbol", "in": "path", "required": True, "description": "canonical symbol",
+              "schema": {"type": "string", "enum": list(settings.symbols)}}
+    exchange_path = {"name": "exchange", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": list(settings.exchanges)}}
+    exchange_q = {"name": "exchange", "in": "query", "required": False,
+                  "schema": {"type": "string", "enum": list(settings.exchanges)}}
+    depth = {"name": "depth", "in": "query", "required": False, "description": "levels per side (default: all)",
+             "schema": {"type": "integer", "minimum": 1, "maximum": max(MAX_DEPTH, settings.book_depth)}}
+    t = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0, "maximum": MAX_MS}],
+         "description": "RFC 3339 date-time with offset, or integer epoch milliseconds"}
+    history = [
+        {"name": "start", "in": "query", "required": False, "schema": t,
+         "description": f"inclusive; default end - api_max_range_days ({settings.api_max_range_days:g})"},
+        {"name": "end", "in": "query", "required": False, "schema": t, "description": "exclusive; default now"},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": settings.api_max_page}},
+        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "the 'next' value of the previous page"},
+    ]
+    order = {"name": "order", "in": "query", "required": False, "schema": {"type": "string", "enum": ["asc", "desc"]}}
+    timeframe = {"name": "timeframe", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": list(TIMEFRAMES), "default": "1m"}}
+    errors = {"400": _json("Error", "invalid parameter"), "401": _json("Error", "missing or wrong bearer token")}
+    not_found = {"404": _json("Error", "unknown exchange or symbol, or no state yet")}
+    unavailable = {"503": _json("Error", "storage unavailable")}
+
+    def get(summary: str, params: list, ok: str, *extra: dict, op: str) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": _json(ok, summary), **errors}
+        for e in extra:
+            responses.update(e)
+        return {"get": {"operationId": op, "summary": summary, "parameters": params, "responses": responses}}
+
+    paths = {
+        "/health": {"get": {"operationId": "health", "summary": "liveness (never needs the token)",
+                            "responses": {"200": _json("Health", "alive")}}},
+        "/ready": get("storage reachable and at least one venue live", [], "Ready",
+                      {"503": _json("Ready", "not ready")}, op="ready"),
+        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **errors}}},
+        "/api/v1/status": get("daemon and per-venue status", [], "Status", op="status"),
+        "/api/v1/symbols": get("configured symbols, exchanges and timeframes", [], "Symbols", op="symbols"),
+        "/api/v1/orderbook/{exchange}/{symbol}": get("latest order book of one venue", [exchange_path, symbol, depth],
+                                                     "LatestOrderBook", not_found, op="orderbook"),
+        "/api/v1/consolidated/{symbol}": get("latest consolidated book", [symbol, depth], "LatestConsolidated",
+                                             not_found, op="consolidated"),
+        "/api/v1/heatmap/{symbol}": get("latest heatmap", [symbol], "LatestHeatmap", not_found, op="heatmap"),
+        "/api/v1/metrics/{symbol}": get("latest book metrics and imbalance", [symbol], "LatestMetrics", not_found,
+                                        op="book_metrics"),
+        "/api/v1/trades/{symbol}": get("stored trades, paged", [symbol, exchange_q, *history, order], "TradesPage",
+                                       not_found, unavailable, op="trades"),
+        "/api/v1/ohlcv/{symbol}": get("stored candles, paged (no exchange: consolidated)",
+                                      [symbol, timeframe, exchange_q, *history], "OHLCVPage", not_found,
+                                      unavailable, op="ohlcv"),
+        "/api/v1/history/orderbook/{exchange}/{symbol}": get("stored book snapshots, paged",
+                                                             [exchange_path, symbol, *history, order],
+                                                             "OrderBookHistoryPage", not_found, unavailable,
+                                                             op="orderbook_history"),
+        "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "this document",
+                                         "responses": {"200": {"description": "OpenAPI 3.1",
+                                                               "content": {"application/json": {
+                                                                   "schema": {"type": "object"}}}}, **errors}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "coby", "version": __version__,
+                 "description": "Live and stored market data of coby. Errors are {\"ok\": false, \"error\": ..., "
+                                "\"status\": N}. WebSocket protocol at /ws: see docs/api.md."},
+        "paths": paths,
+        "components": {"schemas": _schemas(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "required when COBY_API_TOKEN is set"}}},
+        "security": [{"bearer": []}, {}],
+    }

@@ -1,0 +1,371 @@
+"""The WebSocket protocol at /ws: subscriptions, snapshots, per-client queues and the slow-client rules.
+
+Client -> server (JSON text): ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": optional}``
+and ``{"op": "ping"}``. Server -> client: the pipeline's envelopes, byte for byte
+(``{"channel", "type": "update", "seq", "ts", "received", "data"}``), a ``"type": "snapshot"``
+envelope first on every channel that has a stored state, and control messages
+(``subscribed``, ``unsubscribed``, ``pong``, ``error``). docs/api.md is the reference.
+
+Shape: a ``coby.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own
+bus) out to its clients; each ``Client`` keeps what it has not sent yet, and one sender
+task per client sends it:
+
+- book-like channels (book, consolidated, heatmap, metrics, status) keep only the
+  latest pending envelope per channel: a slow client skips states, never falls behind;
+- queued channels (trades, ohlcv) append to one queue of at most ``ws_queue_size``;
+  one more and the client gets ``{"type": "error", "error": "slow consumer: ..."}`` and
+  close code 4008 - never a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+
+from coby.api import DAEMON_KEY, ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
+from coby.codec import dumps
+from coby.config import Settings
+from coby.hub import CLOSE_GOING_AWAY, Hub, Feed, stored_state
+from coby.metrics import WS_CLIENTS, WS_DISCONNECTS, WS_MESSAGES, WS_REFUSED
+from coby.models import utcnow
+
+log = structlog.get_logger("coby.ws")
+
+CLOSE_SLOW_CONSUMER = 4008  # fell more than ws_queue_size messages behind on a queued channel
+MAX_MESSAGE = 64 * 1024
+
+
+def parse_channel(settings: Settings, name: Any) -> str:
+    """A channel name checked against the configured venues, symbols and timeframes, in canonical form."""
+    if not isinstance(name, str) or len(name) > 200:
+        raise ApiError(400, "a channel is a string such as trades:BTC-USDT")
+    kind, *parts = name.split(":")
+    try:
+        if kind == "book" and len(parts) == 2:
+            return f"book:{valid_exchange(settings, parts[0])}:{valid_symbol(settings, parts[1])}"
+        if kind in ("consolidated", "heatmap", "metrics", "trades") and len(parts) == 1:
+            return f"{kind}:{valid_symbol(settings, parts[0])}"
+        if kind == "ohlcv" and len(parts) == 2:
+            return f"ohlcv:{valid_symbol(settings, parts[0])}:{valid_timeframe(parts[1])}"
+        if kind == "status" and not parts:
+            return "status"
+    except ApiError as e:
+        raise ApiError(400, f"channel {name[:60]!r}: {e.message}") from None
+    raise ApiError(400, f"unknown channel {name[:60]!r}; use book:EXCHANGE:SYMBOL, consolidated:SYMBOL, "
+                        f"heatmap:SYMBOL, metrics:SYMBOL, trades:SYMBOL, ohlcv:SYMBOL:TIMEFRAME "
+                        f"({'|'.join(TIMEFRAMES)}) or status")
+
+
+class Client:
+    """One WebSocket connection: its subscriptions, what it has not been sent yet, and its failure."""
+
+    __slots__ = ("ws", "hub", "settings", "remote", "feeds", "control", "queue", "latest", "held", "wake",
+                 "failure", "tasks", "max_queue")
+
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub, settings: Settings, remote: str) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.settings = settings
+        self.remote = remote
+        self.max_queue = settings.ws_queue_size
+        self.feeds: dict[str, Feed] = {}
+        self.control: deque[bytes] = deque()
+        self.queue: deque[tuple[Feed, bytes]] = deque()
+        self.latest: dict[Feed, bytes] = {}
+        self.held: dict[Feed, list[bytes]] = {}  # channels waiting for their snapshot
+        self.wake = asyncio.Event()
+        self.failure: tuple[str, str, int, bool] | None = None
+        self.tasks: tuple[asyncio.Task, ...] = ()
+
+    # --- from the pump (synchronous: never awaits) -------------------------------------------
+    def offer_latest(self, feed: Feed, payload: bytes) -> None:
+        if self.held and feed in self.held:
+            self._hold(feed, payload)
+            return
+        if feed in self.latest:
+            feed.coalesced.inc()
+        self.latest[feed] = payload
+        self.wake.set()
+
+    def offer_queued(self, feed: Feed, payload: bytes) -> None:
+        if self.held and feed in self.held:
+            self._hold(feed, payload)
+            return
+        self.queue.append((feed, payload))
+        if len(self.queue) > self.max_queue:
+            self.fail(f"slow consumer: {len(self.queue)} messages behind on {feed.channel} "
+                      f"(ws_queue_size={self.max_queue})", "slow_consumer", CLOSE_SLOW_CONSUMER)
+        self.wake.set()
+
+    def _hold(self, feed: Feed, payload: bytes) -> None:
+        held = self.held[feed]
+        held.append(payload)
+        if len(held) > self.max_queue:
+            self.fail(f"slow consumer: {len(held)} messages behind on {feed.channel}", "slow_consumer",
+                      CLOSE_SLOW_CONSUMER)
+
+    def fail(self, message: str, reason: str, code: int, notify: bool = True) -> None:
+        """End this connection: stop reading, queue nothing more; ``serve`` then says why and closes with
+        ``code``. The sender is not cancelled: it may be waiting in aiohttp's drain, whose waiter is shared
+        with the goodbye's writes (cancelling one would cancel both); with its queues empty it stops."""
+        if self.failure is None:
+            self.failure = (message, reason, code, notify)
+            for t in self.tasks:
+                t.cancel()
+            self.close_subscriptions()
+            self.control.clear()
+            self.queue.clear()
+            self.latest.clear()
+            self.held.clear()
+            self.wake.set()
+
+    # --- requests -----------------------------------------------------------------------------
+    def reply(self, msg: dict[str, Any]) -> None:
+        self.control.append(dumps(msg))
+        if len(self.control) > self.max_queue:
+            self.fail(f"slow consumer: {len(self.control)} replies not taken", "slow_consumer", CLOSE_SLOW_CONSUMER)
+        self.wake.set()
+
+    async def handle(self, text: str) -> None:
+        try:
+            req = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.reply({"type": "error", "error": "invalid JSON"})
+            return
+        if not isinstance(req, dict):
+            self.reply({"type": "error", "error": "expected a JSON object such as {\"op\": \"subscribe\", ...}"})
+            return
+        rid = req.get("id")
+        if not (rid is None or isinstance(rid, int) and not isinstance(rid, bool) or
+                isinstance(rid, str) and len(rid) <= 100):
+            rid = None
+        op = req.get("op")
+        try:
+            if op in ("subscribe", "unsubscribe"):
+                channels = req.get("channels")
+                if not isinstance(channels, list) or not channels:
+                    raise ApiError(400, "channels must be a non-empty list of channel names")
+                if len(channels) > self.settings.ws_max_subscriptions:
+                    raise ApiError(400, f"too many channels in one request (ws_max_subscriptions="
+                                        f"{self.settings.ws_max_subscriptions})")
+                names = list(dict.fromkeys(parse_channel(self.settings, c) for c in channels))
+                await (self.subscribe(names, rid) if op == "subscribe" else self.unsubscribe(names, rid))
+            elif op == "ping":
+                self.reply({"type": "pong", "id": rid, "time": utcnow()})
+            else:
+                raise ApiError(400, f"unknown op {str(op)[:40]!r}; use subscribe, unsubscribe or ping")
+        except ApiError as e:
+            self.reply({"type": "error", "error": e.message, "op": op if isinstance(op, str) else None, "id": rid})
+
+    async def subscribe(self, names: list[str], rid: Any) -> None:
+        new = [n for n in names if n not in self.feeds]
+        limit = self.settings.ws_max_subscriptions
+        if len(self.feeds) + len(new) > limit:
+            raise ApiError(400, f"too many subscriptions: {len(self.feeds) + len(new)} > "
+                                f"ws_max_subscriptions={limit}")
+        feeds = []
+        for name in new:
+            feed = self.hub.attach(self, name)
+            self.feeds[name] = feed
+            if feed.kind != "trades":
+                self.held[feed] = []
+            feeds.append(feed)
+        self.reply({"type": "subscribed", "channels": names, "id": rid})
+        for feed in feeds:
+            if feed not in self.held:
+                continue
+            try:
+                env = await stored_state(self.hub.bus, feed.channel)
+            finally:
+                held = self.held.pop(feed, [])
+            if self.feeds.get(feed.channel) is not feed:
+                continue
+            snap_seq = None
+            if isinstance(env, dict):
+                snap_seq = env.get("seq")
+                self.reply({**env, "channel": feed.channel, "type": "snapshot"})
+            for payload in held:
+                if isinstance(snap_seq, int) and _seq(payload) <= snap_seq:
+                    continue  # already in the snapshot
+                (self.offer_latest if feed.coalesce else self.offer_queued)(feed, payload)
+
+    async def unsubscribe(self, names: list[str], rid: Any) -> None:
+        for name in names:
+            feed = self.feeds.pop(name, None)
+            if feed is None:
+                continue
+            self.hub.detach(self, name)
+            self.latest.pop(feed, None)
+            self.held.pop(feed, None)
+            if any(f is feed for f, _ in self.queue):
+                self.queue = deque((f, p) for f, p in self.queue if f is not feed)
+        self.reply({"type": "unsubscribed", "channels": names, "id": rid})
+
+    # --- the two loops --------------------------------------------------------------------------
+    async def read_loop(self) -> None:
+        async for msg in self.ws:
+            if msg.type is WSMsgType.TEXT:
+                await self.handle(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self.reply({"type": "error", "error": "send JSON text frames, not binary"})
+            else:  # ERROR: the connection broke
+                return
+
+    async def send_loop(self) -> None:
+        send = self.ws.send_frame
+        text = WSMsgType.TEXT
+        control_sent = WS_MESSAGES.labels("control")
+        while self.failure is None:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.control or self.queue or self.latest:
+                while self.control:
+                    await send(self.control.popleft(), text)
+                    control_sent.inc()
+                while self.queue:
+                    feed, payload = self.queue.popleft()
+                    await send(payload, text)
+                    feed.sent.inc()
+                while self.latest:
+                    feed, payload = self.latest.popitem()
+                    await send(payload, text)
+                    feed.sent.inc()
+
+    def close_subscriptions(self) -> None:
+        for name in list(self.feeds):
+            self.hub.detach(self, name)
+        self.feeds.clear()
+
+
+def _seq(payload: bytes) -> int:
+    try:
+        seq = orjson.loads(payload).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) else 0
+
+
+class Connections:
+    """The open WebSocket connections of an app, counted per client address (``ws_max_connections_per_ip``)."""
+
+    def __init__(self) -> None:
+        self.by_address: Counter[str] = Counter()
+        self.clients: set[Client] = set()
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+
+CONNECTIONS_KEY: web.AppKey[Connections] = web.AppKey("ws_connections", Connections)
+HUB_KEY: web.AppKey[Hub] = web.AppKey("ws_hub", Hub)
+
+
+def origin_allowed(settings: Settings, request: web.Request, origin: str) -> bool:
+    """A browser origin may use the API: listed in api_cors_origins ('*': any), or the API's own origin."""
+    allowed = settings.api_cors_origins
+    return "*" in allowed or origin in allowed or urlsplit(origin).netloc == request.host
+
+
+async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.StreamResponse:
+    """Run the protocol for one client whose channels come from ``hub``.
+
+    The route for the daemon's live data is ``websocket`` below; a replay session serves
+    its own hub through this same function, so replayed envelopes follow the same rules.
+    """
+    origin = request.headers.get("Origin")
+    if origin is not None and not origin_allowed(settings, request, origin):
+        WS_REFUSED.labels("origin").inc()
+        raise ApiError(403, f"origin {origin[:80]!r} is not allowed (api_cors_origins)")
+    conns = request.app[CONNECTIONS_KEY]
+    remote = request.remote or "unknown"
+    if conns.by_address[remote] >= settings.ws_max_connections_per_ip:
+        WS_REFUSED.labels("connections_per_ip").inc()
+        raise ApiError(429, f"too many WebSocket connections from {remote} "
+                            f"(ws_max_connections_per_ip={settings.ws_max_connections_per_ip})")
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat, compress=False, max_msg_size=MAX_MESSAGE,
+                               timeout=settings.ws_close_timeout)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "expected a WebSocket upgrade request")
+    await ws.prepare(request)
+    client = Client(ws, hub, settings, remote)
+    conns.by_address[remote] += 1
+    conns.clients.add(client)
+    hub.clients.add(client)
+    WS_CLIENTS.inc()
+    reason = "closed"
+    reader = asyncio.create_task(client.read_loop(), name="coby-ws-read")
+    sender = asyncio.create_task(client.send_loop(), name="coby-ws-send")
+    client.tasks = (reader,)  # what fail() cancels
+    try:
+        if hub.closed:
+            client.fail("channel source closed", "shutdown", CLOSE_GOING_AWAY, notify=False)
+        await asyncio.wait((reader, sender), return_when=asyncio.FIRST_COMPLETED)
+        if sender.done() and not sender.cancelled() and sender.exception() is not None and client.failure is None:
+            reason = "error"
+        reason = await _goodbye(ws, client, request, settings) or reason
+    finally:
+        for t in (reader, sender):
+            t.cancel()
+        await asyncio.gather(reader, sender, return_exceptions=True)
+        client.close_subscriptions()
+        conns.by_address[remote] -= 1
+        if conns.by_address[remote] <= 0:
+            del conns.by_address[remote]
+        conns.clients.discard(client)
+        hub.clients.discard(client)
+        WS_CLIENTS.dec()
+        WS_DISCONNECTS.labels(reason).inc()
+    return ws
+
+
+async def _goodbye(ws: web.WebSocketResponse, client: Client, request: web.Request, settings: Settings) -> str | None:
+    """Close the connection: a failed client is first told why (behind what it was already sent) and gets
+    the failure's close code. Whoever does not take it within ws_close_timeout is cut off."""
+    code, message, reason, notify = 1000, "", None, False
+    if client.failure is not None:
+        message, reason, code, notify = client.failure
+        if reason != "shutdown":
+            log.warning("ws_client_dropped", remote=client.remote, reason=reason, error=message)
+
+    async def bye() -> None:
+        if notify:
+            await ws.send_frame(dumps({"type": "error", "error": message, "code": code}), WSMsgType.TEXT)
+        await ws.close(code=code, message=message[:120].encode())
+
+    try:
+        await asyncio.wait_for(bye(), settings.ws_close_timeout)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        if request.transport is not None:
+            request.transport.abort()
+    return reason
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """GET /ws: the live channels of the daemon's bus."""
+    allowed = {"token"}
+    for key in request.query:
+        if key not in allowed:
+            raise ApiError(400, f"unknown parameter {key[:40]!r}; allowed: token")
+    return await serve(request, request.app[HUB_KEY], request.app[DAEMON_KEY].settings)
+
+
+def add_routes(app: web.Application, hub: Hub) -> Callable[[], int]:
+    """Register /ws on ``app`` for ``hub``; returns a function counting the open connections."""
+    conns = Connections()
+    app[CONNECTIONS_KEY] = conns
+    app[HUB_KEY] = hub
+    app.router.add_get("/ws", websocket)
+
+    async def close_all(app: web.Application) -> None:
+        await hub.aclose()
+        for client in tuple(conns.clients):  # clients of replay hubs served by this app
+            client.fail("server shutting down", "shutdown", CLOSE_GOING_AWAY, notify=False)
+
+    app.on_shutdown.append(close_all)
+    return lambda: len(conns)

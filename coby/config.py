@@ -157,6 +157,9 @@ class Settings:
                                         _positive)
     heatmap_interval: float = setting(5.0, "Seconds between heatmaps stored in heatmap_data.",
                                       ("COBY_HEATMAP_INTERVAL",), _positive)
+    book_publish_interval: float = setting(0.1, "Seconds between two states of one venue's book published on its "
+                                           "book channel and cached (the newest wins; 0: every update).",
+                                           ("COBY_BOOK_PUBLISH_INTERVAL",), _non_negative)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
                                  ("COBY_OHLCV_GRACE",), _non_negative)
     # --- connectors --------------------------------------------------------------------------

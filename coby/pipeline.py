@@ -4,8 +4,9 @@ Connectors (live) or a replay session call ``on_event`` with ``TradeEvent``,
 ``OrderBookSnapshot`` and ``ConnectionEvent`` objects. For each:
 
 - trade: stored; published on ``trades:{symbol}``; fed to the OHLCV builder;
-- book: kept as the venue's latest (cache ``book:{exchange}:{symbol}``, published); handed to
-  the aggregation engine (O(1): it only keeps the reference); stored as a snapshot of the top
+- book: handed to the aggregation engine (O(1): it only keeps the reference); kept as the
+  venue's latest in the cache and published on ``book:{exchange}:{symbol}`` at most once per
+  ``book_publish_interval`` (the newest state; a held-back one goes out on the next tick); stored as a snapshot of the top
   ``snapshot_depth`` levels at most once per ``snapshot_interval`` per book;
 - connection event: stored (gaps in the data are explicit) and reflected on ``status``.
 
@@ -87,6 +88,9 @@ class Pipeline:
         self._pending_stored: list[OrderBookSnapshot] = []
         self._record_slot: int | None = None
         self._bar_sigs: dict[tuple[str, str], tuple] = {}
+        self._last_published: dict[tuple[str, str], float] = {}
+        self._dirty: dict[tuple[str, str], OrderBookSnapshot] = {}
+        self.replay = replay_id is not None
         self.statuses: dict[str, Any] = {}
         self.events = 0
 
@@ -135,10 +139,16 @@ class Pipeline:
         self.ohlcv.add(t)  # a trade for an already closed bar is counted there (late_trades), not applied
 
     async def _on_book(self, b: OrderBookSnapshot) -> None:
-        await self.publisher.publish(f"book:{b.exchange}:{b.symbol}", b, b.timestamp, b.received_at,
-                                     book=(b.exchange, b.symbol))
-        if self.engine is not None:
-            self.engine.update_book(b)
+        key = (b.exchange, b.symbol)
+        self.engine.update_book(b)
+        # The book channel carries at most one state per book_publish_interval (the newest; the
+        # rest wait, marked dirty, for the next interval or tick): encoding 2 x book_depth levels
+        # per venue update would cost more than ccxt's own parsing of it.
+        t = b.timestamp.timestamp() if self.replay else self.clock()
+        if t - self._last_published.get(key, float("-inf")) >= self.settings.book_publish_interval:
+            await self._publish_book(b, t)
+        else:
+            self._dirty[key] = b
         if self.storage is not None:
             key = (b.exchange, b.symbol)
             now = b.timestamp.timestamp()
@@ -147,6 +157,12 @@ class Pipeline:
                 await self.storage.store_orderbook(b)
                 depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
                 self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
+
+    async def _publish_book(self, b: OrderBookSnapshot, t: float) -> None:
+        self._last_published[(b.exchange, b.symbol)] = t
+        self._dirty.pop((b.exchange, b.symbol), None)
+        await self.publisher.publish(f"book:{b.exchange}:{b.symbol}", b, b.timestamp, b.received_at,
+                                     book=(b.exchange, b.symbol))
 
     async def _on_connection_event(self, e: ConnectionEvent) -> None:
         if self.storage is not None:
@@ -162,6 +178,8 @@ class Pipeline:
     async def tick(self, now: float) -> None:
         """One aggregation tick at ``now`` (seconds since the epoch)."""
         ts = utc_from_ms(now * 1000)
+        for b in list(self._dirty.values()):
+            await self._publish_book(b, now)
         result = self.engine.tick(ts)
         for symbol, book in result.books.items():
             await self.publisher.publish(f"consolidated:{symbol}", book, ts, ts, latest=("consolidated", symbol))

@@ -239,7 +239,7 @@ class Settings:
                                      "read), is stopped and forgotten.", ("COBY_REPLAY_IDLE_TTL",), _positive)
     replay_chunk: int = setting(5000, "Rows a replay session reads from each table at a time (two chunks per table "
                                 "in memory at most).", ("COBY_REPLAY_CHUNK",), _positive)
-    replay_queue_size: int = setting(10000, "Messages one replay subscriber may have unread before the session waits "
+    replay_queue_size: int = setting(1000, "Messages one replay subscriber may have unread before the session waits "
                                      "for it (replay never drops).", ("COBY_REPLAY_QUEUE_SIZE",), _positive)
     # --- operations --------------------------------------------------------------------------
     log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)

@@ -118,7 +118,7 @@ async def test_events_from_every_venue_and_table_arrive_in_time_order(storage, t
     items += [trade("okx", tie, 1000), book("kraken", tie, 99),
               ConnectionEvent("binance", None, T0 + tie, "disconnected", "test")]
     await store(storage, *items)
-    s = settings_for(tmp_path, storage, replay_chunk=7)
+    s = settings_for(tmp_path, storage, replay_chunk=7, book_publish_interval=0)  # every book published
     manager = ReplayManager(s, storage)
     sid = manager.create_replay_session(T0, T0 + timedelta(seconds=2), speed=0)
     assert manager.get_replay_status(sid).start.isoformat() == "2026-09-21T14:14:00+00:00"

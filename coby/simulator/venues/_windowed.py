@@ -12,13 +12,12 @@ and its predecessor is ``update.seq - 1``; one frame per book update and window,
 even when nothing inside the window changed (bitfinex, which has no sequence
 numbers, sends nothing then).
 
-Faults handled here, for all five:
+Faults, for all five:
 
 ``gap``
-    The next book update moves every window but reaches no client: the content is
-    lost, not only the sequence number. (The base class strips the update before
-    ``on_update``; a window advanced later would re-send the lost levels and heal
-    the book, so ``publish`` is overridden.)
+    The base class strips the next book update of a watched symbol before
+    ``on_update``, which still advances every window: the levels are lost, not
+    only the sequence number, and no later frame re-sends them.
 ``crossed``
     For every window of the symbol: a bid above the best ask, then at once its
     deletion and the window's deepest bid again (a client that trimmed its book
@@ -48,16 +47,8 @@ class WindowedVenue(Venue):
     def send_trades(self, symbol: str, trades: list[SimTrade], ts_ms: int) -> None:
         raise NotImplementedError
 
-    def publish(self, symbol: str, update: MarketUpdate) -> None:
-        if update.has_book and "gap" in self.extra_faults and self.faults.take("gap", symbol):
-            self.advance_windows(symbol)  # sent by the venue, lost on the way
-            if not update.trades:
-                return
-            update = MarketUpdate(bids=[], asks=[], trades=update.trades, seq=update.seq, ts_ms=update.ts_ms)
-        self.on_update(symbol, update)
-
     def on_update(self, symbol: str, update: MarketUpdate) -> None:
-        changes = self.advance_windows(symbol)
+        changes = self.advance_windows(symbol)  # also for a gap-stripped update: its levels are lost
         if update.has_book:
             for depth, (bids, asks) in changes.items():
                 self.send_book(symbol, depth, bids, asks, update.seq, update.ts_ms)

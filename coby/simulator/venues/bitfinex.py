@@ -40,11 +40,14 @@ What ccxt does under each fault:
   then watch again.
 * ``stall``: lost level frames, caught by the first checksum after the stall.
 * ``malformed``: a truncated JSON array; ccxt's JSON parse raises in the receive
-  loop, which dies (the watch hangs until the client is closed).
+  loop, which dies (the watch hangs). Recovery: close, forget the book, watch again.
 * ``crossed``: applied as sent (no checksum describes the crossed state), then
   removed; the next checksum matches again.
 * ``duplicate_trade``: returned twice (same id).
-* ``drop``: ``NetworkError``; the next watch reconnects and resubscribes.
+* ``drop``: ``NetworkError``; the next watch reconnects and resubscribes, but ccxt
+  still holds the old book and takes the new snapshot for an update of it: a
+  ``TypeError`` kills the receive loop and the watch hangs. Recovery: forget the
+  book (``ex.orderbooks = {}``) before watching again.
 """
 
 from __future__ import annotations

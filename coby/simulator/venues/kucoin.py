@@ -39,13 +39,15 @@ What ccxt does under each fault:
 * ``gap``: nothing visible. After the sync ccxt only drops stale deltas
   (``sequenceEnd <= nonce``); the lost levels stay wrong until a resubscription.
 * ``stall``: the same as ``gap`` for the lost deltas; ccxt's own ping (every
-  ``pingInterval``) goes unanswered, so after 2 intervals (36 s) ``RequestTimeout``.
+  ``pingInterval``) goes unanswered, so after 2 intervals (36 s) ``RequestTimeout``
+  (read in ccxt, not run).
 * ``malformed``: truncated JSON; ccxt's JSON parse raises in the receive loop,
   which dies (the watch hangs until the client is closed).
 * ``crossed``: applied as sent, then removed by the next delta.
 * ``duplicate_trade``: returned twice (same ``tradeId``).
 * ``drop``: ``NetworkError``; the next watch reconnects (ccxt keeps the endpoint
-  from the first bullet call), resubscribes and syncs again through REST.
+  from the first bullet call), resubscribes and syncs again through REST (the ack
+  resets ccxt's book).
 """
 
 from __future__ import annotations

@@ -30,18 +30,24 @@ Keepalive: ccxt sends ``{"method":"ping"}`` every 8 s and needs ``{"id":0,"code"
 within 16 s, or it raises ``RequestTimeout``. ccxt needs ``protobuf`` 5.29.x to decode
 (without it ``NotSupported`` is raised in the receive loop and the watch hangs).
 
-What ccxt does under each fault:
+What ccxt does under each fault (all run in ``tests/test_simulator_venues2.py``
+unless marked "read"):
 
 * ``gap``: nothing visible. After the sync ccxt only drops frames with
-  ``fromVersion`` below its nonce; the lost levels stay wrong until a resubscription.
+  ``fromVersion`` below its nonce; the lost levels stay wrong until a resync.
 * ``stall``: lost frames, as ``gap``; pongs are discarded too, so ccxt raises
-  ``RequestTimeout`` after 16 s of stall.
+  ``RequestTimeout`` after 16 s of stall (read, not run: the test would be slow).
+* ``drop``: ``NetworkError``; the next watch reconnects and resubscribes but does
+  **not** resync: ccxt takes the ack's ``msg.split('@')[2]`` (``'100ms'``) for the
+  market id and resets a stray ``orderbooks['100ms']``, so new deltas land on the
+  stale book and the levels missed while disconnected stay wrong. Recovery:
+  forget the book (``ex.orderbooks = {}``) before watching again, which makes ccxt
+  cache 25 deltas and fetch the REST snapshot.
 * ``malformed``: a binary frame that is not protobuf; ``ParseFromString`` raises
-  in the receive loop, which dies (the watch hangs until the client is closed).
+  in the receive loop, which dies (the watch hangs). Recovery: close, forget the
+  book, watch again.
 * ``crossed``: applied as sent, then removed by the next frame.
 * ``duplicate_trade``: returned twice (both with id None: dedup on time, price, size).
-* ``drop``: ``NetworkError``; the next watch reconnects, resubscribes and syncs
-  again through REST.
 * ``bad_checksum``: not offered, the protocol has none.
 """
 

@@ -2,14 +2,16 @@
 
 The bus is the daemon's cache, or a replay session's own ``MemoryCache``: anything with
 ``subscribe(channel, maxsize)``, ``get_book`` and ``get_latest``. The pump takes each
-message once and offers it to every client of the channel without awaiting
-(``client.offer_latest`` on book-like channels, ``client.offer_queued`` on trades and
-ohlcv); what a client does with it - coalesce, queue, give up - is ``coby.ws``'s policy.
+message once, frames it once (``text_frame``), and offers both to every client of the
+channel without awaiting (``client.offer_latest`` on book-like channels,
+``client.offer_queued`` on trades and ohlcv); what a client does with it - write the frame
+now, coalesce, queue, give up - is ``coby.ws``'s policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import TYPE_CHECKING, Any
 
 from coby.metrics import WS_COALESCED, WS_MESSAGES
@@ -20,6 +22,19 @@ if TYPE_CHECKING:
 CLOSE_OVERLOADED = 4013  # the server itself lost messages of a queued channel
 CLOSE_GOING_AWAY = 1001  # shutdown, or the source of the channels (a replay session) ended
 COALESCED_KINDS = frozenset({"book", "consolidated", "heatmap", "metrics", "status"})
+
+_LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 5.2: what a server sends). The hub builds it once
+    per message and writes it to every client that is keeping up."""
+    n = len(payload)
+    if n < 126:
+        return _LEN1.pack(0x81, n) + payload
+    if n < 65536:
+        return _LEN2.pack(0x81, 126, n) + payload
+    return _LEN3.pack(0x81, 127, n) + payload
 
 
 async def stored_state(bus: Any, channel: str) -> Any | None:
@@ -104,14 +119,18 @@ class Hub:
                     for client in tuple(feed.clients):
                         client.fail(f"server overloaded: {lost} messages lost on {channel}", "overload",
                                     CLOSE_OVERLOADED)
+            sent = 0
             if feed.coalesce:
                 latest = batch[-1]
+                frame = text_frame(latest)
                 for client in tuple(feed.clients):
-                    client.offer_latest(feed, latest)
-            else:
+                    sent += client.offer_latest(feed, latest, frame)
+            else:  # one write of all the batch's frames per client that keeps up
+                frames = b"".join(text_frame(p) for p in batch)
                 for client in tuple(feed.clients):
-                    for p in batch:
-                        client.offer_queued(feed, p)
+                    sent += client.offer_many(feed, batch, frames)
+            if sent:
+                feed.sent.inc(sent)
 
     async def aclose(self, message: str = "server shutting down") -> None:
         """Disconnect every client (close code 1001, ``message``) and stop the pumps. Idempotent."""

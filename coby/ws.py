@@ -7,8 +7,10 @@ envelope first on every channel that has a stored state, and control messages
 (``subscribed``, ``unsubscribed``, ``pong``, ``error``). docs/api.md is the reference.
 
 Shape: a ``coby.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own
-bus) out to its clients; each ``Client`` keeps what it has not sent yet, and one sender
-task per client sends it:
+bus) out to its clients. Each message is framed once; a client that keeps up (nothing
+pending, socket buffer under 64 KiB) gets that frame written to its socket at once, with no
+task switch. Otherwise the client keeps what it has not sent yet, and its sender task sends
+it (through aiohttp, which waits for the socket):
 
 - book-like channels (book, consolidated, heatmap, metrics, status) keep only the
   latest pending envelope per channel: a slow client skips states, never falls behind;
@@ -31,7 +33,7 @@ from aiohttp import WSMsgType, web
 from coby.api import DAEMON_KEY, ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
 from coby.codec import dumps
 from coby.config import Settings
-from coby.hub import CLOSE_GOING_AWAY, Hub, Feed, stored_state
+from coby.hub import CLOSE_GOING_AWAY, Feed, Hub, stored_state  # Hub: also coby.ws.Hub for replay
 from coby.metrics import WS_CLIENTS, WS_DISCONNECTS, WS_MESSAGES, WS_REFUSED
 from coby.models import utcnow
 
@@ -39,8 +41,7 @@ log = structlog.get_logger("coby.ws")
 
 CLOSE_SLOW_CONSUMER = 4008  # fell more than ws_queue_size messages behind on a queued channel
 MAX_MESSAGE = 64 * 1024
-
-
+HIGH_WATER = 64 * 1024  # a client's unsent bytes above which messages wait in its queues, not the socket's
 def parse_channel(settings: Settings, name: Any) -> str:
     """A channel name checked against the configured venues, symbols and timeframes, in canonical form."""
     if not isinstance(name, str) or len(name) > 200:
@@ -65,11 +66,13 @@ def parse_channel(settings: Settings, name: Any) -> str:
 class Client:
     """One WebSocket connection: its subscriptions, what it has not been sent yet, and its failure."""
 
-    __slots__ = ("ws", "hub", "settings", "remote", "feeds", "control", "queue", "latest", "held", "wake",
-                 "failure", "tasks", "max_queue")
+    __slots__ = ("ws", "transport", "hub", "settings", "remote", "feeds", "control", "queue", "latest", "held",
+                 "wake", "failure", "tasks", "max_queue")
 
-    def __init__(self, ws: web.WebSocketResponse, hub: Hub, settings: Settings, remote: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, hub: Hub, settings: Settings, remote: str,
+                 transport: Any = None) -> None:
         self.ws = ws
+        self.transport = transport
         self.hub = hub
         self.settings = settings
         self.remote = remote
@@ -84,24 +87,52 @@ class Client:
         self.tasks: tuple[asyncio.Task, ...] = ()
 
     # --- from the pump (synchronous: never awaits) -------------------------------------------
-    def offer_latest(self, feed: Feed, payload: bytes) -> None:
+    def _keeping_up(self) -> bool:
+        """Nothing waits to be sent and the socket takes more: a message can be written now, in order."""
+        t = self.transport
+        return (not (self.control or self.queue or self.latest) and self.failure is None and t is not None
+                and not self.ws.closed and not t.is_closing() and t.get_write_buffer_size() < HIGH_WATER)
+
+    def offer_latest(self, feed: Feed, payload: bytes, frame: bytes | None = None) -> bool:
+        """A book-like message: written at once (``frame``: its ready-made WebSocket frame) if the client
+        keeps up, else kept as the channel's latest pending state. True when written."""
         if self.held and feed in self.held:
             self._hold(feed, payload)
-            return
+            return False
+        if frame is not None and self._keeping_up():
+            self.transport.write(frame)
+            return True
         if feed in self.latest:
             feed.coalesced.inc()
         self.latest[feed] = payload
         self.wake.set()
+        return False
 
-    def offer_queued(self, feed: Feed, payload: bytes) -> None:
+    def offer_queued(self, feed: Feed, payload: bytes, frame: bytes | None = None) -> bool:
+        """A trade or bar: written at once if the client keeps up, else queued; past ws_queue_size the
+        client fails as a slow consumer. True when written."""
         if self.held and feed in self.held:
             self._hold(feed, payload)
-            return
+            return False
+        if frame is not None and self._keeping_up():
+            self.transport.write(frame)
+            return True
         self.queue.append((feed, payload))
         if len(self.queue) > self.max_queue:
             self.fail(f"slow consumer: {len(self.queue)} messages behind on {feed.channel} "
                       f"(ws_queue_size={self.max_queue})", "slow_consumer", CLOSE_SLOW_CONSUMER)
         self.wake.set()
+        return False
+
+    def offer_many(self, feed: Feed, payloads: list[bytes], frames: bytes) -> int:
+        """Several messages of a queued channel (``frames``: theirs, ready-made): one write if the client
+        keeps up, else ``offer_queued`` each. The number written."""
+        if not (self.held and feed in self.held) and self._keeping_up():
+            self.transport.write(frames)
+            return len(payloads)
+        for p in payloads:
+            self.offer_queued(feed, p)
+        return 0
 
     def _hold(self, feed: Feed, payload: bytes) -> None:
         held = self.held[feed]
@@ -293,7 +324,7 @@ async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.Strea
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade request")
     await ws.prepare(request)
-    client = Client(ws, hub, settings, remote)
+    client = Client(ws, hub, settings, remote, request.transport)
     conns.by_address[remote] += 1
     conns.clients.add(client)
     hub.clients.add(client)

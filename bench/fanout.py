@@ -1,0 +1,375 @@
+"""WebSocket fan-out: N clients on consolidated and trades channels while messages are published at set rates.
+
+    .venv/bin/python bench/fanout.py [--clients 200] [--symbols BTC-USDT,ETH-USDT] [--book-hz 10]
+                                     [--trades 100] [--levels 100] [--duration 30] [--cache redis|memory]
+    .venv/bin/python bench/fanout.py --source daemon [--clients 200] [--duration 30]
+
+Three processes, so that the server's CPU is its own:
+- server: the real app (``coby.http.create_app``: middleware, /ws, ``coby.hub`` and ``coby.ws``) over a
+  RedisCache (or MemoryCache) and SQLite storage, plus a publisher that calls ``cache.publish`` exactly as
+  the pipeline does (envelope per message, per-channel seq, latest state stored first) at the set rates:
+  ``--book-hz`` consolidated books of ``--levels`` levels a side per symbol, ``--trades`` trades/s per symbol
+  (in 10 ms ticks). The envelope's ``received`` is the publish time;
+- clients: ``--clients`` aiohttp WebSocket clients, each subscribed to consolidated:SYM and trades:SYM of
+  every symbol; latency = receive time - the envelope's ``received`` (same machine, same clock);
+- this driver: starts both, waits for every client's snapshots, lets the publisher run ``--duration`` s,
+  drains, and prints p50/p99/max latency per channel kind, messages per client (min/max: no one starved,
+  every trade delivered), disconnects, and each process's CPU (% of one core).
+
+``--source daemon`` instead starts ``coby run --simulate`` (ten venues through ccxt.pro against the
+built-in simulator, the real pipeline and aggregation) and connects the clients to it; latency is then
+measured from the pipeline's own ``received`` (coby's receive time of the trade; the tick time of a
+consolidated book), and the fan-out's CPU is the daemon's CPU with clients minus without, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def read_line() -> str:
+    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+
+
+# --- server -------------------------------------------------------------------------------------
+async def server(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from coby.cache import MemoryCache, RedisCache
+    from coby.codec import to_dict
+    from coby.config import Settings
+    from coby.db import open_storage
+    from coby.http import create_app
+    from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, TradeEvent, utcnow
+
+    symbols = args.symbols.split(",")
+    data_dir = tempfile.mkdtemp(prefix="coby-fanout-")
+    settings = Settings.load(env={}, exchanges="binance,okx,bybit,kraken,coinbase", symbols=args.symbols,
+                             data_dir=data_dir, log_level="WARNING", ws_max_connections_per_ip=args.clients + 10,
+                             api_port=0)
+    storage = open_storage(settings)
+    await storage.start()
+    cache = RedisCache(args.redis) if args.cache == "redis" else MemoryCache()
+    await cache.start()
+
+    class Host:
+        pass
+
+    host = Host()
+    host.settings, host.storage, host.cache, host.connectors, host.started_at = \
+        settings, storage, cache, {}, time.time()
+    runner = web.AppRunner(create_app(host), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    emit({"ready": site._server.sockets[0].getsockname()[1]})  # type: ignore[union-attr]
+
+    venues = {"binance": 0.4, "okx": 0.3, "bybit": 0.2, "kraken": 0.1}
+    books = {}
+    for i, sym in enumerate(symbols):
+        mid = 30000.0 / (i + 1)
+        lv = lambda p: ConsolidatedLevel(p, 1.0, venues)  # noqa: E731
+        books[sym] = to_dict(ConsolidatedOrderBook(
+            sym, utcnow(), tuple(lv(mid - 0.5 - k) for k in range(args.levels)),
+            tuple(lv(mid + 0.5 + k) for k in range(args.levels)), mid - 0.5, "binance", mid + 0.5, "okx", False,
+            tuple(venues), ()))
+    seq: dict[str, int] = {}
+
+    async def publish(channel: str, data: dict, latest: tuple[str, str] | None = None) -> None:
+        seq[channel] = seq.get(channel, 0) + 1
+        now = utcnow()
+        env = {"channel": channel, "type": "update", "seq": seq[channel], "ts": now, "received": now, "data": data}
+        if latest:
+            await cache.set_latest(latest[0], latest[1], env)
+        await cache.publish(channel, env)
+
+    for sym in symbols:  # the snapshots clients get at subscribe
+        await publish(f"consolidated:{sym}", books[sym], ("consolidated", sym))
+
+    assert await read_line() == "go"
+    loop = asyncio.get_running_loop()
+    cpu0, t0 = cpu_seconds(), loop.time()
+    tick, n_trades, next_book = 0.01, 0, t0
+    trade_seq = 0
+    while (now := loop.time()) - t0 < args.duration:
+        due = int((now - t0) * args.trades) - n_trades
+        for _ in range(due):
+            trade_seq += 1
+            for sym in symbols:
+                t = utcnow()
+                await publish(f"trades:{sym}", to_dict(TradeEvent(sym, "binance", t, 30000.0, 0.01, "buy",
+                                                                  str(trade_seq), t)))
+        n_trades += due
+        if now >= next_book:
+            for sym in symbols:
+                await publish(f"consolidated:{sym}", books[sym], ("consolidated", sym))
+            next_book += 1.0 / args.book_hz
+        await asyncio.sleep(tick)
+    elapsed = loop.time() - t0
+    cpu = cpu_seconds() - cpu0
+    emit({"published": dict(seq), "elapsed": elapsed, "cpu_pct": round(100 * cpu / elapsed, 1)})
+    await read_line()  # "quit"
+    await runner.cleanup()
+    await cache.aclose()
+    await storage.aclose()
+
+
+# --- clients ------------------------------------------------------------------------------------
+def received_at(payload: bytes) -> float | None:
+    """The envelope's ``received`` as epoch seconds, without parsing the whole message."""
+    i = payload.find(b'"received":"')
+    if i < 0:
+        return None  # null
+    i += 12
+    text = payload[i:payload.index(b'"', i)].decode().replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
+
+
+def seq_of(payload: bytes) -> int:
+    i = payload.find(b'"seq":') + 6
+    return int(payload[i:payload.index(b",", i)])
+
+
+async def clients(args: argparse.Namespace) -> None:
+    import aiohttp
+
+    symbols = args.symbols.split(",")
+    channels = [f"{k}:{s}" for s in symbols for k in ("consolidated", "trades")]
+    lat: dict[str, list[float]] = {"consolidated": [], "trades": []}
+    counts: list[dict[str, int]] = []
+    ready = asyncio.Event()
+    snapshotted = 0
+    closed = 0
+    gaps = 0
+    stop = asyncio.Event()
+
+    async def one(i: int, session: aiohttp.ClientSession) -> None:
+        nonlocal snapshotted, closed, gaps
+        mine = {"consolidated": 0, "trades": 0}
+        last_seq: dict[bytes, int] = {}
+        counts.append(mine)
+        async with session.ws_connect(f"http://127.0.0.1:{args.port}/ws", autoping=True, max_msg_size=0,
+                                      decode_text=False) as ws:  # bytes: the client only slices them
+            await ws.send_str(json.dumps({"op": "subscribe", "channels": channels}))
+            snaps = 0
+            while snaps < len(symbols):  # the ack, then one snapshot per consolidated channel
+                msg = json.loads((await ws.receive()).data)
+                snaps += msg.get("type") == "snapshot"
+            snapshotted += 1
+            if snapshotted == args.clients:
+                ready.set()
+            while not stop.is_set():
+                msg = await ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    closed += 1
+                    return
+                now = time.time()
+                data = msg.data
+                kind = "trades" if data.startswith(b'{"channel":"trades') else "consolidated"
+                mine[kind] += 1
+                sent_at = received_at(data)
+                if sent_at is not None:
+                    lat[kind].append(now - sent_at)
+                if kind == "trades":
+                    channel, seq = data[12:data.index(b'"', 12)], seq_of(data)
+                    gaps += channel in last_seq and seq != last_seq[channel] + 1
+                    last_seq[channel] = seq
+
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        tasks = [asyncio.create_task(one(i, session)) for i in range(args.clients)]
+        await ready.wait()
+        emit({"subscribed": args.clients})
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        assert await read_line() == "stop"
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def pct(xs: list[float], q: float) -> float:
+        xs = sorted(xs)
+        return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else float("nan")
+
+    emit({"latency_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0), "n": len(v)}
+                         for k, v in lat.items()},
+          "per_client": {k: [min(c[k] for c in counts), max(c[k] for c in counts)] for k in lat},
+          "disconnected": closed, "trade_gaps": gaps, "cpu_pct": round(100 * cpu / elapsed, 1)})
+
+
+# --- driver -------------------------------------------------------------------------------------
+def spawn(role: str, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--role", role, *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def expect(proc: subprocess.Popen, key: str) -> dict:
+    while True:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise SystemExit(f"{key}: the {proc.args[3]} process ended early (exit {proc.wait()})")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if key in msg:
+            return msg
+
+
+def send(proc: subprocess.Popen, line: str) -> None:
+    proc.stdin.write(line + "\n")  # type: ignore[union-attr]
+    proc.stdin.flush()  # type: ignore[union-attr]
+
+
+def drive(args: argparse.Namespace, argv: list[str]) -> None:
+    srv = spawn("server", argv)
+    cli = None
+    try:
+        port = expect(srv, "ready")["ready"]
+        cli = spawn("clients", [*argv, "--port", str(port)])
+        expect(cli, "subscribed")
+        send(srv, "go")
+        pub = expect(srv, "published")
+        time.sleep(2.0)  # let the last messages arrive
+        send(cli, "stop")
+        res = expect(cli, "latency_ms")
+        send(srv, "quit")
+    finally:
+        for p in (cli, srv):
+            if p is not None:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    symbols = args.symbols.split(",")
+    trades = sum(v for k, v in pub["published"].items() if k.startswith("trades:"))
+    books = sum(v for k, v in pub["published"].items() if k.startswith("consolidated:")) - len(symbols)
+    print(f"{args.clients} clients x {len(symbols)} symbols (consolidated {args.book_hz:g}/s of {args.levels} "
+          f"levels a side, trades {args.trades:g}/s, per symbol), {pub['elapsed']:.0f} s, cache {args.cache}")
+    print(f"published: {trades} trades, {books} consolidated books; "
+          f"sent: {args.clients * (trades + books) / pub['elapsed']:.0f} messages/s")
+    for kind, v in res["latency_ms"].items():
+        lo, hi = res["per_client"][kind]
+        print(f"  {kind:12s} p50 {v['p50']:7.2f} ms  p99 {v['p99']:7.2f} ms  max {v['max']:8.2f} ms   "
+              f"per client min {lo} max {hi}")
+    print(f"every trade to every client: {res['per_client']['trades'][0] == trades}; "
+          f"disconnected: {res['disconnected']}")
+    print(f"CPU: server {pub['cpu_pct']}% of one core (app + publisher), clients {res['cpu_pct']}%")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_ok(url: str) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def drive_daemon(args: argparse.Namespace, argv: list[str]) -> None:
+    """``coby run --simulate`` as the source: the real pipeline at the simulator's rates."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data_dir = tempfile.mkdtemp(prefix="coby-fanout-daemon-")
+    env = {**os.environ, "COBY_WS_MAX_CONNECTIONS_PER_IP": str(args.clients + 10), "LOG_LEVEL": "WARNING",
+           "COBY_SIMULATOR_PORT": "0", "COBY_SYMBOLS": args.symbols, "COBY_REDIS_URL": args.redis,
+           "PYTHONPATH": str(ROOT)}
+    if args.cache == "memory":
+        env.pop("COBY_REDIS_URL")
+    daemon = subprocess.Popen([sys.executable, "-m", "coby.cli", "run", "--simulate", "--port", str(port),
+                               "--data-dir", data_dir], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    cli = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not all(http_ok(f"{base}/api/v1/consolidated/{s}") for s in args.symbols.split(",")):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit("the daemon did not come up with consolidated books within 120 s")
+            time.sleep(0.5)
+        time.sleep(5)  # settle: every venue connected
+        c0 = proc_cpu(daemon.pid)
+        time.sleep(args.duration)
+        idle = 100 * (proc_cpu(daemon.pid) - c0) / args.duration
+        cli = spawn("clients", [*argv, "--port", str(port)])
+        expect(cli, "subscribed")
+        c0, t0 = proc_cpu(daemon.pid), time.monotonic()
+        time.sleep(args.duration)
+        busy = 100 * (proc_cpu(daemon.pid) - c0) / (time.monotonic() - t0)
+        send(cli, "stop")
+        res = expect(cli, "latency_ms")
+    finally:
+        if cli is not None:
+            cli.wait(timeout=30)
+        daemon.terminate()
+        daemon.wait(timeout=60)
+    n = sum(res["latency_ms"][k]["n"] for k in res["latency_ms"])
+    print(f"{args.clients} clients on consolidated and trades of {args.symbols}, source: coby run --simulate "
+          f"(ten venues, simulator defaults), {args.duration:.0f} s, cache {args.cache}")
+    print(f"received: {n / args.duration:.0f} messages/s in all")
+    for kind, v in res["latency_ms"].items():
+        lo, hi = res["per_client"][kind]
+        print(f"  {kind:12s} p50 {v['p50']:7.2f} ms  p99 {v['p99']:7.2f} ms  max {v['max']:8.2f} ms   "
+              f"per client min {lo} max {hi}")
+    print(f"trade seq gaps: {res['trade_gaps']}; disconnected: {res['disconnected']}")
+    print(f"CPU: daemon {idle:.1f}% of one core without clients, {busy:.1f}% with them "
+          f"(fan-out: {busy - idle:+.1f}%); clients {res['cpu_pct']}%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--role", choices=["driver", "server", "clients"], default="driver")
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--symbols", default="BTC-USDT,ETH-USDT")
+    ap.add_argument("--book-hz", type=float, default=10.0)
+    ap.add_argument("--trades", type=float, default=100.0)
+    ap.add_argument("--levels", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--cache", choices=["redis", "memory"], default="redis")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/14")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--source", choices=["synthetic", "daemon"], default="synthetic",
+                    help="synthetic: a publisher at the set rates; daemon: coby run --simulate")
+    args = ap.parse_args()
+    if args.role == "server":
+        asyncio.run(server(args))
+    elif args.role == "clients":
+        asyncio.run(clients(args))
+    else:
+        argv = [a for a in sys.argv[1:]]
+        (drive_daemon if args.source == "daemon" else drive)(args, argv)
+
+
+if __name__ == "__main__":
+    main()

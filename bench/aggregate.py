@@ -17,7 +17,9 @@ References, both plain Python computing the same numbers (checked against the en
 * ``plain, per bucket``: the same but bucketing a sorted side with one ``bisect`` per bucket and
   a ``sum`` of the sizes - the fastest plain-Python shape I know for sorted books.
 Iterations interleave the implementations so that they share the machine's state. Reported:
-the minimum (closest to an idle machine), the median and the 90th percentile.
+the minimum (closest to an idle machine), the median and the 90th percentile, of elapsed time
+(``--clock wall``) or of this process's CPU time over all its threads (``--clock cpu``: steadier
+when other work shares the machine; it counts polars' worker threads too).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from coby.heatmap import intensities
 from coby.models import ConsolidatedLevel, HeatmapPoint, OrderBookSnapshot, PriceLevel
 
 VENUES = ("binance", "coinbase", "kraken", "bybit", "okx", "htx", "kucoin", "gate", "bitfinex", "mexc")
-# symbol: (mid, tick, bucket size) - ~30 buckets a side for a 1000-level book with a 3-tick mean gap
+# symbol: (mid, tick, bucket size) - ~30 buckets a side for a 1000-level book (mean gap 3 ticks)
 SYMBOLS = {
     "BTC-USDT": (60_000.0, 0.1, 10.0), "ETH-USDT": (3_000.0, 0.01, 1.0), "SOL-USDT": (150.0, 0.001, 0.1),
     "BNB-USDT": (550.0, 0.01, 1.0), "XRP-USDT": (0.6, 0.0001, 0.01), "DOGE-USDT": (0.15, 0.00001, 0.001),
@@ -175,10 +177,11 @@ def check(engine_result, ref: dict) -> None:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def run_case(nsymbols: int, levels: int, ticks: int, seed: int = 7) -> dict[str, list[float]]:
+def run_case(nsymbols: int, levels: int, ticks: int, bucket_scale: float = 1.0, clock=time.perf_counter,
+             seed: int = 7) -> dict[str, list[float]]:
     rng = random.Random(seed)
     symbols = list(SYMBOLS)[:nsymbols]
-    bucket_size = {s: SYMBOLS[s][2] for s in symbols}
+    bucket_size = {s: round(SYMBOLS[s][2] * bucket_scale, 9) for s in symbols}
     variants = [[make_book(s, v, levels, rng) for s in symbols for v in VENUES] for _ in range(3)]
     engine = AggregationEngine(bucket_size=bucket_size, consolidated_depth=DEPTH, depth_bands=BANDS,
                                stale_after=3600.0, clock=lambda: NOW)
@@ -201,9 +204,9 @@ def run_case(nsymbols: int, levels: int, ticks: int, seed: int = 7) -> dict[str,
                          ("plain, per bucket", lambda: reference_tick(books, buckets_per_bucket, bucket_size)),
                          ("polars engine, unchanged", lambda: engine.tick(NOW))):
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+            times[name].append((clock() - start) * 1000.0)
     return times
 
 
@@ -212,17 +215,23 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=40, help="timed ticks per case (default 40)")
     parser.add_argument("--levels", type=int, default=1000, help="levels per side of each book (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="POLARS_MAX_THREADS for this run (re-executes)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, all threads (steadier on a busy machine)")
+    parser.add_argument("--bucket-scale", type=float, default=1.0,
+                        help="multiply every bucket width (default 1: ~30 buckets a side; 0.1: ~300)")
     args = parser.parse_args()
     if args.threads is not None and os.environ.get("POLARS_MAX_THREADS") != str(args.threads):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "POLARS_MAX_THREADS": str(args.threads)})
     print(f"python {platform.python_version()}, polars {pl.__version__} ({pl.thread_pool_size()} threads), "
           f"{os.cpu_count()} CPUs, {platform.machine()}; load average {os.getloadavg()[0]:.2f}")
-    print(f"{args.levels} levels a side per book, {args.ticks} ticks per case, ms per tick\n")
+    print(f"{args.levels} levels a side per book, bucket widths x{args.bucket_scale:g}, {args.ticks} ticks per case, "
+          f"ms per tick ({args.clock} clock)\n")
     header = f"{'books':>6}  {'implementation':<26}{'min':>8}{'median':>9}{'p90':>9}{'median vs engine':>18}"
     print(header)
     print("-" * len(header))
     for nsymbols in (2, 10):
-        times = run_case(nsymbols, args.levels, args.ticks)
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
+        times = run_case(nsymbols, args.levels, args.ticks, args.bucket_scale, clock)
         base = statistics.median(times["polars engine"])
         for name, samples in times.items():
             med = statistics.median(samples)

@@ -19,7 +19,8 @@ for the consolidated merge), kept with the venue's snapshot for as long as it do
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from operator import neg
 from typing import Sequence
 
@@ -152,26 +153,31 @@ class BookFrame:
             .agg(pl.col("index").first(), pl.col("size").sum(), pl.len())
             .sort("run")
         )
-        seg_units = self.units + self.units
-        ends = [start + length for start, length in zip(self.starts, self.lengths)]
-        seg, row = 0, 0
-        seg_end, side_out, units = ends[0], out[0][BID], seg_units[0]
-        for idx, volume, length in zip(runs["index"].to_list(), runs["size"].to_list(), runs["len"].to_list()):
-            if row >= seg_end:
-                while row >= ends[seg]:
-                    seg += 1
-                seg_end, side_out, units = ends[seg], out[seg % nbooks][seg // nbooks], seg_units[seg]
-            if row + length <= seg_end:
-                edge = abs(int(idx)) * units / PRICE_SCALE  # int * int, then one correctly rounded division
-                if edge in side_out:  # only for a book whose levels are out of order
-                    side_out[edge] += volume
-                else:
-                    side_out[edge] = volume
-            else:
-                # A run spans a segment boundary: the last bucket of one book's side has the same
-                # index as the first bucket of the next book's (shallow books). Split it.
-                self._split_run(out, seg_units, idx, row, length, seg)
-            row += length
+        indices = runs["index"].cast(pl.Int64).to_list()
+        volumes = runs["size"].to_list()
+        ends = list(accumulate(runs["len"].to_list()))  # the row after each run
+        for seg, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            if length == 0:
+                continue
+            stop, units = start + length, self.units[seg % nbooks]
+            side_out = out[seg % nbooks][seg // nbooks]
+            first, last = bisect_right(ends, start), bisect_left(ends, stop)  # runs holding start, stop - 1
+            if (ends[first - 1] if first else 0) == start and ends[last] == stop:
+                # The usual case: the segment is whole runs, one per bucket. int * int, then one
+                # correctly rounded division: the edge is the nearest float to the decimal.
+                side_out.update(zip([abs(i) * units / PRICE_SCALE for i in indices[first:last + 1]],
+                                    volumes[first:last + 1]))
+                if len(side_out) == last + 1 - first:
+                    continue
+                side_out.clear()  # a bucket seen twice: the book's levels are out of order
+            # A run crosses the segment's edge (the last bucket of one book's side has the index of
+            # the first bucket of the next book's: shallow books), or buckets repeat: run by run.
+            for r in range(first, last + 1):
+                lo, hi = max(start, ends[r - 1] if r else 0), min(stop, ends[r])
+                whole = hi - lo == ends[r] - (ends[r - 1] if r else 0)
+                volume = volumes[r] if whole else float(self.size.slice(lo, hi - lo).sum())
+                edge = abs(indices[r]) * units / PRICE_SCALE
+                side_out[edge] = side_out.get(edge, 0.0) + volume
         return out
 
     # --- internals -----------------------------------------------------------------------------
@@ -186,17 +192,3 @@ class BookFrame:
             else:
                 ranges.append((row, length, units))
         return [r for r in ranges if r[1] > 0]
-
-    def _split_run(self, out: list[tuple[dict[float, float], dict[float, float]]], seg_units: tuple[int, ...],
-                   idx: float, row: int, length: int, seg: int) -> None:
-        nbooks = len(self.books)
-        end = row + length
-        while row < end:
-            seg_end = self.starts[seg] + self.lengths[seg]
-            take = min(end, seg_end) - row
-            if take > 0:
-                side_out = out[seg % nbooks][seg // nbooks]
-                edge = bucket_edge(idx, seg_units[seg])
-                side_out[edge] = side_out.get(edge, 0.0) + float(self.size.slice(row, take).sum())
-                row += take
-            seg += 1

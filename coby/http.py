@@ -23,17 +23,16 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coby import api, openapi, ws
+from coby import api, ws
 from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
-from coby.codec import dumps
 from coby.errors import StorageError
 from coby.metrics import FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY
+from coby.openapi import OPENAPI_KEY, Document
 
 __all__ = ["ApiServer", "DAEMON_KEY", "create_app", "error", "json_response"]
 
 log = structlog.get_logger("coby.http")
 MONITOR_KEY: web.AppKey[Any] = web.AppKey("monitor", object)
-OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -63,7 +62,8 @@ async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
         if not ok:
             return error(403, "origin not allowed (api_cors_origins)")
         return web.Response(status=204, headers={
-            "Access-Control-Allow-Origin": origin, "Vary": "Origin", "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",  # POST: replay control
             "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"})
     resp = await handler(request)
     if ok and not resp.prepared:
@@ -142,7 +142,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+    return web.Response(body=request.app[OPENAPI_KEY].render(), content_type="application/json")
 
 
 # --- the monitor: event-loop lag, feed rates and ages -------------------------------------------
@@ -202,7 +202,7 @@ def create_app(daemon: Any) -> web.Application:
     app[DAEMON_KEY] = daemon
     rates = FeedRates()
     app[RATES_KEY] = rates
-    app[OPENAPI_KEY] = dumps(openapi.build_document(daemon.settings))
+    app[OPENAPI_KEY] = Document(daemon.settings)  # other modules may extend it (coby.openapi.Document)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

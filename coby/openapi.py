@@ -15,8 +15,11 @@ import typing
 from datetime import datetime
 from typing import Any
 
+from aiohttp import web
+
 from coby import __version__, models
 from coby.api import MAX_DEPTH, MAX_MS, TIMEFRAMES
+from coby.codec import dumps
 from coby.config import Settings
 
 REF = "#/components/schemas/"
@@ -225,3 +228,27 @@ def build_document(settings: Settings) -> dict[str, Any]:
                                                       "description": "required when COBY_API_TOKEN is set"}}},
         "security": [{"bearer": []}, {}],
     }
+
+
+class Document:
+    """An app's OpenAPI document: coby's routes, plus those other modules register with ``extend`` while
+    the app is assembled (e.g. replay); rendered once, at the first request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.doc = build_document(settings)
+        self._rendered: bytes | None = None
+
+    def extend(self, paths: dict[str, Any], schemas: dict[str, Any] | None = None) -> None:
+        """Add path items (and component schemas they ``$ref`` as ``#/components/schemas/NAME``)."""
+        if self._rendered is not None:
+            raise RuntimeError("the OpenAPI document has been served already: extend it while building the app")
+        self.doc["paths"].update(paths)
+        self.doc["components"]["schemas"].update(schemas or {})
+
+    def render(self) -> bytes:
+        if self._rendered is None:
+            self._rendered = dumps(self.doc)
+        return self._rendered
+
+
+OPENAPI_KEY: web.AppKey[Document] = web.AppKey("openapi", Document)

@@ -323,9 +323,13 @@ async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.Strea
                                timeout=settings.ws_close_timeout)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade request")
-    await ws.prepare(request)
+    conns.by_address[remote] += 1  # reserved before the await: concurrent upgrades see it
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        _release(conns, remote)
+        raise
     client = Client(ws, hub, settings, remote, request.transport)
-    conns.by_address[remote] += 1
     conns.clients.add(client)
     hub.clients.add(client)
     WS_CLIENTS.inc()
@@ -345,14 +349,18 @@ async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.Strea
             t.cancel()
         await asyncio.gather(reader, sender, return_exceptions=True)
         client.close_subscriptions()
-        conns.by_address[remote] -= 1
-        if conns.by_address[remote] <= 0:
-            del conns.by_address[remote]
+        _release(conns, remote)
         conns.clients.discard(client)
         hub.clients.discard(client)
         WS_CLIENTS.dec()
         WS_DISCONNECTS.labels(reason).inc()
     return ws
+
+
+def _release(conns: Connections, remote: str) -> None:
+    conns.by_address[remote] -= 1
+    if conns.by_address[remote] <= 0:
+        del conns.by_address[remote]
 
 
 async def _goodbye(ws: web.WebSocketResponse, client: Client, request: web.Request, settings: Settings) -> str | None:

@@ -195,8 +195,9 @@ class Settings:
     connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "
                                      "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), _positive)
     trade_stale_after: float = setting(120.0, "Seconds without a trade before the watchdog recreates a trade feed "
-                                       "(0: never). Skipped while the same connection's book is fresh: a quiet "
-                                       "market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",), _non_negative)
+                                       "(0: never). Once trades flowed, skipped while the same connection's book "
+                                       "is fresh: a quiet market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",),
+                                       _non_negative)
     markets_ttl: float = setting(86400.0, "Seconds the on-disk market cache (data_dir/markets) is used before a "
                                  "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), _positive)
     max_future_skew: float = setting(5.0, "Validation: reject items stamped more than this many seconds in the "

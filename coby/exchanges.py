@@ -204,7 +204,20 @@ class ExchangeConnector:
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
         feed.streams.append(st)
         self._streams[(kind, symbol)] = st
-        st.task = self._spawn(self._run(st), f"{kind}-{symbol}")
+        self._start(st)
+
+    def _start(self, st: Stream) -> None:
+        st.task = self._spawn(self._run(st), f"{st.kind}-{st.symbol}")
+        st.task.add_done_callback(lambda task: self._ended(st, task))
+
+    def _ended(self, st: Stream, task: asyncio.Task[Any]) -> None:
+        """A stream loop only ends on disconnect() or a permanent error; anything else is a bug: log, restart."""
+        if self._stopped or st.failed is not None:
+            return
+        error = None if task.cancelled() else task.exception()
+        self._log.error("stream_died", stream=st.kind, symbol=st.symbol, error=repr(error))
+        st.watching, st.interrupt = False, None
+        self._start(st)
 
     def _feed_for(self, symbol: str) -> Feed:
         for feed in self._feeds:
@@ -377,7 +390,9 @@ class ExchangeConnector:
             task.add_done_callback(self._closing.discard)
         current = asyncio.current_task()
         for st in feed.streams:
-            if st.watching and st.task is not None and st.task is not current and not st.task.done():
+            # one interrupt per attempt: a second cancel() would outlive the uncancel() and kill the stream
+            if st.watching and st.interrupt is None and st.task is not None and st.task is not current \
+                    and not st.task.done():
                 st.interrupt = err
                 st.task.cancel()
 
@@ -431,9 +446,10 @@ class ExchangeConnector:
                     continue
                 limit = s.trade_stale_after if st.live else max(s.trade_stale_after, s.connect_timeout)
                 book = self._streams.get((BOOK, st.symbol))
-                if not self.venue.trades_own_connection and book is not None and book.live and \
+                if st.live and not self.venue.trades_own_connection and book is not None and book.live and \
                         now - book.last_progress < s.stale_after:
                     continue  # same connection delivers books: a quiet market, not a dead feed
+                # not live: nothing at all since (re)subscribing - e.g. the subscription's ack was lost
             quiet = now - max(st.last_progress, st.attempt_at)
             if quiet <= limit:
                 continue

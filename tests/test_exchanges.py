@@ -573,3 +573,17 @@ def test_symbol_map_setting_from_toml_and_environment(tmp_path):
                                                  "kraken": {"ETH-USDT": "ETH/USD|XETHZUSD"}}
     with pytest.raises(Exception, match="symbol_map"):
         Settings.load(env={"COBY_SYMBOL_MAP": "nowhere:BTC-USDT=BTC/USD"})
+
+
+async def test_trade_subscription_that_never_answers_is_recreated(tmp_path):
+    """Books flow but trades never start (a lost subscription ack): after trade_stale_after the feed is rebuilt,
+    even though the same connection's book is fresh."""
+    t, script, items = FakeTime(), Script("ok"), []
+    s = settings(tmp_path, stale_after=1e6, connect_timeout=1.0, trade_stale_after=5.0)
+    conn = ExchangeConnector("bitfinex", s, items.append, clock=t.clock, sleep=t.sleep, client_factory=script.factory)
+    await conn.subscribe_orderbook("BTC-USDT")
+    await conn.subscribe_trades("BTC-USDT")
+    started = t.now
+    await wait_for(lambda: len(script.built) >= 2)
+    assert t.now - started >= 5.0 and script.built[0].closed
+    await conn.disconnect()

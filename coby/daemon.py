@@ -85,7 +85,12 @@ class Daemon:
 
     async def _start_http(self) -> None:
         from coby.http import ApiServer
+        from coby.replay import ReplayManager
+        from coby.replay_api import add_replay_routes
+        if self.replay is None:
+            self.replay = ReplayManager(self.settings, self.storage)
         self.http = ApiServer(self)
+        add_replay_routes(self.http.app, self.replay)  # /api/v1/replay...: sessions over this daemon's storage
         await self.http.start()
 
     async def _start_connectors(self) -> None:

@@ -65,3 +65,18 @@ class ValidationError(CobyError):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
+
+
+class ClientError(CobyError):
+    """``coby.client``: coby's API refused a request (the message is the server's ``error`` text) or could
+    not be reached. ``status`` is the HTTP status (None: no answer); ``retryable`` whether trying again
+    later may help (no answer, 429, 5xx)."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = (status is None or status == 429 or status >= 500) if retryable is None else retryable
+
+
+class AuthError(ClientError):
+    """``coby.client``: the API refused the bearer token (401): missing, or not the daemon's ``api_token``."""

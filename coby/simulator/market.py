@@ -96,7 +96,7 @@ DEFAULT_INSTRUMENT = Instrument(base_price=100.0, tick=0.01, lot=0.01, typical_s
 
 MIN_LEVELS = 300
 MAX_LEVELS = 500
-JOURNAL_MAX = 100_000
+JOURNAL_MAX = 8_192  # windows read it every update; one that falls further behind resyncs
 
 
 class Market:

@@ -34,6 +34,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import ccxt
@@ -46,7 +47,6 @@ from coby.markets import MarketCatalog
 from coby.metrics import BOOK_AGE, CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS, STALLS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
                          OrderBookSnapshot, utcnow)
-from datetime import datetime
 from coby.normalize import DataProcessor
 from coby.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.symbols import SymbolMap, split_canonical
@@ -60,6 +60,7 @@ BOOK, TRADES = "book", "trades"
 # Retrying cannot help: a wrong symbol mapping, a call the venue lacks, credentials, configuration.
 _PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,
               ccxt.InvalidProxySettings)
+
 
 def translate_ccxt_error(exchange: str, exc: BaseException) -> ExchangeError:
     """The one translation of ccxt's (and the transport's) exceptions into coby's."""

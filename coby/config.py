@@ -189,7 +189,7 @@ class Settings:
                                             ("COBY_EXCHANGE_URLS",), _exchange_urls)
     symbol_map: dict[str, dict[str, str]] = setting({}, "Per-venue market for a canonical symbol, overriding "
                                                     "BASE/QUOTE, e.g. {coinbase = {\"BTC-USDT\" = \"BTC/USD\"}}; "
-                                                    "'SYMBOL|ID' also fixes the venue id. Env: "
+                                                    "a venue id may follow the symbol after a vertical bar. Env: "
                                                     "venue:CANONICAL=SYMBOL,... See docs/symbols.md.",
                                                     ("COBY_SYMBOL_MAP",), _symbol_map)
     connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "

@@ -263,7 +263,7 @@ class _ReplayHooks(Hooks):
         except ClientError as e:
             if e.retryable:
                 return None  # the server is away: reconnect (a restarted one will say the session is gone)
-            raise ClientError(f"replay session {self.id} is gone: {e}", e.status) from e
+            raise self._gone(e) from e
         if st["state"] in _FINAL:
             return ReplayFinished(self.id or "", st["state"], st["events_emitted"], st.get("error"))
         return None
@@ -272,8 +272,12 @@ class _ReplayHooks(Hooks):
         if error.status == 409:  # it ended while we were away
             return await self.ended(None, str(error))
         if error.status == 404:
-            raise ClientError(f"replay session {self.id} is gone (the daemon restarted?): {error}", 404) from error
+            raise self._gone(error) from error
         return None
+
+    def _gone(self, error: ClientError) -> ClientError:
+        return ClientError(f"replay session {self.id} no longer exists on the server, unfinished (the daemon "
+                           f"stopped or restarted?): {error}", error.status)
 
     async def closing(self, finished: bool) -> None:
         if self.id is not None and not finished:

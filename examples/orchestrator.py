@@ -3,8 +3,10 @@
 The strategy watches the consolidated (cross-venue) book of one symbol. When the volume in the
 top ``levels`` levels leans to one side by more than ``threshold`` - imbalance
 (bid - ask) / (bid + ask) - it takes a paper position of one unit that way (buy at the best
-ask, sell at the best bid); trades mark the position to market. It never sees where its data
-comes from: ``run`` takes any iterator of the client's items.
+ask, sell at the best bid); trades mark the position to market. (A crossed book - one venue's bid
+above another's ask, as the simulator's venues always are - is traded like any other here; a real
+strategy would treat it as the arbitrage it is.) It never sees where its data comes from: ``run``
+takes any iterator of the client's items.
 
     # live, for 30 seconds
     python examples/orchestrator.py --url http://127.0.0.1:8080 --symbol BTC-USDT --seconds 30
@@ -30,7 +32,7 @@ from coby.models import ConsolidatedOrderBook, TradeEvent
 class ImbalanceStrategy:
     """Paper-trades one unit on consolidated-book imbalance; marks to market on trades."""
 
-    threshold: float = 0.3
+    threshold: float = 0.2
     levels: int = 10
     position: int = 0  # -1, 0 or 1 units
     cash: float = 0.0
@@ -42,8 +44,8 @@ class ImbalanceStrategy:
 
     def on_book(self, book: ConsolidatedOrderBook) -> None:
         self.books += 1
-        if book.crossed or book.best_bid is None or book.best_ask is None:
-            return  # venues disagree (an arbitrage): no signal from a crossed book
+        if book.best_bid is None or book.best_ask is None:
+            return
         bid = sum(lv.size for lv in book.bids[:self.levels])
         ask = sum(lv.size for lv in book.asks[:self.levels])
         if bid + ask <= 0:
@@ -94,7 +96,7 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--token", default=None)
     p.add_argument("--symbol", default="BTC-USDT")
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--threshold", type=float, default=0.2)
     p.add_argument("--seconds", type=float, default=30.0, help="live: how long to run")
     p.add_argument("--replay", nargs=2, metavar=("START", "END"), help="replay this stored range instead")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed (0: as fast as the strategy reads)")

@@ -185,6 +185,18 @@ async def test_replay_yields_the_same_types_and_the_stored_events(coby):
     assert len(books) >= 3 and got_books == books
 
 
+async def test_replay_without_channels_delivers_the_stored_events_of_its_filters(coby):
+    """replay() without channels subscribes to what storage holds - trades and each venue's book - of the
+    symbols and exchanges it is narrowed to."""
+    async with client(coby) as c:
+        items = await _collect(c.replay(utcnow() - timedelta(seconds=2), utcnow(), symbols=[SYM],
+                                        exchanges=["okx", "kraken"], speed=0),
+                               lambda items: isinstance(items[-1], ReplayFinished))
+    chans = _by_channel(items)
+    assert set(chans) == {f"trades:{SYM}", f"book:okx:{SYM}", f"book:kraken:{SYM}"}
+    assert {e.data.exchange for e in chans[f"trades:{SYM}"]} <= {"okx", "kraken"}
+
+
 async def test_closing_a_replay_early_stops_its_session(coby):
     """aclose() on an unfinished replay stops the session on the server; aclose is idempotent."""
     async with client(coby) as c:
@@ -240,7 +252,7 @@ async def test_orchestrator_example_runs_unchanged_on_stream_and_replay(coby):
         async with asyncio.timeout(30):
             await example.run(c.replay(start, end, channels, speed=0, symbols=[SYM]), replayed)
     for strategy in (live, replayed):
-        assert strategy.books > 0 and strategy.trades > 0 and strategy.last_price
+        assert strategy.books > 0 and strategy.trades > 0 and strategy.last_price and strategy.signals
     assert replayed.notes[-1].startswith("replay ") and "finished" in replayed.notes[-1]
 
 
@@ -284,3 +296,25 @@ async def test_daemon_restart_mid_stream_is_survived(coby):
     assert all(e.received.timestamp() >= restarted for e in chans[f"trades:{SYM}"])
     gaps = [g for g in after[i + 1:] if isinstance(g, Gap)]
     assert [(g.channel, g.reason, g.missing) for g in gaps] == [(f"trades:{SYM}", "restart", None)]
+
+
+async def test_a_replay_cut_by_a_daemon_stop_raises_a_clear_error(coby):
+    """A daemon that stops in the middle of a replay ends the iteration with a ClientError saying the session
+    is gone unfinished - not a silent end, a hang, or a reconnect to a session that no longer exists."""
+    async with asyncio.timeout(20):
+        while len(await coby.daemon.storage.get_trades(SYM, utcnow() - timedelta(seconds=10), limit=5)) < 5:
+            await asyncio.sleep(0.2)
+    async with client(coby) as c:
+        sub = c.replay(utcnow() - timedelta(seconds=10), utcnow(), [f"trades:{SYM}"], speed=1)
+        first = await anext(sub)
+        assert isinstance(first, Event) and first.replay
+        stopping = asyncio.get_running_loop().create_task(coby.stop())
+        try:
+            with pytest.raises(ClientError, match=f"replay session {first.replay} no longer exists") as err:
+                async with asyncio.timeout(20):
+                    async for _ in sub:
+                        pass
+            assert err.value.status == 404
+        finally:
+            await stopping
+            await coby.start()

@@ -9,14 +9,15 @@ consolidated, per-venue metrics, and the consolidated book (best 100 levels a si
 venue's share). Books are 10 venues per symbol; 20 books = 2 symbols, 100 books = 10 symbols.
 
 "all changed": every venue's book is a new snapshot at every tick (the worst case, and what a busy
-market gives at a 100 ms tick). Each implementation gets freshly built snapshot objects before each
-tick, outside the timed region, as the normaliser would hand them over. "unchanged": no book changed since the last tick (the engine
-reuses per-venue results; the references recompute everything either way).
+market gives at a 100 ms tick). Each implementation gets freshly built snapshot objects before
+each tick, outside the timed region, as the normaliser would hand them over. "unchanged": no book
+changed since the last tick (the engine reuses per-venue results; the references recompute
+everything either way).
 
 References, both plain Python computing the same numbers (checked against the engine first):
 * ``plain, per level``: a dict loop over every level (the figure in docs/limits.md's table);
 * ``plain, per bucket``: the same but bucketing a sorted side with one ``bisect`` per bucket and
-  a ``sum`` of the sizes - the fastest plain-Python shape I know for sorted books.
+  a ``sum`` of the sizes - the fastest plain-Python shape we know for sorted books.
 Iterations interleave the implementations so that they share the machine's state. Reported:
 the minimum (closest to an idle machine), the median and the 90th percentile, of elapsed time
 (``--clock wall``) or of this process's CPU time over all its threads (``--clock cpu``: steadier
@@ -35,7 +36,7 @@ import statistics
 import sys
 import time
 from bisect import bisect_right
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from operator import neg
 
 import polars as pl
@@ -228,7 +229,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=1000, help="levels per side of each book (default 1000)")
     parser.add_argument("--threads", type=int, default=None, help="POLARS_MAX_THREADS for this run (re-executes)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: elapsed time; cpu: this process's CPU time, all threads (steadier on a busy machine)")
+                        help="wall: elapsed time; cpu: the process's CPU time, all threads (steadier when busy)")
     parser.add_argument("--bucket-scale", type=float, default=1.0,
                         help="multiply every bucket width (default 1: ~30 buckets a side; 0.1: ~300)")
     args = parser.parse_args()

@@ -23,9 +23,11 @@ The tick
 --------
 ``update_book`` keeps the latest snapshot per (venue, symbol) - a dict store, nothing else.
 ``tick(now)`` puts every fresh book whose snapshot changed since the last tick into one
-``BookFrame`` (polars columns over all those books at once) and returns, for every symbol: per-venue and consolidated buckets, the consolidated heatmap (also
-recorded in the rolling ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue
-``OrderBookMetrics`` and the consolidated book. A book is *stale* when its exchange timestamp or
+``BookFrame`` (polars columns over all those books at once) and returns, for every symbol:
+per-venue and consolidated buckets, the consolidated heatmap (also recorded in the rolling
+``HeatmapSeries``), per-venue and consolidated imbalances, per-venue ``OrderBookMetrics`` and the
+consolidated book. Per-venue results are kept with their snapshot, and a symbol's consolidated
+figures are re-stamped rather than recomputed while none of its books changed. A book is *stale* when its exchange timestamp or
 its receive time is more than ``stale_after`` seconds before ``now``: stale books are left out of
 everything in the tick, and named in the symbol's ``ConsolidatedOrderBook.stale_exchanges``.
 

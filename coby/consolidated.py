@@ -49,7 +49,7 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
             shares = merged.get(price)  # None only for a venue whose levels are out of order
             if shares is not None:
                 shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes
-    return tuple([ConsolidatedLevel(price, sum(shares.values()), shares) for price, shares in merged.items()])
+    return tuple([ConsolidatedLevel(price, sum(shares.values()), shares) for price, shares in merged.items() if shares])
 
 
 def holder(level: ConsolidatedLevel) -> str:

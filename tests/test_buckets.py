@@ -67,9 +67,12 @@ def test_create_price_buckets_sums_levels_per_bucket():
 def test_levels_out_of_order_still_land_in_their_buckets():
     """A book whose levels are not sorted (a feed bug) still has every level in its own bucket."""
     b = book("binance", bids=[(100.5, 1.0), (90.2, 2.0), (100.1, 3.0)], asks=[(111.0, 1.0), (101.0, 1.0), (112.0, 2.0)])
-    pb = engine(bucket_size={"BTC": 10.0}).create_price_buckets(b)
+    eng = engine(bucket_size={"BTC": 10.0})
+    pb = eng.create_price_buckets(b)
     assert pb.bid_buckets == {100.0: 4.0, 90.0: 2.0}
     assert pb.ask_buckets == {120.0: 3.0, 110.0: 1.0}
+    eng.update_book(b)
+    assert eng.tick(NOW).books["BTC-USDT"].best_bid == 100.5  # and the tick survives it
 
 
 def test_bucket_size_comes_from_settings_per_symbol():

@@ -168,8 +168,8 @@ def reference_bars(accepted: list[tuple[int, TradeEvent]], timeframes) -> dict:
 
 
 trade_ops = st.tuples(st.just("trade"), st.integers(0, 3 * 3600 * 1000), st.integers(1, 10_000),
-                      st.integers(1, 1000), st.sampled_from(["buy", "sell"]), st.sampled_from(["binance", "okx", "kraken"]),
-                      st.sampled_from(["BTC-USDT", "ETH-USDT"]))
+                      st.integers(1, 1000), st.sampled_from(["buy", "sell"]),
+                      st.sampled_from(["binance", "okx", "kraken"]), st.sampled_from(["BTC-USDT", "ETH-USDT"]))
 advance_ops = st.tuples(st.just("advance"), st.integers(0, 3 * 3600 * 1000 + 10_000))
 
 

@@ -27,9 +27,11 @@ The tick
 per-venue and consolidated buckets, the consolidated heatmap (also recorded in the rolling
 ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue ``OrderBookMetrics`` and the
 consolidated book. Per-venue results are kept with their snapshot, and a symbol's consolidated
-figures are re-stamped rather than recomputed while none of its books changed. A book is *stale* when its exchange timestamp or
-its receive time is more than ``stale_after`` seconds before ``now``: stale books are left out of
-everything in the tick, and named in the symbol's ``ConsolidatedOrderBook.stale_exchanges``.
+figures are re-stamped rather than recomputed while none of its books changed.
+
+A book is *stale* when its exchange timestamp or its receive time is more than ``stale_after``
+seconds before ``now``: stale books are left out of everything in the tick, and named in the
+symbol's ``ConsolidatedOrderBook.stale_exchanges``.
 
 Timestamps: a venue's figures carry its snapshot's timestamp; consolidated figures carry ``now``.
 The engine imports nothing downstream (no storage, cache or HTTP): it returns model objects.

@@ -18,8 +18,8 @@ Series and storage
 ``HeatmapSeries`` keeps, per symbol, the last heatmap of each ``resolution``-second slot for the
 last ``window`` seconds (the dashboard's scrolling history), and says which heatmaps are due for
 the ``heatmap_data`` table (rows: ``coby.db.tables.heatmap_rows``): the first one recorded in
-each ``store_interval``-second slot of the UTC epoch. Slots are counted from the heatmap's own timestamp, so a replay stores the same rows
-as the live run did.
+each ``store_interval``-second slot of the UTC epoch. Slots are counted from the heatmap's own
+timestamp, so a replay stores the same rows as the live run did.
 """
 
 from __future__ import annotations

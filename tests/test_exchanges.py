@@ -449,12 +449,23 @@ GAP_VENUES = ("binance", "okx", "bybit", "coinbase", "htx", "kucoin", "gate", "b
 @pytestmark_sim
 async def test_sequence_gap_resyncs_the_book(live):
     """gap: the book is resynced (ccxt's own check, or coby's sequence check where ccxt has none) and is
-    equal to the true book again."""
+    equal to the true book again. bitfinex has no sequence numbers: its checksum covers the top 25 levels,
+    so a lost update that only touched deeper levels is caught later (when they reach the top): inject again."""
     sim, conns, rec = live
     await warm(rec, GAP_VENUES, conns=conns)
     mark = rec.mark()
-    await inject_all(sim, "gap", GAP_VENUES, symbol="BTC-USDT")
-    await poll(lambda: [v for v in GAP_VENUES if "resynced" not in rec.events(mark, v)], what="resynced")
+    pending = list(GAP_VENUES)
+    for _ in range(5):
+        await inject_all(sim, "gap", pending, symbol="BTC-USDT")
+        try:
+            await poll(lambda: [v for v in pending if "resynced" not in rec.events(mark, v)], timeout=8.0)
+        except AssertionError:
+            pass
+        pending = [v for v in pending if "resynced" not in rec.events(mark, v)]
+        assert pending in ([], ["bitfinex"]), f"no resync after a gap on {pending}"  # sequenced: at once
+        if not pending:
+            break
+    assert not pending, f"no resync after a gap on {pending}"
     after = rec.mark()
     await poll(lambda: flowing(rec, after, GAP_VENUES), what="flow after gap")
     await frozen_books_match(sim, conns, GAP_VENUES)

@@ -193,6 +193,8 @@ VENUES: dict[str, Venue] = {v.name: v for v in (
     Venue("htx", _htx_urls, book_limits=(5, 20, 150, 400), trades_own_connection=True),
     Venue("kucoin", _kucoin_urls, gap_check=("handle_message", _kucoin_gap)),
     Venue("gate", _gate_urls, book_limits=(50, 400), gap_check=("handle_message", _gate_gap)),
+    # bitfinex: no sequence numbers; ccxt checks the crc32 of the top 25 levels (a gap deeper down is only
+    # caught once those levels reach the top 25) and needs a new client to recover (wire notes)
     Venue("bitfinex", _bitfinex_urls, book_limits=(25, 100)),
     Venue("mexc", _mexc_urls, gap_check=("handle_protobuf_message", _mexc_gap)),
 )}

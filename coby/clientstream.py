@@ -198,15 +198,19 @@ class Subscription:
                 return self._pending.popleft()
             if self._done or self._closed:
                 raise StopAsyncIteration
-            if self._ws is None:
-                await self._connect()
-                continue
-            msg = await self._ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self._on_text(msg.data)
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
-                              aiohttp.WSMsgType.ERROR):
-                await self._on_close(msg)
+            try:
+                if self._ws is None:
+                    await self._connect()
+                    continue
+                msg = await self._ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                  aiohttp.WSMsgType.ERROR):
+                    await self._on_close(msg)
+            except ClientError:
+                await self.aclose()  # the error ends the iteration, as it would a generator's
+                raise
 
     async def aclose(self) -> None:
         """Close the connection (a replay not finished yet is stopped). Safe to call twice."""

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import pytest_asyncio
@@ -99,6 +100,40 @@ def _by_channel(items: list) -> dict[str, list[Event]]:
         if isinstance(it, Event):
             out.setdefault(it.channel, []).append(it)
     return out
+
+
+def _envelope(channel: str, seq: int, received: str, data: Any) -> str:
+    return orjson.dumps({"channel": channel, "type": "update", "seq": seq, "ts": None, "received": received,
+                         "data": data}).decode()
+
+
+async def test_sequence_rules_drop_duplicates_and_surface_gaps_on_queued_channels():
+    """Per channel: a seq already delivered is dropped; a jump on trades/ohlcv queues a Gap before the event
+    (not on book-like channels); a seq going back with a later receive time is a restarted numbering
+    (Gap with missing None); after a reconnect the first message is delivered whatever its seq."""
+    sub = CobyClient("http://127.0.0.1:9").stream(["trades:BTC-USDT"])  # never connected: fed by hand
+    trade = {"symbol": SYM, "exchange": "okx", "timestamp": "2026-01-01T00:00:00Z", "price": 1.0, "size": 1.0,
+             "side": "buy", "trade_id": "1"}
+    feed = [("trades:BTC-USDT", 1, "2026-01-01T00:00:01Z"), ("trades:BTC-USDT", 1, "2026-01-01T00:00:01Z"),
+            ("trades:BTC-USDT", 4, "2026-01-01T00:00:02Z"), ("status", 7, "2026-01-01T00:00:02Z"),
+            ("status", 7, "2026-01-01T00:00:02Z"), ("status", 9, "2026-01-01T00:00:03Z"),
+            ("trades:BTC-USDT", 2, "2026-01-01T00:00:09Z")]
+    for channel, seq, received in feed:
+        sub._on_text(_envelope(channel, seq, received, trade if channel.startswith("trades") else {"exchanges": {}}))
+    got = [(type(i).__name__, getattr(i, "channel", ""), getattr(i, "seq", None) or getattr(i, "reason", None))
+           for i in sub._pending]
+    assert got == [("Event", "trades:BTC-USDT", 1), ("Gap", "trades:BTC-USDT", "sequence"),
+                   ("Event", "trades:BTC-USDT", 4), ("Event", "status", 7),
+                   ("Event", "status", 9), ("Gap", "trades:BTC-USDT", "restart"),
+                   ("Event", "trades:BTC-USDT", 2)]
+    gaps = [i for i in sub._pending if isinstance(i, Gap)]
+    assert [g.missing for g in gaps] == [2, None]
+    sub._pending.clear()
+    sub._fresh = {"trades:BTC-USDT"}  # as after a reconnect
+    sub._on_text(_envelope("trades:BTC-USDT", 6, "2026-01-01T00:00:10Z", trade))
+    assert [(type(i).__name__, getattr(i, "missing", None)) for i in sub._pending] == [("Gap", 3), ("Event", None)]
+    assert sub._pending[0].reason == "reconnect"
+    await sub.aclose()
 
 
 async def test_live_stream_yields_typed_events_from_several_venues(coby):
@@ -200,7 +235,8 @@ async def test_replay_without_channels_delivers_the_stored_events_of_its_filters
 async def test_closing_a_replay_early_stops_its_session(coby):
     """aclose() on an unfinished replay stops the session on the server; aclose is idempotent."""
     async with client(coby) as c:
-        sub = c.replay(utcnow() - timedelta(seconds=3), utcnow(), [f"trades:{SYM}"], speed=1)
+        oldest = (await coby.daemon.storage.get_trades(SYM, limit=1))[0].timestamp
+        sub = c.replay(oldest, oldest + timedelta(minutes=5), [f"trades:{SYM}"], speed=1)  # minutes to run
         first = await anext(sub)
         assert isinstance(first, Event) and first.replay
         await sub.aclose()
@@ -236,8 +272,8 @@ async def test_bad_or_missing_token_raises_auth_error_with_the_servers_message(c
 
 async def test_orchestrator_example_runs_unchanged_on_stream_and_replay(coby):
     """examples/orchestrator.py's loop consumes client.stream and client.replay with the same code."""
-    spec = importlib.util.spec_from_file_location("coby_example_orchestrator", Path(__file__).parent.parent / "examples" /
-                                                  "orchestrator.py")
+    path = Path(__file__).parent.parent / "examples" / "orchestrator.py"
+    spec = importlib.util.spec_from_file_location("coby_example_orchestrator", path)
     example = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
     spec.loader.exec_module(example)
     channels = [f"consolidated:{SYM}", f"trades:{SYM}"]
@@ -302,10 +338,10 @@ async def test_a_replay_cut_by_a_daemon_stop_raises_a_clear_error(coby):
     """A daemon that stops in the middle of a replay ends the iteration with a ClientError saying the session
     is gone unfinished - not a silent end, a hang, or a reconnect to a session that no longer exists."""
     async with asyncio.timeout(20):
-        while len(await coby.daemon.storage.get_trades(SYM, utcnow() - timedelta(seconds=10), limit=5)) < 5:
+        while not (trades := await coby.daemon.storage.get_trades(SYM, limit=1)):
             await asyncio.sleep(0.2)
     async with client(coby) as c:
-        sub = c.replay(utcnow() - timedelta(seconds=10), utcnow(), [f"trades:{SYM}"], speed=1)
+        sub = c.replay(trades[0].timestamp, trades[0].timestamp + timedelta(minutes=5), [f"trades:{SYM}"], speed=1)
         first = await anext(sub)
         assert isinstance(first, Event) and first.replay
         stopping = asyncio.get_running_loop().create_task(coby.stop())

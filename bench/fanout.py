@@ -54,6 +54,27 @@ def emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
+class LagProbe:
+    """This process's event-loop lag: how late a 5 ms sleep wakes. On an idle machine it is ~0; a large
+    p99 here, with little CPU used, means the process was waiting for a core (other load), not working."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.005)
+            self.lags.append(loop.time() - t - 0.005)
+
+    def stop(self) -> dict:
+        self.task.cancel()
+        xs = sorted(self.lags) or [0.0]
+        return {"p50": round(1000 * xs[len(xs) // 2], 1), "p99": round(1000 * xs[int(0.99 * (len(xs) - 1))], 1)}
+
+
 async def read_line() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
 
@@ -115,6 +136,7 @@ async def server(args: argparse.Namespace) -> None:
 
     assert await read_line() == "go"
     loop = asyncio.get_running_loop()
+    probe = LagProbe()
     cpu0, t0 = cpu_seconds(), loop.time()
     tick, n_trades, next_book = 0.01, 0, t0
     trade_seq = 0
@@ -134,7 +156,8 @@ async def server(args: argparse.Namespace) -> None:
         await asyncio.sleep(tick)
     elapsed = loop.time() - t0
     cpu = cpu_seconds() - cpu0
-    emit({"published": dict(seq), "elapsed": elapsed, "cpu_pct": round(100 * cpu / elapsed, 1)})
+    emit({"published": dict(seq), "elapsed": elapsed, "cpu_pct": round(100 * cpu / elapsed, 1),
+          "loop_lag_ms": probe.stop()})
     await read_line()  # "quit"
     await runner.cleanup()
     await cache.aclose()
@@ -270,6 +293,7 @@ async def clients(args: argparse.Namespace) -> None:
     for k in lat:  # latency counts from here: every client subscribed
         lat[k].clear()
     emit({"subscribed": args.clients})
+    probe = LagProbe()
     cpu0, t0 = cpu_seconds(), time.monotonic()
     assert await read_line() == "stop"
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
@@ -284,7 +308,8 @@ async def clients(args: argparse.Namespace) -> None:
     emit({"latency_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0), "n": len(v)}
                          for k, v in lat.items()},
           "per_client": {k: [min(c[k] for c in counts), max(c[k] for c in counts)] for k in lat},
-          "disconnected": closed, "trade_gaps": state["gaps"], "cpu_pct": round(100 * cpu / elapsed, 1)})
+          "disconnected": closed, "trade_gaps": state["gaps"], "cpu_pct": round(100 * cpu / elapsed, 1),
+          "loop_lag_ms": probe.stop()})
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -344,7 +369,10 @@ def drive(args: argparse.Namespace, argv: list[str]) -> None:
               f"per client min {lo} max {hi}")
     print(f"every trade to every client: {res['per_client']['trades'][0] == trades}; "
           f"disconnected: {res['disconnected']}")
-    print(f"CPU: server {pub['cpu_pct']}% of one core (app + publisher), clients {res['cpu_pct']}%")
+    print(f"CPU: server {pub['cpu_pct']}% of one core (app + publisher), clients {res['cpu_pct']}%; "
+          f"event-loop lag p50/p99: server {pub['loop_lag_ms']['p50']}/{pub['loop_lag_ms']['p99']} ms, "
+          f"clients {res['loop_lag_ms']['p50']}/{res['loop_lag_ms']['p99']} ms; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 def proc_cpu(pid: int) -> float:
@@ -411,7 +439,9 @@ def drive_daemon(args: argparse.Namespace, argv: list[str]) -> None:
               f"per client min {lo} max {hi}")
     print(f"trade seq gaps: {res['trade_gaps']}; disconnected: {res['disconnected']}")
     print(f"CPU: daemon {idle:.1f}% of one core without clients, {busy:.1f}% with them "
-          f"(fan-out: {busy - idle:+.1f}%); clients {res['cpu_pct']}%")
+          f"(fan-out: {busy - idle:+.1f}%); clients {res['cpu_pct']}%; client event-loop lag p50/p99 "
+          f"{res['loop_lag_ms']['p50']}/{res['loop_lag_ms']['p99']} ms; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
 
 
 def main() -> None:

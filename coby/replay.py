@@ -54,7 +54,6 @@ log = structlog.get_logger("coby.replay")
 
 #: channel kinds a session can publish (a filter names kinds or full channel names)
 CHANNEL_KINDS = ("trades", "book", "consolidated", "heatmap", "metrics", "ohlcv", "status", "gap", "replay")
-_AGGREGATE_KINDS = frozenset({"consolidated", "heatmap", "metrics", "ohlcv"})
 _ACTIVE = frozenset({ReplayState.CREATED, ReplayState.RUNNING, ReplayState.PAUSED})
 
 
@@ -126,7 +125,6 @@ class ReplaySession:
         self._gaps = GapTracker()
         self._tick_us = max(1, round(s.aggregate_interval * 1e6))
         self._next_tick = 0.0
-        self._ticks = sink is not None or channels is None or any(self.bus.allowed(k) for k in _AGGREGATE_KINDS)
 
     # --- status -----------------------------------------------------------------------------------
     def status(self) -> ReplayStatus:
@@ -262,15 +260,18 @@ class ReplaySession:
             self.events += 1
 
     async def _ticks_until(self, t: float, inclusive: bool) -> None:
-        """Run the aggregation tick of every boundary up to event time ``t`` (each paced like an event)."""
+        """Run the aggregation tick of every boundary up to event time ``t`` (each paced like an event).
+
+        Always, whatever the channel filter: the tick also flushes the books held back by
+        ``book_publish_interval`` and applies the trades waiting in the OHLCV builder.
+        """
         step = self._tick_us / 1e6
         while self._next_tick < t or (inclusive and self._next_tick == t):
             b = self._next_tick
-            if self._ticks:
-                if self.speed or not self._resumed.is_set():
-                    await self._wait_turn(b)
-                self.position = max(self.position, utc_from_ms(b * 1000))
-                await self.pipeline.advance_to(utc_from_ms(b * 1000))
+            if self.speed or not self._resumed.is_set():
+                await self._wait_turn(b)
+            self.position = max(self.position, utc_from_ms(b * 1000))
+            await self.pipeline.advance_to(utc_from_ms(b * 1000))
             self._next_tick = round((b + step) * 1e6) / 1e6
 
     async def _wait_turn(self, t: float) -> None:
@@ -297,6 +298,7 @@ class ReplaySession:
             await self.bus.finish()  # subscribers read everything before their stream ends
         else:
             self.bus.end()
+        self.pipeline = None  # an ended session keeps its status, not its engine's state
         self.done.set()
         log.info("replay_" + state.value, replay=self.id, events=self.events, error=self.error)
 
@@ -321,6 +323,7 @@ class ReplaySession:
         if self.active:
             self.state, self.error = ReplayState.STOPPED, reason
         self.bus.end()
+        self.pipeline = None
         self.done.set()
         return task
 

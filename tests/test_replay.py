@@ -141,7 +141,7 @@ async def test_events_from_every_venue_and_table_arrive_in_time_order(storage, t
 class _ChunkedStorage:
     """A storage stand-in whose trade iterator counts what it has handed out."""
 
-    def __init__(self, n: int, chunk_hint: int) -> None:
+    def __init__(self, n: int) -> None:
         self.n = n
         self.handed = 0
 
@@ -162,7 +162,7 @@ class _ChunkedStorage:
 
 async def test_merge_holds_a_bounded_number_of_rows_whatever_the_range():
     """Memory does not grow with the range: the merge never holds more than two chunks of a source."""
-    src = _ChunkedStorage(20_000, 100)
+    src = _ChunkedStorage(20_000)
     seen = worst = 0
     async for batch in merged_events(src, T0, T0 + timedelta(hours=1), chunk=100):
         seen += len(batch)

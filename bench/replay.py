@@ -1,0 +1,281 @@
+"""Replay throughput at speed 0, in-process and over WebSocket, beside a raw COPY scan of the same rows.
+
+    .venv/bin/python bench/replay.py [--events 1000000] [--memory-events 5000000] [--pg URL]
+
+On a scratch PostgreSQL database (created and dropped here) the server generates a recorded
+period: trades of 5 venues x 2 symbols, one every millisecond; a 20-level book snapshot per
+(venue, symbol) every second; a disconnect/reconnect pair every minute. Then, in one run:
+
+- baseline: ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT BINARY)`` of the same rows, the
+  three tables one after the other (the bytes only: the scan's ceiling), and the same COPY with
+  every row parsed into a Python tuple;
+- in-process: a session at speed 0 with one subscriber to every channel, which takes (a) the
+  envelope objects (``subscribe("*", raw=True)``), (b) the JSON bytes a WebSocket client or the
+  CLI gets; and (c) objects again, with the aggregate channels filtered out (the ticks still run:
+  they flush held-back books and apply the OHLCV builder's trades);
+- WebSocket: a client on a real TCP socket subscribed to every channel of the data through
+  ``/api/v1/replay/{id}/ws`` (client and server in this one process);
+- memory (``--memory-events``): RSS sampled while a session replays that many events; memory
+  must not grow with the length of the range.
+
+Rates are stored events replayed per second (aggregates and gap messages come on top).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import psycopg
+from aiohttp import web
+
+from coby.cache import MemoryCache
+from coby.config import Settings
+from coby.db import open_storage
+from coby.db.tables import CONNECTION_EVENTS, SNAPSHOTS, TRADES
+from coby.http import create_app
+from coby.models import utc_from_ms
+from coby.replay import ReplayManager
+from coby.replay_api import add_replay_routes
+
+VENUES = ("binance", "okx", "bybit", "kraken", "coinbase")
+SYMBOLS = ("BTC-USDT", "ETH-USDT")
+T0 = utc_from_ms(1_790_000_040_000)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE / 2**20
+
+
+async def generate(url: str, events: int) -> tuple[datetime, datetime, int]:
+    """Let the server write the recorded period; returns its range and the number of stored events."""
+    trades = int(events * 0.99)
+    seconds = max(1, trades // 1000)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO trade_events (symbol, exchange, timestamp, price, size, side, trade_id, received_at) "
+            "SELECT (%(sym)s::text[])[1 + (i / 5) %% 2], (%(ven)s::text[])[1 + i %% 5], "
+            "%(t0)s + i * interval '1 millisecond', 30000 + (i %% 1000) * 0.1, 0.001 * (1 + i %% 50), "
+            "CASE WHEN i %% 2 = 0 THEN 'buy' ELSE 'sell' END, i::text, "
+            "%(t0)s + i * interval '1 millisecond' + interval '3 milliseconds' "
+            "FROM generate_series(0, %(n)s - 1) AS i",
+            {"sym": list(SYMBOLS), "ven": list(VENUES), "t0": T0, "n": trades})
+        await conn.execute(
+            "INSERT INTO order_book_snapshots (symbol, exchange, timestamp, bids, asks, sequence_id, mid_price, "
+            "spread, bid_volume, ask_volume, received_at) "
+            "SELECT s, v, %(t0)s + k * interval '1 second' + o * interval '7 milliseconds', "
+            "(SELECT jsonb_agg(jsonb_build_array(m - 0.5 - l, 1 + l)) FROM generate_series(0, 19) l), "
+            "(SELECT jsonb_agg(jsonb_build_array(m + 0.5 + l, 1 + l)) FROM generate_series(0, 19) l), "
+            "k, m, 1, 210, 210, %(t0)s + k * interval '1 second' + o * interval '7 milliseconds' "
+            "FROM generate_series(0, %(n)s - 1) AS k, unnest(%(sym)s::text[]) WITH ORDINALITY AS a(s, so), "
+            "unnest(%(ven)s::text[]) WITH ORDINALITY AS b(v, o), "
+            "LATERAL (SELECT (CASE WHEN s = 'BTC-USDT' THEN 30000 ELSE 2000 END) + (k %% 100) * 0.5 AS m) AS mm",
+            {"sym": list(SYMBOLS), "ven": list(VENUES), "t0": T0, "n": seconds})
+        await conn.execute(
+            "INSERT INTO connection_events (timestamp, exchange, symbol, event, detail) "
+            "SELECT %(t0)s + (j * 60 + 20 + d * 3) * interval '1 second', 'kraken', '', "
+            "CASE WHEN d = 0 THEN 'disconnected' ELSE 'connected' END, 'bench' "
+            "FROM generate_series(0, %(n)s - 1) AS j, generate_series(0, 1) AS d",
+            {"t0": T0, "n": max(1, seconds // 60)})
+        await conn.execute("ANALYZE")
+        total = 0
+        for table in ("trade_events", "order_book_snapshots", "connection_events"):
+            cur = await conn.execute(f"SELECT count(*) FROM {table}")
+            total += (await cur.fetchone())[0]
+    return T0, T0 + timedelta(seconds=seconds + 1), total
+
+
+async def copy_scan(storage: Any, url: str, start: datetime, end: datetime, parse: bool) -> tuple[int, float]:
+    """COPY of the rows a replay reads (the same SELECTs, one table after the other): (rows or bytes, seconds).
+
+    ``parse=False`` takes the bytes only (the scan's ceiling); ``parse=True`` makes a tuple of every row.
+    """
+    count = 0
+    t0 = time.perf_counter()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for table in (TRADES, SNAPSHOTS, CONNECTION_EVENTS):
+            sql, params = storage.select(table, start, end, limit=1)
+            sql = sql.rsplit(" LIMIT ", 1)[0]
+            async with conn.cursor(binary=True).copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as cp:
+                if parse:
+                    cp.set_types([{"text": "text", "ts": "timestamptz", "float": "float8", "int": "int8",
+                                   "json": "text"}[c.kind] for c in table.columns])
+                    async for _ in cp.rows():
+                        count += 1
+                else:
+                    async for block in cp:
+                        count += len(block)
+    return count, time.perf_counter() - t0
+
+
+async def in_process(manager: ReplayManager, start: datetime, end: datetime, *, raw: bool,
+                     channels: list[str] | None = None, sample: list | None = None) -> tuple[int, int, float]:
+    """One session at speed 0 read by one subscriber to everything: (events, messages, seconds)."""
+    sid = manager.create_replay_session(start, end, 0, channels=channels)
+    session = manager.session(sid)
+    sub = session.bus.subscribe("*", raw=raw)
+    queue = sub.queue
+    messages = 0
+    next_sample = time.monotonic()
+    t0 = time.perf_counter()
+    await manager.start_replay(sid)
+    try:
+        while True:
+            await sub.get()
+            messages += 1
+            while queue.qsize() > 1:
+                queue.get_nowait()
+                messages += 1
+            if sample is not None and time.monotonic() >= next_sample:
+                sample.append((session.events, rss_mb()))
+                next_sample += 0.25
+    except Exception as e:  # noqa: BLE001 - ReplayEnded: the stream is over
+        if type(e).__name__ != "ReplayEnded":
+            raise
+    elapsed = time.perf_counter() - t0
+    events = manager.get_replay_status(sid).events_emitted
+    await manager.stop_replay(sid) if session.active else None
+    return events, messages, elapsed
+
+
+class StandIn:
+    def __init__(self, settings: Settings, storage: Any) -> None:
+        self.settings, self.storage, self.cache = settings, storage, MemoryCache()
+        self.connectors: dict[str, Any] = {}
+        self.started_at = time.time()
+        self.replay = None
+
+
+async def over_websocket(settings: Settings, storage: Any, manager: ReplayManager, start: datetime,
+                         end: datetime) -> tuple[int, int, float]:
+    app = create_app(StandIn(settings, storage))
+    add_replay_routes(app, manager)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    channels = ["status"] + [f"{k}:{s}" for s in SYMBOLS for k in ("trades", "consolidated", "heatmap", "metrics")] \
+        + [f"ohlcv:{s}:1m" for s in SYMBOLS] + [f"book:{v}:{s}" for v in VENUES for s in SYMBOLS]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/v1/replay", json={"start": start.isoformat(), "end": end.isoformat(),
+                                                                "speed": 0}) as r:
+                sid = (await r.json())["replay"]["id"]
+            messages = 0
+            async with http.ws_connect(f"{base}/api/v1/replay/{sid}/ws", max_msg_size=0) as ws:
+                await ws.send_json({"op": "subscribe", "channels": channels})
+                await ws.receive()
+                t0 = time.perf_counter()
+                async with http.post(f"{base}/api/v1/replay/{sid}/start") as r:
+                    assert r.status == 200, await r.text()
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    messages += 1
+                elapsed = time.perf_counter() - t0
+            events = manager.get_replay_status(sid).events_emitted
+    finally:
+        await runner.cleanup()
+    return events, messages, elapsed
+
+
+async def run(args: argparse.Namespace) -> None:
+    name = f"coby_bench_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(args.pg, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = args.pg.rpartition("/")[0] + "/" + name
+    tmp = tempfile.mkdtemp()
+    settings = Settings.load(env={}, db_url=url, data_dir=tmp, log_level="WARNING", exchanges=",".join(VENUES),
+                             symbols=",".join(SYMBOLS), ws_queue_size=2000)
+    storage = open_storage(settings, url)
+    await storage.start()
+    try:
+        start, end, n = await generate(url, args.events)
+        print(f"stored events={n:,} over {(end - start).total_seconds():,.0f} s of market time "
+              f"(5 venues x 2 symbols; trades 1/ms, 20-level books 1/s per book)")
+        copy_bytes, copy_s = await copy_scan(storage, url, start, end, parse=False)
+        parsed_n, parsed_s = await copy_scan(storage, url, start, end, parse=True)
+        assert parsed_n == n, (parsed_n, n)
+        manager = ReplayManager(settings, storage)
+        rss = [rss_mb()]
+        a = await in_process(manager, start, end, raw=True)
+        rss.append(rss_mb())
+        b = await in_process(manager, start, end, raw=False)
+        rss.append(rss_mb())
+        c = await in_process(manager, start, end, raw=True, channels=["trades", "book", "status", "gap"])
+        rss.append(rss_mb())
+        w = await over_websocket(settings, storage, manager, start, end)
+        rss.append(rss_mb())
+        await manager.aclose()
+        print("RSS after generating, then after each replay: " + ", ".join(f"{r:.0f} MB" for r in rss))
+        base = n / copy_s
+        print(f"baseline COPY ... TO STDOUT (binary), bytes only   {base:>10,.0f} rows/s  "
+              f"({copy_bytes / copy_s / 2**20:,.0f} MB/s)")
+        print(f"baseline COPY ... TO STDOUT, rows parsed           {parsed_n / parsed_s:>10,.0f} rows/s")
+        for label, (ev, msgs, secs) in (("in-process, objects, all channels      ", a),
+                                        ("in-process, JSON bytes, all channels   ", b),
+                                        ("in-process, objects, events' channels  ", c),
+                                        ("WebSocket, every channel of the data   ", w)):
+            print(f"replay {label} {ev / secs:>10,.0f} events/s  {ev / secs / base:5.0%} of COPY bytes, "
+                  f"{ev / secs / (parsed_n / parsed_s):5.0%} of COPY parsed  ({msgs:,} messages, {secs:.1f} s)")
+    finally:
+        await storage.aclose()
+        with psycopg.connect(args.pg, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.memory_events:
+        await memory(args)
+
+
+async def memory(args: argparse.Namespace) -> None:
+    name = f"coby_bench_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(args.pg, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = args.pg.rpartition("/")[0] + "/" + name
+    tmp = tempfile.mkdtemp()
+    settings = Settings.load(env={}, db_url=url, data_dir=tmp, log_level="WARNING", exchanges=",".join(VENUES),
+                             symbols=",".join(SYMBOLS))
+    storage = open_storage(settings, url)
+    await storage.start()
+    try:
+        start, end, n = await generate(url, args.memory_events)
+        manager = ReplayManager(settings, storage)
+        before = rss_mb()
+        samples: list[tuple[int, float]] = []
+        ev, msgs, secs = await in_process(manager, start, end, raw=True, sample=samples)
+        await manager.aclose()
+        peak = max(r for _, r in samples)
+        tenth = next(r for e, r in samples if e >= ev / 10)
+        print(f"memory: {ev:,} events replayed in {secs:.0f} s ({ev / secs:,.0f}/s); RSS before {before:.0f} MB, "
+              f"at 10% {tenth:.0f} MB, peak {peak:.0f} MB, at the end {samples[-1][1]:.0f} MB")
+        for e, r in samples[:: max(1, len(samples) // 10)]:
+            print(f"  {e:>10,} events  RSS {r:7.1f} MB")
+    finally:
+        await storage.aclose()
+        with psycopg.connect(args.pg, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--memory-events", type=int, default=0, help="also measure RSS over a replay of this many")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coby import api, ws
+from coby import api, dashboard, ws
 from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
 from coby.errors import StorageError
 from coby.metrics import FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY
@@ -209,6 +209,7 @@ def create_app(daemon: Any) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     api.add_routes(app)
     app[CLIENT_COUNT_KEY] = ws.add_routes(app, ws.Hub(daemon.cache))
+    dashboard.add_routes(app)  # GET / and /static/...: the web dashboard (coby/web/)
     monitor = Monitor(daemon, rates)
     app[MONITOR_KEY] = monitor
 

@@ -1,0 +1,277 @@
+// coby's dashboard: wires the views to one stream - the live /ws, or a replay session's - and to
+// the symbol, timeframe and mode switches. Uses only the public API (docs/api.md).
+
+import * as api from "./api.js";
+import { CandlesView } from "./candles.js";
+import { Feed } from "./feed.js";
+import { el } from "./format.js";
+import { HeatmapView } from "./heatmap.js";
+import { ImbalanceView } from "./imbalance.js";
+import { LadderView } from "./ladder.js";
+import { ReplayControls } from "./replay.js";
+import { TapeView } from "./tape.js";
+import { VenueGrid } from "./venues.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const state = { mode: "live", symbol: null, timeframe: params.get("timeframe") || "1m", symbols: [], timeframes: [] };
+const views = {
+  heatmap: new HeatmapView($("heatmap"), $("heat-tip")),
+  ladder: new LadderView($("ladder"), $("ladder-flags"), $("ladder-legend"), $("ladder-group")),
+  tape: new TapeView($("tape"), $("tape-rate")),
+  candles: new CandlesView($("chart"), $("candle-info")),
+  imbalance: new ImbalanceView($("imbalance")),
+  venues: new VenueGrid($("venues"), $("venue-summary")),
+};
+let feed = null; // the stream feeding the views
+let generation = 0; // bumps on every symbol, timeframe or mode change: late REST answers are dropped
+const seenTrades = new Set();
+const seenOrder = [];
+
+// --- notices and the connection indicator ---------------------------------------------------------
+let noticeTimer = null;
+function notify(text) {
+  console.warn(`coby: ${text}`);
+  const n = $("notice");
+  n.textContent = text;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => { n.textContent = ""; }, 8000);
+}
+
+function showConnection(feedState) {
+  const c = $("conn");
+  const replay = state.mode === "replay";
+  const labels = {
+    idle: replay ? "replay: no session" : "idle", connecting: "connecting…", reconnecting: "reconnecting…",
+    open: replay ? "replay stream" : "live", closed: "closed", ended: "replay ended",
+  };
+  c.dataset.state = feedState;
+  c.dataset.connects = String(feed ? feed.connects : 0);
+  c.textContent = labels[feedState] || feedState;
+}
+
+// --- what the views subscribe to, and where each message goes ----------------------------------------
+function channels() {
+  const s = state.symbol;
+  return [`heatmap:${s}`, `consolidated:${s}`, `metrics:${s}`, `trades:${s}`, `ohlcv:${s}:${state.timeframe}`, "status"];
+}
+
+function addTrade(t) {
+  const key = `${t.exchange}:${t.trade_id}`;
+  if (seenTrades.has(key)) return;
+  seenTrades.add(key);
+  seenOrder.push(key);
+  if (seenOrder.length > 5000) seenTrades.delete(seenOrder.shift());
+  views.tape.add(t);
+  views.heatmap.addTrade({ data: t });
+  views.venues.trade(t);
+}
+
+function dispatch(env) {
+  switch (env.channel.split(":", 1)[0]) {
+    case "heatmap":
+      views.ladder.setBucket(env.data.bucket_size);
+      views.heatmap.addHeatmap(env);
+      break;
+    case "consolidated":
+      views.heatmap.addBook(env);
+      views.ladder.update(env);
+      break;
+    case "metrics":
+      views.imbalance.update(env);
+      break;
+    case "trades":
+      addTrade(env.data);
+      break;
+    case "ohlcv":
+      if (!env.data.exchange) views.candles.update(env.data);
+      break;
+    case "status":
+      views.venues.update(env);
+      break;
+    default:
+      break;
+  }
+}
+
+function resetViews({ venues = false } = {}) {
+  views.heatmap.reset();
+  views.ladder.reset();
+  views.tape.reset();
+  views.candles.reset();
+  views.imbalance.reset();
+  if (venues) views.venues.reset(state.mode === "replay");
+  seenTrades.clear();
+  seenOrder.length = 0;
+}
+
+// --- live history from REST: stored candles, and the last minutes of trades ----------------------------
+const TF_SECONDS = { "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400 };
+
+async function loadCandles() {
+  if (state.mode !== "live") return;
+  const gen = generation;
+  const tf = state.timeframe;
+  const span = Math.min((TF_SECONDS[tf] || 60) * 1000 * 1000, 6.9 * 86400 * 1000); // at most api_max_range_days
+  try {
+    const r = await api.get(`/api/v1/ohlcv/${state.symbol}${api.query({ timeframe: tf, start: Date.now() - span, limit: 1000 })}`);
+    if (gen === generation) views.candles.setHistory(r.bars);
+  } catch (e) {
+    notify(`candles: ${e.message}`);
+  }
+}
+
+async function loadTrades() {
+  if (state.mode !== "live") return;
+  const gen = generation;
+  try {
+    const r = await api.get(`/api/v1/trades/${state.symbol}${api.query({ start: Date.now() - 180_000, order: "desc", limit: 200 })}`);
+    if (gen === generation) for (const t of r.trades.reverse()) addTrade(t);
+  } catch (e) {
+    notify(`trades: ${e.message}`);
+  }
+}
+
+// --- streams ------------------------------------------------------------------------------------------
+function openFeed(path, reconnect) {
+  if (feed) feed.close();
+  const f = new Feed(() => api.wsUrl(path), {
+    onEnvelope: (env) => { if (f === feed) dispatch(env); },
+    onState: (s) => {
+      if (f !== feed) return;
+      showConnection(s);
+      if (s === "open" && state.mode === "live") loadCandles(); // bars may have closed while we were away
+    },
+    onError: (text) => notify(text),
+    reconnect,
+  });
+  feed = f;
+  window.coby.feed = f;
+  f.setChannels(channels());
+  f.open();
+  return f;
+}
+
+function closeFeed() {
+  if (feed) feed.close();
+  feed = null;
+  showConnection("idle");
+}
+
+// --- switches -------------------------------------------------------------------------------------------
+function setUrl() {
+  const q = new URLSearchParams(location.search);
+  q.set("symbol", state.symbol);
+  q.set("timeframe", state.timeframe);
+  history.replaceState(null, "", `${location.pathname}?${q}`);
+}
+
+function setSymbol(symbol) {
+  state.symbol = symbol;
+  generation += 1;
+  resetViews();
+  setUrl();
+  if (feed) feed.setChannels(channels());
+  loadCandles();
+  loadTrades();
+}
+
+function setTimeframe(tf) {
+  state.timeframe = tf;
+  generation += 1;
+  for (const b of $("timeframes").children) b.classList.toggle("active", b.dataset.tf === tf);
+  views.candles.reset();
+  setUrl();
+  if (feed) feed.setChannels(channels());
+  loadCandles();
+}
+
+const replay = new ReplayControls({
+  start: $("replay-start"), end: $("replay-end"), speed: $("replay-speed"), play: $("replay-play"),
+  pause: $("replay-pause"), stop: $("replay-stop"), seek: $("replay-seek"), state: $("replay-state"),
+  position: $("replay-position"),
+}, {
+  openStream: (id) => {
+    generation += 1;
+    resetViews({ venues: true });
+    return openFeed(`/api/v1/replay/${id}/ws`, false);
+  },
+  closeStream: () => closeFeed(),
+  onSeek: () => resetViews({ venues: true }),
+  notify,
+  earliest: async () => {
+    const r = await api.get(`/api/v1/trades/${state.symbol}${api.query({ start: Date.now() - 6 * 86400_000, limit: 1 })}`);
+    return r.trades.length ? Date.parse(r.trades[0].timestamp) : null;
+  },
+});
+
+async function setMode(mode) {
+  if (mode === state.mode) return;
+  state.mode = mode;
+  generation += 1;
+  document.body.dataset.mode = mode;
+  for (const [id, m] of [["mode-live", "live"], ["mode-replay", "replay"]]) {
+    $(id).classList.toggle("active", m === mode);
+    $(id).setAttribute("aria-selected", String(m === mode));
+  }
+  $("replay").hidden = mode !== "replay";
+  resetViews({ venues: true });
+  if (mode === "replay") {
+    closeFeed();
+    replay.show();
+  } else {
+    await replay.leave();
+    openFeed("/ws", true);
+    loadTrades();
+  }
+}
+
+// --- start ------------------------------------------------------------------------------------------------
+async function start() {
+  let info;
+  for (;;) {
+    try {
+      info = await api.get("/api/v1/symbols");
+      break;
+    } catch (e) {
+      showConnection("reconnecting");
+      notify(`waiting for the daemon: ${e.message}`);
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+  state.symbols = info.symbols;
+  state.timeframes = info.timeframes;
+  const wanted = (params.get("symbol") || "").toUpperCase();
+  state.symbol = state.symbols.includes(wanted) ? wanted : state.symbols[0];
+  if (!state.timeframes.includes(state.timeframe)) state.timeframe = state.timeframes[0];
+
+  const select = $("symbol");
+  select.replaceChildren(...state.symbols.map((s) => el("option", { value: s, text: s })));
+  select.value = state.symbol;
+  select.addEventListener("change", () => setSymbol(select.value));
+
+  $("timeframes").replaceChildren(...state.timeframes.map((tf) => {
+    const b = el("button", { type: "button", class: `seg${tf === state.timeframe ? " active" : ""}`, dataset: { tf }, text: tf });
+    b.addEventListener("click", () => setTimeframe(tf));
+    return b;
+  }));
+  for (const b of $("heat-window").children) {
+    b.addEventListener("click", () => {
+      for (const o of $("heat-window").children) o.classList.toggle("active", o === b);
+      views.heatmap.setWindow(Number(b.dataset.window));
+    });
+  }
+  $("mode-live").addEventListener("click", () => setMode("live"));
+  $("mode-replay").addEventListener("click", () => setMode("replay"));
+  views.venues.setVenues(info.exchanges);
+
+  setUrl();
+  document.body.dataset.mode = "live";
+  openFeed("/ws", true);
+  loadTrades();
+  document.body.dataset.ready = "true";
+}
+
+window.coby = { state, views, feed: null, replay };
+start();

@@ -22,7 +22,9 @@ from coby.db import open_storage
 from coby.models import (
     ConnectionEvent, OrderBookSnapshot, PriceLevel, ReplayState, TradeEvent, utc_from_ms,
 )
-from coby.replay import InvalidReplayRequest, parse_time, ReplayConflict, ReplayLimitReached, ReplayManager, ReplayNotFound
+from coby.replay import (
+    InvalidReplayRequest, ReplayConflict, ReplayLimitReached, ReplayManager, ReplayNotFound, parse_time,
+)
 from coby.replaybus import ReplayBus, ReplayEnded
 from coby.replayclock import ManualClock
 from coby.replaystream import merged_events

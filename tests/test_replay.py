@@ -558,3 +558,36 @@ def test_cli_prints_the_replay_as_ndjson(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "coby.cli", "replay", "--start", "soon", "--end", "later",
                           "--db", url], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "start" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_cli_draws_a_progress_bar_on_a_terminal(tmp_path):
+    """With stderr on a terminal, `coby replay` redraws one progress line there and ends it at 100%."""
+    import os
+    import pty
+
+    url = f"sqlite:///{tmp_path / 'tty.sqlite3'}"
+
+    async def fill() -> None:
+        st = open_storage(make_settings(tmp_path, db_url=url), url)
+        await st.start()
+        await store(st, *(trade("okx", ms(100 * i), i) for i in range(10)))
+        await st.aclose()
+
+    asyncio.run(fill())
+    master, slave = pty.openpty()
+    r = subprocess.run([sys.executable, "-m", "coby.cli", "replay", "--start", T0.isoformat(), "--end",
+                        (T0 + timedelta(seconds=1)).isoformat(), "--db", url, "--channels", "trades"],
+                       stdout=subprocess.PIPE, stderr=slave, timeout=120, cwd=tmp_path)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 10
+    assert b"\r[" in err and b"100.0%" in err and b"10 events" in err

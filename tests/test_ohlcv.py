@@ -173,7 +173,7 @@ trade_ops = st.tuples(st.just("trade"), st.integers(0, 3 * 3600 * 1000), st.inte
 advance_ops = st.tuples(st.just("advance"), st.integers(0, 3 * 3600 * 1000 + 10_000))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(st.one_of(trade_ops, trade_ops, advance_ops), max_size=60), grace_ms=st.integers(0, 5000),
        base_ms=st.sampled_from([0, 22 * 3600 * 1000, 86_400_000 - 1]))
 def test_every_timeframe_equals_a_reference_over_the_accepted_trades(ops, grace_ms, base_ms):

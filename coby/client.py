@@ -118,7 +118,9 @@ class CobyClient:
         hooks = _ReplayHooks(self, request)
         if channels is None:
             return self._track(_DefaultChannels(self, hooks, exchanges, symbols))
-        request["channels"] = list(channels)  # the session publishes only what is subscribed
+        # the session publishes only these kinds (not names: its filter matches names exactly, the
+        # WebSocket canonicalises them - book:Binance:btc-usdt would otherwise never be published)
+        request["channels"] = sorted({str(c).split(":", 1)[0] for c in channels})
         return self._track(Subscription(self, channels, hooks))
 
     def _track(self, sub: Subscription) -> Subscription:
@@ -302,6 +304,6 @@ class _DefaultChannels(Subscription):
                 exchanges, symbols = exchanges or conf["exchanges"], symbols or conf["symbols"]
             self.channels = tuple([f"trades:{s}" for s in symbols] +
                                   [f"book:{e}:{s}" for s in symbols for e in exchanges])
-            self._hooks.request["channels"] = list(self.channels)  # type: ignore[attr-defined]
+            self._hooks.request["channels"] = ["book", "trades"]  # type: ignore[attr-defined]
             self._filters = None
         await super()._connect()

@@ -233,12 +233,13 @@ async def test_replay_without_channels_delivers_the_stored_events_of_its_filters
 
 
 async def test_closing_a_replay_early_stops_its_session(coby):
-    """aclose() on an unfinished replay stops the session on the server; aclose is idempotent."""
+    """A replay of a channel spelt in lower case delivers it (canonical name); aclose() on the unfinished
+    replay stops the session on the server; aclose is idempotent."""
     async with client(coby) as c:
         oldest = (await coby.daemon.storage.get_trades(SYM, limit=1))[0].timestamp
-        sub = c.replay(oldest, oldest + timedelta(minutes=5), [f"trades:{SYM}"], speed=1)  # minutes to run
+        sub = c.replay(oldest, oldest + timedelta(minutes=5), ["trades:btc-usdt"], speed=1)  # minutes to run
         first = await anext(sub)
-        assert isinstance(first, Event) and first.replay
+        assert isinstance(first, Event) and first.replay and first.channel == f"trades:{SYM}"
         await sub.aclose()
         await sub.aclose()
         assert coby.daemon.replay.get_replay_status(first.replay).state.value == "stopped"

@@ -134,6 +134,8 @@ class ExchangeConnector:
         if not self._connected:
             self._connected = True
             self._spawn(self._watchdog(), "watchdog")
+            if self.settings.book_emit_interval > 0:
+                self._spawn(self._flusher(), "flusher")
             if self.catalog.needs_refresh(self.settings.symbols):
                 self._spawn(self.catalog.refresh(), "markets")
             self._log.info("connector_started", base_url=self._base_url, markets=self.catalog.source)
@@ -263,14 +265,14 @@ class ExchangeConnector:
                     err = translate_ccxt_error(self.exchange, exc)
                 finally:
                     st.watching = False
+                st.pending = False  # a held-back state of a failed book is not worth emitting
                 if not await self._failed(st, err):
                     return
                 await self._sleep(st.backoff.next_delay())
 
     async def _books(self, st: Stream, ex: Any) -> None:
-        watch, process = ex.watch_order_book, self.processor.process_orderbook
-        unified, limit, depth, feed = st.unified, self._book_limit, self.settings.book_depth, st.feed
-        breaker, counter = self._breaker, self._counters[BOOK]
+        watch, unified, limit, feed = ex.watch_order_book, st.unified, self._book_limit, st.feed
+        interval, clock = self.settings.book_emit_interval, self._clock
         while True:
             st.watching = True
             raw = await watch(unified, limit)
@@ -281,16 +283,39 @@ class ExchangeConnector:
             if key == st.last_key and key != (None, None):
                 continue  # resolved without a change (e.g. a skipped frame): not progress
             st.last_key = key
-            book = process(raw, self.exchange, st.symbol, depth)
-            if book is None:
-                continue  # rejected (crossed, ...): not progress; the watchdog resyncs if it persists
-            st.latest = book
-            self._messages += 1
-            if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
-                await self._delivered(st)
-            counter.inc()
-            await self._emit(book)
-            st.last_progress = self._clock()
+            if interval:
+                now = clock()
+                if now < st.next_emit:  # held back: the flusher (or a later update) emits the newest state
+                    st.raw, st.pending = raw, True
+                    continue
+                st.next_emit = now + interval
+            st.pending = False
+            await self._emit_book(st, raw)
+
+    async def _emit_book(self, st: Stream, raw: Any) -> None:
+        """Normalise, validate and emit the book's current state (a rejected state is not progress)."""
+        book = self.processor.process_orderbook(raw, self.exchange, st.symbol, self.settings.book_depth)
+        if book is None:
+            return  # rejected (crossed, ...): the watchdog resyncs if it persists
+        st.latest = book
+        self._messages += 1
+        breaker = self._breaker
+        if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
+            await self._delivered(st)
+        self._counters[BOOK].inc()
+        await self._emit(book)
+        st.last_progress = self._clock()
+
+    async def _flusher(self) -> None:
+        """Emit book states held back by ``book_emit_interval`` once their interval is over."""
+        interval = self.settings.book_emit_interval
+        while True:
+            await self._sleep(interval)
+            now = self._clock()
+            for st in list(self._streams.values()):
+                if st.pending and st.watching and now >= st.next_emit and st.gen == st.feed.gen:
+                    st.pending, st.next_emit = False, now + interval
+                    await self._emit_book(st, st.raw)
 
     async def _trades(self, st: Stream, ex: Any) -> None:
         watch, process, unified = ex.watch_trades, self.processor.process_trades, st.unified

@@ -150,3 +150,6 @@ class Stream:
         self.failed: str | None = None  # permanent error: the stream stopped
         self.last_key: tuple[Any, Any] = (None, None)
         self.latest: OrderBookSnapshot | None = None
+        self.raw: Any = None  # ccxt's (live, mutated in place) book held back by book_emit_interval
+        self.pending = False
+        self.next_emit = float("-inf")

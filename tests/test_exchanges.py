@@ -331,7 +331,8 @@ async def live(tmp_path_factory):
     sim = Simulator(exchanges=VENUES, symbols=SYMBOLS, port=free_port(), rate=20.0, seed=7)
     await sim.start()
     rec = Recorder()
-    s = settings(tmp_path_factory.mktemp("live"), exchange_urls={"*": sim.url})
+    # every update is validated here (book_emit_interval=0), so the faults' bad states reach the checks
+    s = settings(tmp_path_factory.mktemp("live"), exchange_urls={"*": sim.url}, book_emit_interval=0.0)
     conns = {v: ExchangeConnector(v, s, rec) for v in VENUES}
     for c in conns.values():
         await c.connect()
@@ -426,6 +427,29 @@ async def test_books_equal_the_true_book_when_frozen(live):
     sim, conns, rec = live
     await poll(lambda: flowing(rec, 0, VENUES), timeout=60.0, what="books")
     await frozen_books_match(sim, conns, VENUES)
+
+
+@pytestmark_sim
+async def test_conflated_books_are_paced_and_the_newest_state_follows(live, tmp_path):
+    """With book_emit_interval (the default 50 ms) a fast book is emitted at most once per interval, and the
+    state held back last is emitted when the interval ends: frozen, the emitted book equals the true book."""
+    sim, _, _ = live
+    s = settings(tmp_path, exchange_urls={"*": sim.url}, book_emit_interval=0.25)
+    mine = Recorder()
+    conns = {v: ExchangeConnector(v, s, mine) for v in ("binance", "okx", "bybit")}
+    for c in conns.values():
+        await c.subscribe_orderbook("BTC-USDT")
+        await c.subscribe_orderbook("ETH-USDT")
+    try:
+        await poll(lambda: flowing(mine, 0, conns, books=6), what="books")
+        for v in conns:
+            stamps = [i.received_at for i in mine.items if isinstance(i, OrderBookSnapshot) and i.exchange == v
+                      and i.symbol == "BTC-USDT"]
+            gaps = [(b - a).total_seconds() for a, b in zip(stamps[1:], stamps[2:])]
+            assert min(gaps) >= 0.2, (v, gaps)  # 20 updates/s arrive, at most 4/s go out
+        await frozen_books_match(sim, conns, conns)
+    finally:
+        await asyncio.gather(*(c.disconnect() for c in conns.values()))
 
 
 async def inject_all(sim: Simulator, fault: str, venues, **params: Any) -> None:

@@ -193,9 +193,9 @@ class Settings:
                                                     "venue:CANONICAL=SYMBOL,... See docs/symbols.md.",
                                                     ("COBY_SYMBOL_MAP",), _symbol_map)
     book_emit_interval: float = setting(0.05, "Seconds between two states of one book a connector hands on (0: "
-                                        "every update). The newest state wins and a held-back one follows when "
-                                        "the interval ends, so consumers never see a book older than this; it "
-                                        "bounds the cost of normalising book_depth levels under fast feeds.",
+                                        "every update). The newest state wins; a held-back one follows within "
+                                        "1.5 intervals. Bounds the cost of normalising book_depth levels per "
+                                        "update under fast feeds.",
                                         ("COBY_BOOK_EMIT_INTERVAL",), _non_negative)
     connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "
                                      "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), _positive)

@@ -24,6 +24,11 @@ Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
   are dropped and counted as ``malformed``, handler errors force a resync, and the
   venue's sequence check (:data:`coby.venues.VENUES`) flags gaps ccxt ignores.
 
+Books are handed on at most once per ``book_emit_interval`` per book (newest state
+wins; a held-back state is flushed when its interval ends): converting
+``book_depth`` levels on every one of hundreds of updates a second would cost more
+than ccxt's own parsing, and every consumer keeps only the latest state anyway.
+
 Every gap is explicit: ``ConnectionEvent`` connected / disconnected / stale /
 resynced per stream, circuit_open / circuit_closed per venue.
 """
@@ -310,7 +315,7 @@ class ExchangeConnector:
         """Emit book states held back by ``book_emit_interval`` once their interval is over."""
         interval = self.settings.book_emit_interval
         while True:
-            await self._sleep(interval)
+            await self._sleep(interval / 2.0)
             now = self._clock()
             for st in list(self._streams.values()):
                 if st.pending and st.watching and now >= st.next_emit and st.gen == st.feed.gen:

@@ -214,8 +214,13 @@ class ExchangeConnector:
         self._streams[(kind, symbol)] = st
         self._start(st)
 
-    def _start(self, st: Stream) -> None:
-        st.task = self._spawn(self._run(st), f"{st.kind}-{st.symbol}")
+    def _start(self, st: Stream, delay: float = 0.0) -> None:
+        async def run() -> None:
+            if delay:
+                await self._sleep(delay)
+            await self._run(st)
+
+        st.task = self._spawn(run(), f"{st.kind}-{st.symbol}")
         st.task.add_done_callback(lambda task: self._ended(st, task))
 
     def _ended(self, st: Stream, task: asyncio.Task[Any]) -> None:
@@ -225,7 +230,7 @@ class ExchangeConnector:
         error = None if task.cancelled() else task.exception()
         self._log.error("stream_died", stream=st.kind, symbol=st.symbol, error=repr(error))
         st.watching, st.interrupt = False, None
-        self._start(st)
+        self._start(st, st.backoff.next_delay())
 
     def _feed_for(self, symbol: str) -> Feed:
         for feed in self._feeds:

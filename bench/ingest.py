@@ -150,7 +150,8 @@ async def coby_path(settings: Settings, exchange: str, seconds: float) -> tuple[
 async def soak(seconds: float, rate: float, db: str, port: int) -> None:
     from coby.daemon import Daemon
     data = tempfile.mkdtemp()
-    settings = Settings.load(env={}, db_url=db, simulate=True, simulator_port=port, api_port=0, data_dir=data,
+    # COBY_* variables apply (e.g. COBY_TRADE_ID_MEMORY to see a bounded cache fill sooner)
+    settings = Settings.load(db_url=db, simulate=True, simulator_port=port, api_port=0, data_dir=data,
                              log_level="WARNING")
     d = Daemon(settings)
     await d.start()

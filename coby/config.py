@@ -163,7 +163,7 @@ class Settings:
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
                                  ("COBY_OHLCV_GRACE",), _non_negative)
     # --- connectors --------------------------------------------------------------------------
-    max_connections_per_exchange: int = setting(5, "Upper bound on concurrent connections per venue.",
+    max_connections_per_exchange: int = setting(5, "ccxt clients per venue: symbols are spread over at most this many (one per symbol by default, so one symbol's recovery never touches another's); each client opens one or two connections.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
     snapshot_interval: float = setting(1.0, "Seconds between stored book snapshots per (venue, symbol).",
                                        ("COBY_SNAPSHOT_INTERVAL",), _positive)

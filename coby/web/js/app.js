@@ -102,6 +102,7 @@ function resetViews({ venues = false } = {}) {
   views.candles.reset();
   views.imbalance.reset();
   if (venues) views.venues.reset(state.mode === "replay");
+  views.tape.replay = state.mode === "replay";
   seenTrades.clear();
   seenOrder.length = 0;
 }
@@ -198,7 +199,6 @@ const replay = new ReplayControls({
     return openFeed(`/api/v1/replay/${id}/ws`, false);
   },
   closeStream: () => closeFeed(),
-  onSeek: () => resetViews({ venues: true }),
   notify,
   earliest: async () => {
     const r = await api.get(`/api/v1/trades/${state.symbol}${api.query({ start: Date.now() - 6 * 86400_000, limit: 1 })}`);

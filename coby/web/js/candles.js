@@ -48,6 +48,10 @@ export class CandlesView {
   /** Stored bars, oldest first (the open bar, if it came already, stays). */
   setHistory(bars) {
     for (const b of bars) this.bars.set(Math.floor(ms(b.timestamp) / 1000), b);
+    this._redraw();
+  }
+
+  _redraw() {
     const all = [...this.bars.entries()].sort((a, b) => a[0] - b[0]).map(([, b]) => this._point(b));
     this.candles.setData(all.map((p) => p.candle));
     this.volume.setData(all.map((p) => p.volume));
@@ -55,11 +59,18 @@ export class CandlesView {
     this._info();
   }
 
+  /** A bar from the channel: the open one on every change, and each bar once more when it closes -
+   *  which can come after the next bar opened, so an older closed bar redraws the series. An older
+   *  open bar means the stream went back in time (a replay seek): the chart starts again. */
   update(bar) {
     const p = this._point(bar);
     if (this.last !== null && p.candle.time < this.last) {
-      if (this.bars.has(p.candle.time)) return; // a late re-send of an older bar: the chart keeps its latest
-      this.reset(); // time went back (a replay seek): start again
+      if (bar.closed) {
+        this.bars.set(p.candle.time, bar);
+        this._redraw();
+        return;
+      }
+      this.reset();
     }
     this.bars.set(p.candle.time, bar);
     this.candles.update(p.candle);

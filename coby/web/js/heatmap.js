@@ -54,6 +54,7 @@ export class HeatmapView {
     this.trades = [];  // {t, price, size, side}
     this.head = null;
     this.interval = 500;
+    this.gaps = 0;
     this.canvas.dataset.columns = "0";
     this.schedule();
   }
@@ -81,7 +82,17 @@ export class HeatmapView {
       this.reset();
       prev = undefined;
     }
-    if (prev) this.interval = Math.min(5000, Math.max(50, t - prev.t));
+    // the tick interval, estimated from the gaps between columns; a much longer gap (a feed outage,
+    // a replay seek forward) is not one, and is drawn as a gap
+    if (prev) {
+      const gap = t - prev.t;
+      if (this.gaps < 3) { // the first three gaps set the scale (their smallest)
+        this.interval = Math.max(50, this.gaps ? Math.min(this.interval, gap) : Math.min(60_000, gap));
+      } else if (gap < 4 * this.interval) {
+        this.interval = Math.max(50, 0.8 * this.interval + 0.2 * gap);
+      }
+      this.gaps += 1;
+    }
     this.columns.push({ t, bucket: d.bucket_size, points: d.data });
     this._advance(t);
     this._trim();
@@ -207,7 +218,7 @@ export class HeatmapView {
     for (let i = 0; i < this.columns.length; i += 1) {
       const c = this.columns[i];
       const next = this.columns[i + 1];
-      const tEnd = next ? next.t : c.t + this.interval;
+      const tEnd = next ? Math.min(next.t, c.t + 2 * this.interval) : c.t + this.interval;
       if (tEnd < t0) continue;
       const x0 = snap(x(c.t));
       const x1 = Math.max(x0 + 1 / dpr, snap(x(tEnd)));
@@ -220,47 +231,66 @@ export class HeatmapView {
       }
     }
 
-    // best bid and ask as step lines
+    // trades: volume bubbles. Trades are summed per (time slot, price step, side) - slots of
+    // 1/150 of the window, steps of a tenth of a bucket - so each bubble is where volume traded,
+    // its area following the volume relative to the large ones in view.
+    const slot = this.windowMs / 150;
+    const step = (range.bucket || (hi - lo) / 100) / 10;
+    const cells = new Map();
+    for (const tr of this.trades) {
+      if (tr.t < t0) continue;
+      const key = `${Math.floor(tr.t / slot)}|${Math.round(tr.price / step)}|${tr.side}`;
+      const c = cells.get(key);
+      if (c) {
+        c.size += tr.size;
+        c.pv += tr.price * tr.size;
+        c.tv += tr.t * tr.size;
+      } else {
+        cells.set(key, { size: tr.size, pv: tr.price * tr.size, tv: tr.t * tr.size, side: tr.side });
+      }
+    }
+    const bubbles = [...cells.values()].filter((c) => c.size > 0);
+    if (bubbles.length) {
+      const sizes = bubbles.map((c) => c.size).sort((a, b) => a - b);
+      const big = sizes[Math.floor(sizes.length * 0.98)] || sizes[sizes.length - 1];
+      ctx.lineWidth = 1;
+      for (const c of bubbles) {
+        const r = 1.5 + 9 * Math.sqrt(Math.min(1.5, c.size / big));
+        ctx.beginPath();
+        ctx.arc(x(c.tv / c.size), y(c.pv / c.size), r, 0, Math.PI * 2);
+        ctx.fillStyle = c.side === "buy" ? "rgba(38,166,154,0.45)" : "rgba(239,83,80,0.45)";
+        ctx.strokeStyle = c.side === "buy" ? "rgba(160,255,240,0.7)" : "rgba(255,190,190,0.7)";
+        ctx.fill();
+        ctx.stroke();
+      }
+    }
+    // best bid and ask as step lines, on top
     for (const [key, colour] of [["bid", BID], ["ask", ASK]]) {
       ctx.strokeStyle = colour;
       ctx.lineWidth = 1.5;
       ctx.beginPath();
-      let started = false;
       let lastY = null;
+      let lastT = null;
       for (const b of this.bbo) {
         const v = b[key];
         if (v == null || b.t < t0 - 5000) continue;
         const px = x(b.t);
         const py = y(v);
-        if (!started) {
+        if (lastY === null || b.t - lastT > 4 * this.interval) { // the first point, or after a gap
+          if (lastY !== null) ctx.lineTo(x(lastT + this.interval), lastY);
           ctx.moveTo(px, py);
-          started = true;
         } else {
           ctx.lineTo(px, lastY);
           ctx.lineTo(px, py);
         }
         lastY = py;
+        lastT = b.t;
       }
+      const started = lastY !== null;
       if (started) ctx.lineTo(pw, lastY);
       ctx.stroke();
     }
 
-    // trades: bubbles whose area follows the size, relative to the largest trade in view
-    let maxSize = 0;
-    for (const tr of this.trades) if (tr.t >= t0 && tr.size > maxSize) maxSize = tr.size;
-    if (maxSize > 0) {
-      ctx.lineWidth = 1;
-      for (const tr of this.trades) {
-        if (tr.t < t0) continue;
-        const r = 1.5 + 8 * Math.sqrt(tr.size / maxSize);
-        ctx.beginPath();
-        ctx.arc(x(tr.t), y(tr.price), r, 0, Math.PI * 2);
-        ctx.fillStyle = tr.side === "buy" ? "rgba(38,166,154,0.55)" : "rgba(239,83,80,0.55)";
-        ctx.strokeStyle = tr.side === "buy" ? "rgba(160,255,240,0.8)" : "rgba(255,190,190,0.8)";
-        ctx.fill();
-        ctx.stroke();
-      }
-    }
     ctx.restore();
     this._axes(range, pw, ph, W, H, x, y, t0, head);
   }

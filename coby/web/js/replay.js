@@ -22,10 +22,11 @@ function fromInput(value) {
 
 export class ReplayControls {
   /** openStream(id) -> Feed (opened, subscribed to the page's channels); closeStream(); notify(text);
-   *  earliest() -> a promise of the time of the oldest stored data (ms) or null; onSeek() after a seek. */
-  constructor(els, { openStream, closeStream, notify, earliest, onSeek }) {
+   *  earliest() -> a promise of the time of the oldest stored data (ms) or null.
+   *  A seek resets nothing: each view keeps its picture until data of the new position arrives and
+   *  notices by itself when time went back. */
+  constructor(els, { openStream, closeStream, notify, earliest }) {
     this.els = els;
-    this.onSeek = onSeek;
     this.earliest = earliest;
     this.openStream = openStream;
     this.closeStream = closeStream;
@@ -115,7 +116,6 @@ export class ReplayControls {
   async seek(t) {
     if (!this.active) return;
     const r = await api.post(`/api/v1/replay/${this.session.id}/seek`, { timestamp: Math.round(t) });
-    this.onSeek();
     this._status(r.replay);
   }
 

@@ -1,5 +1,6 @@
 // The trade tape: newest trade on top, every venue, buys green and sells red; a trade much larger
 // than the recent average is marked. Rows are added in batches, at most ten times a second.
+// In a replay, a trade well before the newest one shown means a seek back: the tape starts afresh.
 
 import { clock, el, ms, price, size, throttle, venueColour } from "./format.js";
 
@@ -10,6 +11,7 @@ export class TapeView {
     this.list = list;
     this.rateEl = rate;
     this.queue = [];
+    this.replay = false;
     this.schedule = throttle(() => this.flush(), 100);
     this.reset();
   }
@@ -18,11 +20,15 @@ export class TapeView {
     this.queue = [];
     this.avg = null;
     this.times = [];
+    this.newest = null;
     this.list.replaceChildren();
     this.rateEl.textContent = "";
   }
 
   add(trade) {
+    const t = ms(trade.timestamp);
+    if (this.replay && this.newest !== null && t < this.newest - 10_000) this.reset();
+    if (this.newest === null || t > this.newest) this.newest = t;
     this.queue.push(trade);
     if (this.queue.length > MAX_ROWS) this.queue.splice(0, this.queue.length - MAX_ROWS);
     this.schedule();

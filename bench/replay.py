@@ -1,10 +1,12 @@
 """Replay throughput at speed 0, in-process and over WebSocket, beside a raw COPY scan of the same rows.
 
-    .venv/bin/python bench/replay.py [--events 1000000] [--memory-events 5000000] [--pg URL]
+    .venv/bin/python bench/replay.py [--events 1000000] [--rounds 3] [--memory-events 5000000] [--pg URL]
 
 On a scratch PostgreSQL database (created and dropped here) the server generates a recorded
 period: trades of 5 venues x 2 symbols, one every millisecond; a 20-level book snapshot per
-(venue, symbol) every second; a disconnect/reconnect pair every minute. Then, in one run:
+(venue, symbol) every second; a disconnect/reconnect pair every minute. Then, in each of
+``--rounds`` interleaved rounds (medians are printed; each replay's ratio is to the baseline of
+its own round, so that a machine whose speed drifts still gives a fair ratio):
 
 - baseline: ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT BINARY)`` of the same rows, the
   three tables one after the other (the bytes only: the scan's ceiling), and the same COPY with
@@ -31,6 +33,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta
+from statistics import median
 from typing import Any
 
 import aiohttp
@@ -205,31 +208,38 @@ async def run(args: argparse.Namespace) -> None:
         start, end, n = await generate(url, args.events)
         print(f"stored events={n:,} over {(end - start).total_seconds():,.0f} s of market time "
               f"(5 venues x 2 symbols; trades 1/ms, 20-level books 1/s per book)")
-        copy_bytes, copy_s = await copy_scan(storage, url, start, end, parse=False)
-        parsed_n, parsed_s = await copy_scan(storage, url, start, end, parse=True)
-        assert parsed_n == n, (parsed_n, n)
         manager = ReplayManager(settings, storage)
+        labels = ("COPY bytes", "COPY parsed", "objects, all channels", "JSON bytes, all channels",
+                  "objects, events' channels", "WebSocket, every channel")
+        rates: dict[str, list[float]] = {k: [] for k in labels}
+        ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in labels[2:]}
+        messages: dict[str, int] = {}
         rss = [rss_mb()]
-        a = await in_process(manager, start, end, raw=True)
-        rss.append(rss_mb())
-        b = await in_process(manager, start, end, raw=False)
-        rss.append(rss_mb())
-        c = await in_process(manager, start, end, raw=True, channels=["trades", "book", "status", "gap"])
-        rss.append(rss_mb())
-        w = await over_websocket(settings, storage, manager, start, end)
-        rss.append(rss_mb())
+        for _ in range(args.rounds):  # interleaved, each replay measured against its own round's baseline
+            copy_bytes, copy_s = await copy_scan(storage, url, start, end, parse=False)
+            parsed_n, parsed_s = await copy_scan(storage, url, start, end, parse=True)
+            assert parsed_n == n, (parsed_n, n)
+            base, parsed = n / copy_s, n / parsed_s
+            rates["COPY bytes"].append(base)
+            rates["COPY parsed"].append(parsed)
+            runs = (await in_process(manager, start, end, raw=True),
+                    await in_process(manager, start, end, raw=False),
+                    await in_process(manager, start, end, raw=True, channels=["trades", "book", "status", "gap"]),
+                    await over_websocket(settings, storage, manager, start, end))
+            for label, (ev, msgs, secs) in zip(labels[2:], runs):
+                rates[label].append(ev / secs)
+                ratios[label].append((ev / secs / base, ev / secs / parsed))
+                messages[label] = msgs
+            rss.append(rss_mb())
         await manager.aclose()
-        print("RSS after generating, then after each replay: " + ", ".join(f"{r:.0f} MB" for r in rss))
-        base = n / copy_s
-        print(f"baseline COPY ... TO STDOUT (binary), bytes only   {base:>10,.0f} rows/s  "
-              f"({copy_bytes / copy_s / 2**20:,.0f} MB/s)")
-        print(f"baseline COPY ... TO STDOUT, rows parsed           {parsed_n / parsed_s:>10,.0f} rows/s")
-        for label, (ev, msgs, secs) in (("in-process, objects, all channels      ", a),
-                                        ("in-process, JSON bytes, all channels   ", b),
-                                        ("in-process, objects, events' channels  ", c),
-                                        ("WebSocket, every channel of the data   ", w)):
-            print(f"replay {label} {ev / secs:>10,.0f} events/s  {ev / secs / base:5.0%} of COPY bytes, "
-                  f"{ev / secs / (parsed_n / parsed_s):5.0%} of COPY parsed  ({msgs:,} messages, {secs:.1f} s)")
+        print(f"{args.rounds} interleaved rounds; medians (per-round ratios to the same round's COPY)")
+        print(f"baseline COPY ... TO STDOUT (binary), bytes only  {median(rates['COPY bytes']):>10,.0f} rows/s")
+        print(f"baseline COPY ... TO STDOUT, every row parsed     {median(rates['COPY parsed']):>10,.0f} rows/s")
+        for label in labels[2:]:
+            print(f"replay {label:<28} {median(rates[label]):>10,.0f} events/s  "
+                  f"{median(r[0] for r in ratios[label]):5.0%} of COPY bytes, "
+                  f"{median(r[1] for r in ratios[label]):5.0%} of COPY parsed  ({messages[label]:,} messages)")
+        print("RSS after generating, then after each round: " + ", ".join(f"{r:.0f} MB" for r in rss))
     finally:
         await storage.aclose()
         with psycopg.connect(args.pg, autocommit=True) as c:
@@ -272,6 +282,7 @@ async def memory(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every measurement")
     ap.add_argument("--memory-events", type=int, default=0, help="also measure RSS over a replay of this many")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     asyncio.run(run(ap.parse_args()))

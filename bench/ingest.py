@@ -1,6 +1,6 @@
 """Ingest cost: coby's whole live path beside ccxt.pro alone, on the same simulated stream, in one run.
 
-    .venv/bin/python bench/ingest.py [--exchange binance] [--rate 300] [--seconds 20]
+    .venv/bin/python bench/ingest.py [--exchange binance] [--rate 300] [--low-rate 50] [--seconds 20]
     .venv/bin/python bench/ingest.py --soak 600 [--rate 10]      # memory over time, all ten venues
 
 The simulator runs in a separate process (``coby simulate``), so its CPU is not counted. In this
@@ -13,7 +13,9 @@ process, for the same window and the same feed, two runs one after the other:
 Messages are counted from the book's own sequence (binance: the depth update id, one per update
 message) plus trades, so both runs count the same thing even though ``watch_order_book`` coalesces
 bursts. CPU is this process's ``process_time`` over the window. The figure of merit is CPU per
-message, coby over ccxt.pro alone (target: at most 1.30).
+message, coby over ccxt.pro alone (target: at most 1.30), at two rates; the difference between them
+is the marginal cost per message, without the per-second costs (ticks, flushes, keepalives) that
+dominate at low rates.
 
 ``--soak N``: all ten venues x two symbols through the full daemon for N seconds, RSS sampled
 every 30 s (memory must stay flat).
@@ -63,6 +65,13 @@ async def wait_port(port: int) -> None:
             return
         await asyncio.sleep(0.1)
     raise RuntimeError("simulator did not start")
+
+
+async def set_rate(port: int, rate: float) -> None:
+    import aiohttp
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{port}/_sim/rate", json={"rate": rate}) as r:
+            r.raise_for_status()
 
 
 async def ccxt_alone(settings: Settings, exchange: str, seconds: float) -> tuple[int, float]:
@@ -175,6 +184,8 @@ async def main() -> None:
     ap.add_argument("--exchange", default="binance")
     ap.add_argument("--rate", type=float, default=300.0, help="book updates per second per market")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--low-rate", type=float, default=50.0,
+                    help="also measure at this rate: the difference gives the marginal cost per message (0: skip)")
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of the all-venue memory soak")
     args = ap.parse_args()
     name = f"coby_bench_{uuid.uuid4().hex[:6]}"
@@ -186,24 +197,34 @@ async def main() -> None:
             await soak(args.soak, args.rate, db, free_port())
             return
         port = free_port()
+        rates = [args.low_rate, args.rate] if args.low_rate else [args.rate]
         sim = subprocess.Popen([sys.executable, "-m", "coby.cli", "simulate", "--port", str(port), "--rate",
-                                str(args.rate), "--exchanges", args.exchange], stdout=subprocess.DEVNULL,
+                                str(rates[0]), "--exchanges", args.exchange], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+        results = []
         try:
             await wait_port(port)
             settings = Settings.load(env={}, db_url=db, exchanges=args.exchange, simulate=True,
                                      simulator_port=port, data_dir=tempfile.mkdtemp(), log_level="WARNING")
-            base_msgs, base_cpu = await ccxt_alone(settings, args.exchange, args.seconds)
-            coby_msgs, coby_cpu = await coby_path(settings, args.exchange, args.seconds)
+            for rate in rates:
+                await set_rate(port, rate)
+                base = await ccxt_alone(settings, args.exchange, args.seconds)
+                full = await coby_path(settings, args.exchange, args.seconds)
+                results.append((rate, base, full))
         finally:
             sim.terminate()
             sim.wait()
-        b = base_cpu / base_msgs * 1e6
-        c = coby_cpu / coby_msgs * 1e6
-        print(f"exchange={args.exchange} rate={args.rate:g}/s/market x {len(SYMBOLS)} symbols, {args.seconds:g} s")
-        print(f"ccxt.pro alone : {base_msgs / args.seconds:>8.0f} msg/s  {b:6.1f} us CPU/msg")
-        print(f"coby full path : {coby_msgs / args.seconds:>8.0f} msg/s  {c:6.1f} us CPU/msg")
-        print(f"coby / ccxt.pro CPU per message: {c / b:.2f}  (coby's own work: {100 * (c / b - 1):+.0f}%)")
+        print(f"exchange={args.exchange} x {len(SYMBOLS)} symbols, {args.seconds:g} s per run, load {os.getloadavg()[0]:.1f}")
+        for rate, (bm, bc), (cm, cc) in results:
+            b, c = bc / bm * 1e6, cc / cm * 1e6
+            print(f"rate {rate:>5g}/s/market  ccxt.pro alone {bm / args.seconds:>6.0f} msg/s {b:6.1f} us CPU/msg | "
+                  f"coby {cm / args.seconds:>6.0f} msg/s {c:6.1f} us CPU/msg | ratio {c / b:.2f}")
+        if len(results) == 2:
+            (_, (bm0, bc0), (cm0, cc0)), (_, (bm1, bc1), (cm1, cc1)) = results
+            mb = (bc1 - bc0) / (bm1 - bm0) * 1e6
+            mc = (cc1 - cc0) / (cm1 - cm0) * 1e6
+            print(f"marginal CPU per message (between the two rates, fixed per-second costs removed): "
+                  f"ccxt.pro {mb:.1f} us, coby {mc:.1f} us, ratio {mc / mb:.2f}")
     finally:
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -29,10 +29,11 @@ from coby.codec import dumps, to_dict
 from coby.config import EXCHANGE_ALIASES, Settings
 from coby.db.tables import CONSOLIDATED
 from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
+from coby.ohlcv import TIMEFRAMES as OHLCV_TIMEFRAMES
 
 DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
 #: OHLCV timeframes the API accepts (the candles the aggregation engine builds).
-TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")
+TIMEFRAMES: tuple[str, ...] = tuple(OHLCV_TIMEFRAMES)  # what the OHLCV builder makes (1s ... 1d)
 MAX_DEPTH = 1000
 DEFAULT_PAGE = 100
 MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z

@@ -309,8 +309,8 @@ async def test_replay_plays_pauses_seeks_and_returns_to_live(server, browser):
         await page.evaluate("() => { const s = document.getElementById('replay-seek');"
                             " s.value = '800'; s.dispatchEvent(new Event('change')); }")
         target = start + (end - start) * 0.8
-        await _until(page, "t => Math.abs(Number(document.getElementById('replay-position').dataset.position) - t) < 2000",
-                     arg=target * 1000)
+        await _until(page, "t => Math.abs(Number(document.getElementById('replay-position').dataset.position) - t)"
+                           " < 2000", arg=target * 1000)
         assert await page.get_attribute("#replay-state", "data-state") == "paused"
         await _shot(page, "replay-paused-1280x800.png")
 
@@ -331,6 +331,52 @@ async def test_replay_plays_pauses_seeks_and_returns_to_live(server, browser):
         assert watch.problems == []
     finally:
         await context.close()
+
+
+# --- the token ---------------------------------------------------------------------------------------------
+async def test_token_in_the_page_url_goes_to_rest_as_a_header_and_to_the_websocket_as_a_query(browser, tmp_path):
+    """With api_token set, /?token=T makes the page send ``Authorization: Bearer T`` on its REST calls and
+    ``?token=T`` on its WebSocket URL (browsers cannot set headers on one): the calls pass the server's
+    token check and the stream opens. (The page's own files get the header from the test: the server's
+    token middleware guards them too, so a browser cannot load them while a token is set - see
+    docs/dashboard.md.)"""
+    from coby.cache import MemoryCache
+    from coby.db import open_storage
+    from tests.api_fixtures import Host, serving
+
+    token = "s3cret-token"
+    settings = make_settings(tmp_path, api_token=token, db_url=f"sqlite:///{tmp_path / 'coby.sqlite3'}")
+    storage = open_storage(settings)
+    await storage.start()
+    cache = MemoryCache()
+    await cache.start()
+    try:
+        async with serving(Host(settings, storage, cache)) as client:
+            base = str(client.make_url("/"))
+            context = await browser.new_context(viewport=DESKTOP)
+            page = await context.new_page()
+            watch = Watch(page)
+            api_calls: list[tuple[str, str | None]] = []
+            page.on("request", lambda r: "/api/v1/" in r.url
+                    and api_calls.append((r.url, r.headers.get("authorization"))))
+
+            async def files_with_header(route):
+                await route.continue_(headers={**route.request.headers, "authorization": f"Bearer {token}"})
+
+            await page.route(lambda url: "/api/" not in url and not url.endswith("/ws"), files_with_header)
+            try:
+                await page.goto(f"{base}?token={token}")
+                await page.wait_for_selector("#conn[data-state=open]", timeout=15000)
+                assert await page.evaluate("window.coby.feed.url()") == f"{base.replace('http', 'ws')}ws?token={token}"
+                await _until(page, "() => document.querySelectorAll('#timeframes .seg').length > 0")
+                await page.wait_for_timeout(500)
+                assert api_calls and all(auth == f"Bearer {token}" for _, auth in api_calls), api_calls
+                assert watch.problems == []  # no 401 anywhere
+            finally:
+                await context.close()
+    finally:
+        await cache.aclose()
+        await storage.aclose()
 
 
 # --- resilience (last: it replaces the daemon) -------------------------------------------------------------
@@ -355,7 +401,8 @@ async def test_page_reconnects_by_itself_when_the_daemon_restarts(server, browse
         assert await page.get_attribute("#conn", "data-connects") == "2"
         columns = int(await page.get_attribute("#heatmap", "data-columns"))
         await _until(page, "n => Number(document.getElementById('heatmap').dataset.columns) >= n + 4", arg=columns)
-        await _until(page, "() => document.querySelectorAll('#venues .venue[data-live=true]').length === 10", timeout=30)
+        await _until(page, "() => document.querySelectorAll('#venues .venue[data-live=true]').length === 10",
+                     timeout=30)
         await _shot(page, "reconnected-1280x800.png")
         assert [p for p in watch.problems if p.startswith("uncaught")] == []
         assert watch.problems == []

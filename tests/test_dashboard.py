@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+TABLET = {"width": 900, "height": 1000}
 RECORDED = 40.0  # seconds of recorded data the replay test needs
 
 # Pixels of the heatmap's plot area that are clearly coloured: far from the background and not grey
@@ -251,18 +252,24 @@ async def test_symbol_and_timeframe_switches_resubscribe(server, browser):
         await context.close()
 
 
-async def test_phone_width_stacks_the_views_without_horizontal_scrolling(server, browser):
-    """At 390 px wide every panel fits the width (no horizontal scrolling), and the heatmap still draws."""
+async def test_phone_and_tablet_widths_stack_the_views_without_sideways_scrolling(server, browser):
+    """At 390 px (one column) and 900 px (two) wide every panel fits the width - no horizontal
+    scrolling - and keeps a usable height, and the heatmap still draws."""
     context, page, watch = await _open(browser, server.url, viewport=PHONE)
     try:
         await page.wait_for_selector("#conn[data-state=open]", timeout=15000)
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 4")
         await _until(page, "() => document.querySelectorAll('#venues .venue[data-live=true]').length === 10")
         assert await _heat_pixels(page) > 500
-        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        boxes = await page.eval_on_selector_all(".panel", "els => els.map(e => e.getBoundingClientRect().right)")
-        assert len(boxes) == 6 and max(boxes) <= PHONE["width"]
-        await _shot(page, "phone-390.png", full_page=True)
+        for viewport in (PHONE, TABLET):
+            await page.set_viewport_size(viewport)
+            await page.wait_for_timeout(300)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            boxes = await page.eval_on_selector_all(".panel", "els => els.map(e => e.getBoundingClientRect())"
+                                                              ".map(r => [r.right, r.height])")
+            assert len(boxes) == 6, boxes
+            assert all(right <= viewport["width"] and height >= 150 for right, height in boxes), boxes
+            await _shot(page, f"{'phone' if viewport is PHONE else 'tablet'}-{viewport['width']}.png", full_page=True)
         assert watch.problems == []
     finally:
         await context.close()

@@ -108,7 +108,7 @@ function resetViews({ venues = false } = {}) {
 }
 
 // --- live history from REST: stored candles, and the last minutes of trades ----------------------------
-const TF_SECONDS = { "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400 };
+const TF_SECONDS = { "1s": 1, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400 };
 
 async function loadCandles() {
   if (state.mode !== "live") return;
@@ -183,6 +183,7 @@ function setTimeframe(tf) {
   generation += 1;
   for (const b of $("timeframes").children) b.classList.toggle("active", b.dataset.tf === tf);
   views.candles.reset();
+  views.candles.setTimeframe(tf);
   setUrl();
   if (feed) feed.setChannels(channels());
   loadCandles();
@@ -244,7 +245,8 @@ async function start() {
   state.timeframes = info.timeframes;
   const wanted = (params.get("symbol") || "").toUpperCase();
   state.symbol = state.symbols.includes(wanted) ? wanted : state.symbols[0];
-  if (!state.timeframes.includes(state.timeframe)) state.timeframe = state.timeframes[0];
+  if (!state.timeframes.includes(state.timeframe)) state.timeframe = state.timeframes.includes("1m") ? "1m" : state.timeframes[0];
+  views.candles.setTimeframe(state.timeframe);
 
   const select = $("symbol");
   select.replaceChildren(...state.symbols.map((s) => el("option", { value: s, text: s })));

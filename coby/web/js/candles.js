@@ -28,6 +28,11 @@ export class CandlesView {
     this.reset();
   }
 
+  /** Seconds on the time axis only for second bars. */
+  setTimeframe(tf) {
+    this.chart.applyOptions({ timeScale: { secondsVisible: tf.endsWith("s") } });
+  }
+
   reset() {
     this.bars = new Map(); // time (s) -> bar
     this.last = null;

@@ -1,6 +1,7 @@
 """Replay throughput at speed 0, in-process and over WebSocket, beside a raw COPY scan of the same rows.
 
-    .venv/bin/python bench/replay.py [--events 1000000] [--rounds 3] [--memory-events 5000000] [--pg URL]
+    .venv/bin/python bench/replay.py [--events 1000000] [--rounds 3] [--breakdown] [--memory-events 5000000]
+                                     [--pg URL]
 
 On a scratch PostgreSQL database (created and dropped here) the server generates a recorded
 period: trades of 5 venues x 2 symbols, one every millisecond; a 20-level book snapshot per
@@ -17,6 +18,8 @@ its own round, so that a machine whose speed drifts still gives a fair ratio):
   they flush held-back books and apply the OHLCV builder's trades);
 - WebSocket: a client on a real TCP socket subscribed to every channel of the data through
   ``/api/v1/replay/{id}/ws`` (client and server in this one process);
+- ``--breakdown``: the time of one in-process replay split by stage (pipeline intake, the
+  aggregation tick and its parts, the rest: storage reads, merge, pacing, bus, reader);
 - memory (``--memory-events``): RSS sampled while a session replays that many events; memory
   must not grow with the length of the range.
 
@@ -194,6 +197,52 @@ async def over_websocket(settings: Settings, storage: Any, manager: ReplayManage
     return events, messages, elapsed
 
 
+async def breakdown(manager: ReplayManager, start: datetime, end: datetime) -> None:
+    """Where the time of an in-process replay goes: wall time inside each stage, per stored event."""
+    from coby.buckets import AggregationEngine
+    from coby.ohlcv import OHLCVBuilder
+    from coby.pipeline import Pipeline
+
+    spent: dict[str, float] = {}
+
+    def timed(cls: type, name: str, label: str, is_async: bool) -> Any:
+        orig = getattr(cls, name)
+        spent[label] = 0.0
+        if is_async:
+            async def wrapper(self: Any, *a: Any, **k: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return await orig(self, *a, **k)
+                finally:
+                    spent[label] += time.perf_counter() - t0
+        else:
+            def wrapper(self: Any, *a: Any, **k: Any) -> Any:  # type: ignore[misc]
+                t0 = time.perf_counter()
+                try:
+                    return orig(self, *a, **k)
+                finally:
+                    spent[label] += time.perf_counter() - t0
+        setattr(cls, name, wrapper)
+        return orig
+
+    patched = [(Pipeline, "on_event", "pipeline.on_event (intake, publish)", True),
+               (Pipeline, "advance_to", "pipeline.advance_to (the tick)", True),
+               (AggregationEngine, "tick", "  of which AggregationEngine.tick", False),
+               (OHLCVBuilder, "advance", "  of which OHLCVBuilder.advance", False),
+               (OHLCVBuilder, "open_bars", "  of which OHLCVBuilder.open_bars", False)]
+    originals = [timed(cls, name, label, a) for cls, name, label, a in patched]
+    try:
+        ev, _, secs = await in_process(manager, start, end, raw=True)
+    finally:
+        for (cls, name, _, _), orig in zip(patched, originals):
+            setattr(cls, name, orig)
+    print(f"breakdown of one in-process replay (objects, all channels), {secs / ev * 1e6:.1f} us per event:")
+    for label, total in spent.items():
+        print(f"  {label:<40} {total / ev * 1e6:6.1f} us/event")
+    rest = secs - spent["pipeline.on_event (intake, publish)"] - spent["pipeline.advance_to (the tick)"]
+    print(f"  {'the rest (read, merge, pace, bus, reader)':<40} {rest / ev * 1e6:6.1f} us/event")
+
+
 async def run(args: argparse.Namespace) -> None:
     name = f"coby_bench_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(args.pg, autocommit=True) as c:
@@ -231,6 +280,8 @@ async def run(args: argparse.Namespace) -> None:
                 ratios[label].append((ev / secs / base, ev / secs / parsed))
                 messages[label] = msgs
             rss.append(rss_mb())
+        if args.breakdown:
+            await breakdown(manager, start, end)
         await manager.aclose()
         print(f"{args.rounds} interleaved rounds; medians (per-round ratios to the same round's COPY)")
         print(f"baseline COPY ... TO STDOUT (binary), bytes only  {median(rates['COPY bytes']):>10,.0f} rows/s")
@@ -283,6 +334,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every measurement")
+    ap.add_argument("--breakdown", action="store_true", help="also time the stages of one in-process replay")
     ap.add_argument("--memory-events", type=int, default=0, help="also measure RSS over a replay of this many")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     asyncio.run(run(ap.parse_args()))

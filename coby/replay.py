@@ -102,7 +102,7 @@ class ReplayManager:
         return session_id
 
     async def start_replay(self, session_id: str) -> None:
-        await self.session(session_id).start_()
+        await self.session(session_id).begin()
 
     async def pause_replay(self, session_id: str) -> None:
         await self.session(session_id).pause()

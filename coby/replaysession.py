@@ -113,7 +113,7 @@ class ReplaySession:
         return self.state in ACTIVE
 
     # --- control (through the manager) ------------------------------------------------------------
-    async def start_(self) -> None:
+    async def begin(self) -> None:
         self._expect({ReplayState.CREATED}, "start")
         self.state = ReplayState.RUNNING
         await self._launch()

@@ -216,7 +216,7 @@ class Settings:
     # --- API ---------------------------------------------------------------------------------
     api_host: str = setting("127.0.0.1", "Address the HTTP API binds to.", ("API_HOST",))
     api_port: int = setting(8080, "Port of the HTTP API.", ("API_PORT",), _port)
-    api_token: str | None = setting(None, "Bearer token required on every route but /health when set.",
+    api_token: str | None = setting(None, "Bearer token required on every route but /health and the dashboard's files when set.",
                                     ("COBY_API_TOKEN",), secret=True)
     api_cors_origins: tuple[str, ...] = setting((), "Browser origins allowed to call the API (CORS) and to open "
                                                 "/ws, e.g. https://desk.example; '*' for any. Empty: none but the "

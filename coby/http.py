@@ -72,14 +72,21 @@ async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
     return resp
 
 
+OPEN_PATHS = frozenset({"/health", "/"})
+
+
 @web.middleware
 async def bearer_token(request: web.Request, handler: Any) -> web.StreamResponse:
-    """When api_token is set, every route but /health needs ``Authorization: Bearer TOKEN``.
+    """When api_token is set, every route but /health and the dashboard's files needs
+    ``Authorization: Bearer TOKEN``.
 
     A WebSocket upgrade may carry it as ``?token=`` instead (browsers cannot set headers on one).
+    The dashboard's own files hold no data; the page sends the token (from its ``?token=``) with
+    every API call and WebSocket it makes.
     """
     token = request.app[DAEMON_KEY].settings.api_token
-    if token and request.path != "/health":
+    path = request.path
+    if token and path not in OPEN_PATHS and not path.startswith("/static/"):
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer":

@@ -133,8 +133,9 @@ class Market:
         self.seq = rng.randint(1_000_000, 9_000_000)
         self._next_trade_id = rng.randint(10_000_000, 90_000_000)
         self.last_trade: SimTrade | None = None
-        # Per-venue offset of a few basis points so venues disagree a little, as real ones do.
-        offset = ((zlib.crc32(exchange.encode()) % 2001) - 1000) / 1000 * 0.0005
+        # Per-venue offset of up to one basis point so venues disagree a little, as real ones do
+        # (arbitrage keeps real venues close: wider offsets left the consolidated book crossed always).
+        offset = ((zlib.crc32(exchange.encode()) % 2001) - 1000) / 1000 * 0.0001
         self._anchor = self.instrument.base_price * (1 + offset)
         self._fair = self._anchor
         self._vol = self.tick * 1.2

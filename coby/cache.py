@@ -180,8 +180,8 @@ class RedisCache(MemoryCache):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), 2)
         if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
+            with contextlib.suppress(Exception):  # bounded: a wedged connection must not hold up shutdown
+                await asyncio.wait_for(self._redis.aclose(), 2)
             self._redis = None
         await super().aclose()
 

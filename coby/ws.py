@@ -54,13 +54,13 @@ def parse_channel(settings: Settings, name: Any) -> str:
             return f"{kind}:{valid_symbol(settings, parts[0])}"
         if kind == "ohlcv" and len(parts) == 2:
             return f"ohlcv:{valid_symbol(settings, parts[0])}:{valid_timeframe(parts[1])}"
-        if kind == "status" and not parts:
-            return "status"
+        if kind in ("status", "gap", "replay") and not parts:  # gap, replay: carried by replay sessions
+            return kind
     except ApiError as e:
         raise ApiError(400, f"channel {name[:60]!r}: {e.message}") from None
     raise ApiError(400, f"unknown channel {name[:60]!r}; use book:EXCHANGE:SYMBOL, consolidated:SYMBOL, "
                         f"heatmap:SYMBOL, metrics:SYMBOL, trades:SYMBOL, ohlcv:SYMBOL:TIMEFRAME "
-                        f"({'|'.join(TIMEFRAMES)}) or status")
+                        f"({'|'.join(TIMEFRAMES)}), status, or on a replay gap and replay")
 
 
 class Client:

@@ -61,3 +61,21 @@ async def storage(db_url: str, tmp_path: Path):
     await st.start()
     yield st
     await st.aclose()
+
+
+@pytest.fixture
+async def pg(tmp_path: Path, pg_url: str):
+    """Real PostgreSQL storage, for tests whose subject is not storage (the storage contract runs on both)."""
+    st = open_storage(make_settings(tmp_path, db_url=pg_url), pg_url)
+    await st.start()
+    yield st
+    await st.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def cache(request):
+    """Both caches (Redis on db 15, flushed; the in-process one)."""
+    from tests.api_fixtures import open_test_cache
+    c = await open_test_cache(request.param)
+    yield c
+    await c.aclose()

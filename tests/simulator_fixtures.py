@@ -6,6 +6,9 @@ as a test helper (the production table lives in ``coby/exchanges.py``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -140,3 +143,13 @@ def book_levels(book: Any, depth: int) -> tuple[list[tuple[float, float]], list[
         [(float(p), float(s)) for p, s, *_ in book["bids"][:depth]],
         [(float(p), float(s)) for p, s, *_ in book["asks"][:depth]],
     )
+
+
+@contextlib.asynccontextmanager
+async def ccxt_client(sim: Any, exchange: str, symbols: Any = "BTC-USDT", **kw: Any) -> AsyncIterator[Any]:
+    """An unmodified ccxt.pro client on ``sim`` (a Simulator), closed on exit."""
+    ex = make_ccxt_client(exchange, sim.url, symbols, **kw)
+    try:
+        yield ex
+    finally:
+        await ex.close()

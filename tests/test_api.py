@@ -10,29 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from coby.cli import app as cli_app
-from coby.db import open_storage
 from coby.models import ConnectionState, utcnow
 from tests.api_fixtures import (
     EXCHANGES, SYMBOLS, Host, Publisher, Venue, bar, book, consolidated, heatmap, metrics_data, open_test_cache,
     serving, trade, until,
 )
 from tests.conftest import make_settings
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def cache(request):
-    c = await open_test_cache(request.param)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
-async def pg(tmp_path, pg_url):
-    """Real PostgreSQL storage, for tests whose subject is not storage (the storage contract runs on both)."""
-    st = open_storage(make_settings(tmp_path, db_url=pg_url), pg_url)
-    await st.start()
-    yield st
-    await st.aclose()
 
 
 def settings(tmp_path, **kw):

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from coby.simulator import Market, Simulator, UnsupportedFault
-from simulator_fixtures import DEFAULT_BOOK_DEPTH, book_levels, make_ccxt_client, poll, unified
+from simulator_fixtures import ccxt_client as client, DEFAULT_BOOK_DEPTH, book_levels, poll, unified
 
 VENUES = ("binance", "okx", "bybit", "kraken", "coinbase")
 amod = pytest.mark.asyncio(loop_scope="module")
@@ -32,15 +32,6 @@ async def sim() -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.aclose()
-
-
-@contextlib.asynccontextmanager
-async def client(sim: Simulator, exchange: str, symbols: Any = "BTC-USDT", **kw: Any) -> AsyncIterator[Any]:
-    ex = make_ccxt_client(exchange, sim.url, symbols, **kw)
-    try:
-        yield ex
-    finally:
-        await ex.close()
 
 
 async def assert_book_synced(sim: Simulator, ex: Any, exchange: str, symbol: str = "BTC-USDT") -> None:

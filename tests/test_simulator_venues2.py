@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from coby.simulator import Simulator, UnsupportedFault
 from coby.simulator.venues import bitfinex as bitfinex_venue
-from simulator_fixtures import book_levels, make_ccxt_client, poll, unified
+from simulator_fixtures import ccxt_client as client, book_levels, poll, unified
 
 VENUES = ("htx", "kucoin", "gate", "bitfinex", "mexc")
 SILENT_GAP = ("kucoin", "gate", "mexc")  # ccxt checks no sequence after the sync
@@ -37,15 +37,6 @@ async def sim() -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.aclose()
-
-
-@contextlib.asynccontextmanager
-async def client(sim: Simulator, exchange: str, symbols: Any = "BTC-USDT", **kw: Any) -> AsyncIterator[Any]:
-    ex = make_ccxt_client(exchange, sim.url, symbols, **kw)
-    try:
-        yield ex
-    finally:
-        await ex.close()
 
 
 async def watch_book(ex: Any, symbol: str = "BTC/USDT", timeout: float = 10.0) -> Any:

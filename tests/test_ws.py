@@ -12,7 +12,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from coby import ws as wsmod
 from coby.hub import Hub
 from coby.cache import MemoryCache
-from coby.db import open_storage
 from coby.http import create_app
 from coby.metrics import REGISTRY
 from coby.models import ConnectionState, ConnectionStatus, utcnow
@@ -20,21 +19,6 @@ from tests.api_fixtures import (
     EXCHANGES, SYMBOLS, Host, Publisher, bar, book, consolidated, open_test_cache, serving, trade, until,
 )
 from tests.conftest import make_settings
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def cache(request):
-    c = await open_test_cache(request.param)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
-async def pg(tmp_path, pg_url):
-    st = open_storage(make_settings(tmp_path, db_url=pg_url), pg_url)
-    await st.start()
-    yield st
-    await st.aclose()
 
 
 def host(tmp_path, pg, cache, **kw) -> Host:

@@ -21,7 +21,7 @@ import structlog
 from coby.config import Settings
 from coby.db.base import Storage
 from coby.db.migrations import CREATE_TABLE, load_migrations
-from coby.db.tables import TABLES, TS, Table, dedupe_last
+from coby.db.tables import TABLES, Table, dedupe_last
 from coby.errors import StorageError, StorageUnavailable
 
 log = structlog.get_logger("coby.storage")

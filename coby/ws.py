@@ -93,15 +93,22 @@ class Client:
         return (not (self.control or self.queue or self.latest) and self.failure is None and t is not None
                 and not self.ws.closed and not t.is_closing() and t.get_write_buffer_size() < HIGH_WATER)
 
-    def offer_latest(self, feed: Feed, payload: bytes, frame: bytes | None = None) -> bool:
-        """A book-like message: written at once (``frame``: its ready-made WebSocket frame) if the client
-        keeps up, else kept as the channel's latest pending state. True when written."""
+    def _offer_now(self, feed: Feed, payload: bytes, frame: bytes | None) -> bool | None:
+        """What both offers do first: hold a message while the channel's snapshot is read (False), or
+        write its frame straight away when the client keeps up (True); None: the caller's policy applies."""
         if self.held and feed in self.held:
             self._hold(feed, payload)
             return False
         if frame is not None and self._keeping_up():
             self.transport.write(frame)
             return True
+        return None
+
+    def offer_latest(self, feed: Feed, payload: bytes, frame: bytes | None = None) -> bool:
+        """A book-like message: written at once (``frame``: its ready-made WebSocket frame) if the client
+        keeps up, else kept as the channel's latest pending state. True when written."""
+        if (sent := self._offer_now(feed, payload, frame)) is not None:
+            return sent
         if feed in self.latest:
             feed.coalesced.inc()
         self.latest[feed] = payload
@@ -111,12 +118,8 @@ class Client:
     def offer_queued(self, feed: Feed, payload: bytes, frame: bytes | None = None) -> bool:
         """A trade or bar: written at once if the client keeps up, else queued; past ws_queue_size the
         client fails as a slow consumer. True when written."""
-        if self.held and feed in self.held:
-            self._hold(feed, payload)
-            return False
-        if frame is not None and self._keeping_up():
-            self.transport.write(frame)
-            return True
+        if (sent := self._offer_now(feed, payload, frame)) is not None:
+            return sent
         self.queue.append((feed, payload))
         if len(self.queue) > self.max_queue:
             self.fail(f"slow consumer: {len(self.queue)} messages behind on {feed.channel} "

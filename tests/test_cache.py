@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 
-from coby.cache import MemoryCache, RedisCache, book_key
+from coby.cache import RedisCache, book_key
 from coby.metrics import CACHE_ERRORS
 from tests.conftest import REDIS_URL
 from tests.netproxy import TcpProxy
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def cache(request):
-    if request.param == "memory":
-        c = MemoryCache()
-    else:
-        r = aioredis.from_url(REDIS_URL)
-        await r.flushdb()
-        await r.aclose()
-        c = RedisCache(REDIS_URL, interval=0.01)
-    await c.start()
-    yield c
-    await c.aclose()
+# the `cache` fixture (both caches) is in conftest.py
 
 
 async def test_latest_book_and_aggregates_round_trip(cache):

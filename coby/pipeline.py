@@ -150,7 +150,6 @@ class Pipeline:
         else:
             self._dirty[key] = b
         if self.storage is not None:
-            key = (b.exchange, b.symbol)
             now = b.timestamp.timestamp()
             if now - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
                 self._last_stored[key] = now

@@ -194,8 +194,8 @@ class Pipeline:
         await self._record(now)
         for bar in self.ohlcv.advance(ts):
             await self._publish_bar(bar)
-        for bar in self.ohlcv.open_bars():
-            if bar.exchange is None and self._bar_changed(bar):
+        for bar in self.ohlcv.open_bars(consolidated_only=True):
+            if self._bar_changed(bar):
                 await self._publish_bar(bar)
 
     async def _record(self, now: float) -> None:

@@ -178,7 +178,8 @@ advance_ops = st.tuples(st.just("advance"), st.integers(0, 3 * 3600 * 1000 + 10_
        base_ms=st.sampled_from([0, 22 * 3600 * 1000, 86_400_000 - 1]))
 def test_every_timeframe_equals_a_reference_over_the_accepted_trades(ops, grace_ms, base_ms):
     """Whatever the arrival order and advance() calls, the bars emitted for each timeframe equal a
-    plain-Python OHLCV over exactly the trades add() accepted; the rest are counted late."""
+    plain-Python OHLCV over exactly the trades add() accepted; the rest are counted late. Before the
+    last advance(), open_bars() shows exactly the reference's bars not emitted yet."""
     base = T0 - timedelta(days=1) + timedelta(milliseconds=base_ms)
     builder = OHLCVBuilder(grace=grace_ms / 1000)
     accepted, emitted, total = [], [], 0
@@ -197,13 +198,25 @@ def test_every_timeframe_equals_a_reference_over_the_accepted_trades(ops, grace_
             limit = to_ms(clock) - grace_ms
             assert all(to_ms(b.timestamp) + TIMEFRAMES[b.timeframe] <= limit for b in bars)
             emitted += bars
+    want = reference_bars(accepted, TIMEFRAMES)
+    still_open = builder.open_bars()
+    assert not any(b.closed for b in still_open)
+    assert builder.open_bars(consolidated_only=True) == [b for b in still_open if b.exchange is None]
+    assert_equal_to_reference(still_open, {k: v for k, v in want.items() if k not in as_dict(emitted)})
     emitted += builder.advance(base + timedelta(days=3))
     assert builder.late_trades + len(accepted) == total
-    got = {(b.timeframe, b.symbol, b.exchange, to_ms(b.timestamp)):
-           (b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap, b.buy_volume, b.sell_volume)
-           for b in emitted}
-    assert len(got) == len(emitted)  # no bar emitted twice
-    want = reference_bars(accepted, TIMEFRAMES)
+    assert len(as_dict(emitted)) == len(emitted)  # no bar emitted twice
+    assert_equal_to_reference(emitted, want)
+
+
+def as_dict(bars) -> dict:
+    return {(b.timeframe, b.symbol, b.exchange, to_ms(b.timestamp)):
+            (b.open, b.high, b.low, b.close, b.volume, b.trade_count, b.vwap, b.buy_volume, b.sell_volume)
+            for b in bars}
+
+
+def assert_equal_to_reference(bars, want: dict) -> None:
+    got = as_dict(bars)
     assert got.keys() == want.keys()
     for key, values in want.items():
         assert got[key][5] == values[5]

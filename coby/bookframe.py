@@ -13,8 +13,9 @@ message. Most of those are operations polars runs directly on a Series; each exp
 one costs a query plan, so there are few of them. Python touches only per-bucket and per-book
 results.
 
-Each book also comes out as plain lists (``BookColumns``, for ``bisect`` on the depth bands and
-for the consolidated merge), kept with the venue's snapshot for as long as it does not change.
+Each book also comes out as a ``BookColumns`` view: its rows of the frame's two flat lists
+(no copy), for ``bisect`` on the depth bands, prefix sums and the consolidated merge. A view
+lives for one tick: the engine keeps results, never views, so no frame outlives its tick.
 """
 
 from __future__ import annotations
@@ -61,28 +62,42 @@ def bucket_edge(index: float, units: int) -> float:
 
 
 class BookColumns:
-    """One book as plain lists, best level first on each side (bids descending, asks ascending):
-    for ``bisect`` (depth bands), prefix sums and the consolidated merge. Made by ``BookFrame``
-    and kept with the venue's snapshot while it does not change; the lists are the book's own, so
-    a kept book does not keep its frame alive."""
+    """One book of a ``BookFrame``: its rows of the frame's flat price and size lists, best level
+    first on each side (bids descending, asks ascending). A view, not a copy: bisects and sums run
+    on the flat lists between the book's bounds."""
 
-    __slots__ = ("snapshot", "prices", "sizes")
+    __slots__ = ("snapshot", "_prices", "_sizes", "_bounds")
 
-    def __init__(self, snapshot: OrderBookSnapshot, prices: tuple[list[float], list[float]],
-                 sizes: tuple[list[float], list[float]]) -> None:
+    def __init__(self, snapshot: OrderBookSnapshot, prices: list[float], sizes: list[float],
+                 bounds: tuple[tuple[int, int], tuple[int, int]]) -> None:
         self.snapshot = snapshot
-        self.prices = prices  # (bids, asks)
-        self.sizes = sizes
+        self._prices = prices
+        self._sizes = sizes
+        self._bounds = bounds  # ((bid rows start, stop), (ask rows start, stop))
+
+    def count(self, side: int) -> int:
+        """How many levels a side has."""
+        lo, hi = self._bounds[side]
+        return hi - lo
+
+    def levels(self, side: int, depth: int | None = None) -> tuple[list[float], list[float]]:
+        """A side's best ``depth`` levels (None: all) as (prices, sizes) lists."""
+        lo, hi = self._bounds[side]
+        if depth is not None:
+            hi = min(hi, lo + depth)
+        return self._prices[lo:hi], self._sizes[lo:hi]
 
     def band_count(self, side: int, limit: float) -> int:
         """How many of a side's best levels lie at or inside ``limit`` (bids >= it, asks <= it)."""
+        lo, hi = self._bounds[side]
         if side == BID:
-            return bisect_right(self.prices[BID], -limit, key=neg)
-        return bisect_right(self.prices[ASK], limit)
+            return bisect_right(self._prices, -limit, lo, hi, key=neg) - lo
+        return bisect_right(self._prices, limit, lo, hi) - lo
 
     def prefix_volume(self, side: int, count: int) -> float:
         """Volume of a side's best ``count`` levels."""
-        return float(sum(self.sizes[side][:count])) if count > 0 else 0.0
+        lo, hi = self._bounds[side]
+        return float(sum(self._sizes[lo:min(hi, lo + count)])) if count > 0 else 0.0
 
 
 class BookFrame:
@@ -111,13 +126,11 @@ class BookFrame:
         self._bid_rows = self.starts[len(snapshots)] if snapshots else 0
         self.price = pl.Series("price", prices, dtype=pl.Float64, strict=False)
         self.size = pl.Series("size", sizes, dtype=pl.Float64, strict=False)
-        n = len(snapshots)
-        books = []
-        for i, snap in enumerate(snapshots):
-            b0, b1 = self.starts[i], self.starts[i] + self.lengths[i]
-            a0, a1 = self.starts[n + i], self.starts[n + i] + self.lengths[n + i]
-            books.append(BookColumns(snap, (prices[b0:b1], prices[a0:a1]), (sizes[b0:b1], sizes[a0:a1])))
-        self.books = tuple(books)
+        n, starts, lengths = len(snapshots), self.starts, self.lengths
+        self.books = tuple([
+            BookColumns(snap, prices, sizes, ((starts[i], starts[i] + lengths[i]),
+                                              (starts[n + i], starts[n + i] + lengths[n + i])))
+            for i, snap in enumerate(snapshots)])
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:
         """Per book, the volume in each bucket of each side: ({bid edge: volume}, {ask edge: volume}),

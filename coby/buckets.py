@@ -26,8 +26,10 @@ The tick
 ``BookFrame`` (polars columns over all those books at once) and returns, for every symbol:
 per-venue and consolidated buckets, the consolidated heatmap (also recorded in the rolling
 ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue ``OrderBookMetrics`` and the
-consolidated book. Per-venue results are kept with their snapshot, and a symbol's consolidated
-figures are re-stamped rather than recomputed while none of its books changed.
+consolidated book. A symbol none of whose books changed (and whose stale venues are the same) is
+re-stamped, not recomputed; a symbol with any change has all its fresh books recomputed in the
+frame, since its consolidated mid, and so every venue's share of the depth bands, moves with any
+one of them. The frame's level lists live for that tick only: the engine keeps results.
 
 A book is *stale* when its exchange timestamp or its receive time is more than ``stale_after``
 seconds before ``now``: stale books are left out of everything in the tick, and named in the
@@ -102,9 +104,9 @@ class TickResult:
 
 @dataclass(slots=True, frozen=True)
 class _Venue:
-    """What one venue's snapshot contributes, computed once per snapshot."""
+    """What one venue's snapshot contributes to a tick."""
 
-    cols: BookColumns
+    exchange: str
     buckets: PriceBuckets
     totals: tuple[float, float]
     imbalance: ImbalanceMetrics
@@ -159,9 +161,13 @@ class AggregationEngine:
         self.heatmaps = heatmaps if heatmaps is not None else HeatmapSeries()
         self._clock = clock
         self._books: dict[tuple[str, str], OrderBookSnapshot] = {}
-        self._venues: dict[tuple[str, str], _Venue] = {}  # per-venue aggregates of the held snapshot
-        # per symbol: the snapshots and stale venues its consolidated figures were made from
-        self._symbols: dict[str, tuple[tuple[OrderBookSnapshot, ...], tuple[str, ...], _SymbolAggregate]] = {}
+        # Each update_book gives the book a new version. Per symbol: the (venue, version) of the fresh
+        # books and the stale venues its last aggregate was made from, and that aggregate's figures.
+        # Versions, not snapshots: the engine holds no book it has been handed a newer one for.
+        self._versions: dict[tuple[str, str], int] = {}
+        self._version = 0
+        self._symbols: dict[str, tuple[tuple[tuple[str, int], ...], tuple[str, ...], tuple[_Venue, ...],
+                                       _SymbolAggregate]] = {}
         self._units: dict[str, tuple[float, int]] = {}
 
     @classmethod
@@ -175,12 +181,15 @@ class AggregationEngine:
     # --- state ---------------------------------------------------------------------------------
     def update_book(self, snapshot: OrderBookSnapshot) -> None:
         """Keep ``snapshot`` as its venue's latest book for its symbol. O(1): no copying, no polars."""
-        self._books[(snapshot.exchange, snapshot.symbol)] = snapshot
+        key = (snapshot.exchange, snapshot.symbol)
+        self._books[key] = snapshot
+        self._version += 1
+        self._versions[key] = self._version
 
     def remove_book(self, exchange: str, symbol: str) -> None:
         """Forget a venue's book (unsubscribed); a stale book is otherwise kept and named each tick."""
         self._books.pop((exchange, symbol), None)
-        self._venues.pop((exchange, symbol), None)
+        self._versions.pop((exchange, symbol), None)
         self._symbols.pop(symbol, None)
 
     def book(self, exchange: str, symbol: str) -> OrderBookSnapshot | None:
@@ -194,21 +203,28 @@ class AggregationEngine:
         """Aggregate every held book at once (see the module docstring)."""
         now = self._now(now)
         fresh, stale = self._partition(now)
-        by_symbol: dict[str, list[_Venue]] = {}
-        for v in self._venues_of(fresh):
-            by_symbol.setdefault(v.cols.snapshot.symbol, []).append(v)
+        by_symbol: dict[str, list[OrderBookSnapshot]] = {}
+        for key in fresh:
+            by_symbol.setdefault(key[1], []).append(key)
+        symbols = sorted(by_symbol.keys() | stale.keys())
+        stale_of = {symbol: tuple(sorted(stale.get(symbol, ()))) for symbol in symbols}
+        # A symbol whose fresh books and stale venues are those of its last aggregate is re-stamped;
+        # the others are recomputed, all of their books in one frame.
+        dirty = [symbol for symbol in symbols if not self._unchanged(symbol, by_symbol.get(symbol, []), stale_of[symbol])]
+        self._aggregate([(symbol, by_symbol.get(symbol, []), stale_of[symbol]) for symbol in dirty], now)
         books, buckets, heatmaps, imbalances = {}, {}, {}, {}
         venue_buckets, venue_imbalances, metrics = {}, {}, {}
         due = []
-        for symbol in sorted(by_symbol.keys() | stale.keys()):
-            group = by_symbol.get(symbol, [])
-            for v in group:
-                key = (symbol, v.cols.snapshot.exchange)
+        for symbol in symbols:
+            _, _, venues, agg = self._symbols[symbol]
+            if agg.book.timestamp != now:
+                agg = agg.stamped(now)
+            for v in venues:
+                key = (symbol, v.exchange)
                 venue_buckets[key] = v.buckets
                 venue_imbalances[key] = v.imbalance
                 if v.metrics is not None:
                     metrics[key] = v.metrics
-            agg = self._symbol_aggregate(symbol, group, tuple(sorted(stale.get(symbol, ()))), now)
             books[symbol], buckets[symbol], imbalances[symbol], heatmaps[symbol] = agg
             if self.heatmaps.record(agg.heatmap):
                 due.append(agg.heatmap)
@@ -216,14 +232,41 @@ class AggregationEngine:
                           heatmaps=heatmaps, imbalances=imbalances, venue_imbalances=venue_imbalances,
                           metrics=metrics, heatmaps_due=tuple(due))
 
-    def _symbol_aggregate(self, symbol: str, group: list[_Venue], stale: tuple[str, ...],
-                          now: datetime) -> _SymbolAggregate:
-        """The consolidated figures of one symbol; reused (re-stamped) while its books are unchanged."""
-        snaps = tuple(v.cols.snapshot for v in group)
+    def _unchanged(self, symbol: str, keys: list[tuple[str, str]], stale: tuple[str, ...]) -> bool:
         cached = self._symbols.get(symbol)
-        if cached is not None and cached[1] == stale and len(cached[0]) == len(snaps) \
-                and all(a is b for a, b in zip(cached[0], snaps)):
-            return cached[2].stamped(now)
+        return cached is not None and cached[1] == stale and cached[0] == self._versions_of(keys)
+
+    def _versions_of(self, keys: list[tuple[str, str]]) -> tuple[tuple[str, int], ...]:
+        return tuple([(key[0], self._versions[key]) for key in keys])
+
+    def _aggregate(self, groups: list[tuple[str, list[tuple[str, str]], tuple[str, ...]]], now: datetime) -> None:
+        """Recompute the per-venue and consolidated figures of ``groups`` (symbol, fresh book keys,
+        stale venues), every book of them in one ``BookFrame``."""
+        if not groups:
+            return
+        snaps = [self._books[key] for _, group, _ in groups for key in group]
+        frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps])
+        cols_iter = iter(zip(frame.books, frame.bucket_volumes()))
+        for symbol, group, stale in groups:
+            size = self.bucket_size(symbol)
+            venues, cols, totals = [], [], []
+            for c, (bid_vol, ask_vol) in (next(cols_iter) for _ in group):
+                snap = c.snapshot
+                book_totals = (sum(bid_vol.values()), sum(ask_vol.values()))
+                buckets = PriceBuckets(symbol=symbol, timestamp=snap.timestamp, bucket_size=size,
+                                       bid_buckets=bid_vol, ask_buckets=ask_vol, exchange=snap.exchange)
+                venues.append(_Venue(snap.exchange, buckets, book_totals,
+                                     venue_imbalance(c, book_totals, self.depth_bands, snap.timestamp),
+                                     book_metrics(c, *book_totals)))
+                cols.append(c)
+                totals.append(book_totals)
+            agg = self._symbol_aggregate(symbol, venues, cols, totals, stale, now)
+            self._symbols[symbol] = (self._versions_of(group), stale, tuple(venues), agg)
+
+    def _symbol_aggregate(self, symbol: str, group: list[_Venue], cols: list[BookColumns],
+                          totals: list[tuple[float, float]], stale: tuple[str, ...],
+                          now: datetime) -> _SymbolAggregate:
+        """The consolidated figures of one symbol."""
         cons: tuple[dict[float, float], dict[float, float]] = ({}, {})
         counts: tuple[dict[float, int], dict[float, int]] = ({}, {})
         for v in group:
@@ -232,20 +275,17 @@ class AggregationEngine:
                 for edge, vol in side_vol.items():
                     merged[edge] = merged.get(edge, 0.0) + vol
                     n[edge] = n.get(edge, 0) + 1
-        cols = [v.cols for v in group]
         book = consolidate(symbol, now, cols, self.consolidated_depth, stale)
         buckets = PriceBuckets(
             symbol=symbol, timestamp=now, bucket_size=self.bucket_size(symbol),
             bid_buckets=dict(sorted(cons[0].items(), reverse=True)), ask_buckets=dict(sorted(cons[1].items())),
             exchange=None, bid_exchange_counts=counts[0], ask_exchange_counts=counts[1])
         imbalance = consolidated_imbalance(
-            cols, [v.totals for v in group],
+            cols, totals,
             (book.bids[0].price, book.bids[0].size) if book.bids else None,
             (book.asks[0].price, book.asks[0].size) if book.asks else None,
             self.depth_bands, symbol, now)
-        agg = _SymbolAggregate(book, buckets, imbalance, self.heatmaps.build(buckets, now))
-        self._symbols[symbol] = (snaps, stale, agg)
-        return agg
+        return _SymbolAggregate(book, buckets, imbalance, self.heatmaps.build(buckets, now))
 
     # --- the design's single-book methods --------------------------------------------------------
     def create_price_buckets(self, orderbook: OrderBookSnapshot, bucket_size: float | None = None) -> PriceBuckets:
@@ -266,15 +306,16 @@ class AggregationEngine:
     def calculate_imbalances(self, orderbook: OrderBookSnapshot) -> ImbalanceMetrics:
         """Top-of-book and depth-band imbalance of one venue's book."""
         (cols,) = BookFrame([orderbook], [self._symbol_units(orderbook.symbol)[1]]).books
-        totals = (cols.prefix_volume(BID, len(cols.prices[BID])), cols.prefix_volume(ASK, len(cols.prices[ASK])))
+        totals = (cols.prefix_volume(BID, cols.count(BID)), cols.prefix_volume(ASK, cols.count(ASK)))
         return venue_imbalance(cols, totals, self.depth_bands, orderbook.timestamp)
 
     def aggregate_across_exchanges(self, symbol: str, now: datetime | None = None) -> ConsolidatedOrderBook:
         """The consolidated book of ``symbol`` from the fresh books held now."""
         now = self._now(now)
         fresh, stale = self._partition(now, symbol)
-        return consolidate(symbol, now, [v.cols for v in self._venues_of(fresh)], self.consolidated_depth,
-                           stale.get(symbol, ()))
+        snaps = [self._books[key] for key in fresh]
+        frame = BookFrame(snaps, [self._symbol_units(symbol)[1]] * len(snaps))
+        return consolidate(symbol, now, frame.books, self.consolidated_depth, stale.get(symbol, ()))
 
     def heatmap_series(self, symbol: str) -> tuple[HeatmapData, ...]:
         """The rolling heatmap history of ``symbol``, oldest first."""
@@ -300,24 +341,6 @@ class AggregationEngine:
                 fresh.append((exchange, sym))
         fresh.sort(key=lambda k: (k[1], k[0]))
         return fresh, stale
-
-    def _venues_of(self, keys: list[tuple[str, str]]) -> list[_Venue]:
-        """The per-venue aggregates of ``keys``, computing those whose book changed - all of them
-        in one ``BookFrame``."""
-        changed = [k for k in keys if (v := self._venues.get(k)) is None or v.cols.snapshot is not self._books[k]]
-        if changed:
-            snaps = [self._books[k] for k in changed]
-            frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps])
-            for key, c, (bid_vol, ask_vol) in zip(changed, frame.books, frame.bucket_volumes()):
-                snap = c.snapshot
-                totals = (sum(bid_vol.values()), sum(ask_vol.values()))
-                buckets = PriceBuckets(symbol=snap.symbol, timestamp=snap.timestamp,
-                                       bucket_size=self.bucket_size(snap.symbol), bid_buckets=bid_vol,
-                                       ask_buckets=ask_vol, exchange=snap.exchange)
-                self._venues[key] = _Venue(c, buckets, totals,
-                                           venue_imbalance(c, totals, self.depth_bands, snap.timestamp),
-                                           book_metrics(c, *totals))
-        return [self._venues[k] for k in keys]
 
     def _symbol_units(self, symbol: str) -> tuple[float, int]:
         found = self._units.get(symbol)

@@ -32,9 +32,10 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
     book's prices; each venue is then read only down to the worst of them.
     """
     descending = side == BID
+    tops = [(c.snapshot.exchange, *c.levels(side, depth)) for c in books]
     candidates: set[float] = set()
-    for c in books:
-        candidates.update(c.prices[side] if depth is None else c.prices[side][:depth])
+    for _, prices, _ in tops:
+        candidates.update(prices)
     ordered = sorted(candidates, reverse=descending)
     if depth is not None:
         del ordered[depth:]
@@ -42,10 +43,9 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
         return ()
     merged: dict[float, dict[str, float]] = {price: {} for price in ordered}
     worst = ordered[-1]
-    for c in books:
-        exchange, prices = c.snapshot.exchange, c.prices[side]
+    for exchange, prices, sizes in tops:
         stop = bisect_right(prices, -worst, key=neg) if descending else bisect_right(prices, worst)
-        for price, size in zip(prices[:stop], c.sizes[side][:stop]):
+        for price, size in zip(prices[:stop], sizes[:stop]):
             shares = merged.get(price)  # None only for a venue whose levels are out of order
             if shares is not None:
                 shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes

@@ -42,8 +42,8 @@ def band_volumes(cols: BookColumns, mid: float, band: float, totals: tuple[float
     """
     nbid = cols.band_count(BID, mid * (1.0 - band))
     nask = cols.band_count(ASK, mid * (1.0 + band))
-    bid = totals[BID] if nbid >= len(cols.prices[BID]) else cols.prefix_volume(BID, nbid)
-    ask = totals[ASK] if nask >= len(cols.prices[ASK]) else cols.prefix_volume(ASK, nask)
+    bid = totals[BID] if nbid >= cols.count(BID) else cols.prefix_volume(BID, nbid)
+    ask = totals[ASK] if nask >= cols.count(ASK) else cols.prefix_volume(ASK, nask)
     return bid, ask
 
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from coby.db import open_storage
-from coby.db.tables import TRADES
+from coby.db.tables import TRADES, constructor
 from coby.metrics import ROWS_DUPLICATE
 from coby.models import (
     ConnectionEvent, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms,
@@ -52,6 +52,29 @@ async def test_round_trip_of_every_kind(storage):
     [got_bar] = await storage.get_ohlcv("BTC-USDT", "1m")
     assert got_bar == OHLCVBar(**{**{f: getattr(bar, f) for f in bar.__dataclass_fields__}, "closed": True})
     assert await storage.get_connection_events() == [ev]
+
+
+def test_row_constructor_makes_what_the_class_makes():
+    """tables.constructor builds a frozen dataclass equal to cls(...) (defaults included) that stays frozen,
+    and refuses a class whose __init__ does more than set fields."""
+    from dataclasses import FrozenInstanceError, dataclass
+
+    t = trade(1)
+    made = constructor(TradeEvent)(t.symbol, t.exchange, t.timestamp, t.price, t.size, t.side, t.trade_id,
+                                   t.received_at)
+    assert type(made) is TradeEvent and made == t and hash(made) == hash(t)
+    assert constructor(PriceLevel)(1.5, 2.0) == PriceLevel(1.5, 2.0)
+    with pytest.raises(FrozenInstanceError):
+        made.price = 1.0  # type: ignore[misc]
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        x: int
+
+        def __post_init__(self) -> None: ...
+
+    with pytest.raises(TypeError):
+        constructor(Checked)
 
 
 async def test_duplicate_trade_is_stored_once_and_never_fails_its_batch(storage):

@@ -19,7 +19,7 @@ from coby.config import Settings
 from coby.db.buffer import WriteBuffer
 from coby.db.tables import (
     CONNECTION_EVENTS, CONSOLIDATED, HEATMAP, OHLCV, SNAPSHOTS, TRADES, Table, connection_event_row, heatmap_rows,
-    ohlcv_row, snapshot_row, trade_row,
+    ohlcv_row, snapshot_row, trade_row, trades_from_rows,
 )
 from coby.models import (
     ConnectionEvent, HeatmapData, OHLCVBar, OrderBookSnapshot, TradeEvent, ensure_utc,
@@ -158,7 +158,7 @@ class Storage(abc.ABC):
                          newest_first: bool = False) -> list[TradeEvent]:
         rows = await self.rows(TRADES, start, end, symbols=[symbol], exchanges=[exchange] if exchange else None,
                                limit=limit, after=after, order_desc=newest_first)
-        return [TRADES.from_row(r) for r in rows]  # type: ignore[misc]
+        return trades_from_rows(rows)
 
     async def get_snapshots(self, symbol: str, start: datetime | None = None, end: datetime | None = None, *,
                             exchange: str | None = None, limit: int = 1000, after: tuple | None = None,
@@ -237,7 +237,7 @@ class Storage(abc.ABC):
 
     async def iter_trades(self, start: datetime, end: datetime, **kw: Any) -> AsyncIterator[list[TradeEvent]]:
         async for rows in self.iter_rows(TRADES, start, end, **kw):
-            yield [TRADES.from_row(r) for r in rows]  # type: ignore[misc]
+            yield trades_from_rows(rows)
 
     async def iter_snapshots(self, start: datetime, end: datetime,
                              **kw: Any) -> AsyncIterator[list[OrderBookSnapshot]]:

@@ -1,4 +1,4 @@
-"""The books of one aggregation tick as columns: every level of every book in one polars column pair.
+"""The books of one aggregation tick as columns: every level of every book in one polars column.
 
 ``BookFrame`` lays many books end to end, one *segment* per (book, side): first the bids of
 every book, then the asks of every book, each segment best level first::
@@ -7,11 +7,12 @@ every book, then the asks of every book, each segment best level first::
     segment:  book 0 bids   | book 1 bids     | ... | book 0 asks       | ...
 
 Polars does the per-level work in a handful of whole-column operations - scale prices to
-integers, compute every level's bucket index, find the runs of equal index, sum each run's size -
-so a tick costs a few vectorised passes over all books at once, not a frame per book or per
-message. Most of those are operations polars runs directly on a Series; each expression-backed
-one costs a query plan, so there are few of them. Python touches only per-bucket and per-book
-results.
+integers, compute every level's bucket index, find the runs of equal index - so a tick costs a
+few vectorised passes over all books at once, not a frame per book or per message. All of them
+are operations polars runs directly on a Series (an expression would cost a query plan). Python
+then works per bucket: each run's edge, and its volume as one C-level ``sum`` over a slice of
+the flat size list. (Summing in polars too - a size column and a group-by over the runs - was
+measured slower: building the second column and hashing the runs cost more than the slices.)
 
 Each book also comes out as a ``BookColumns`` view: its rows of the frame's two flat lists
 (no copy), for ``bisect`` on the depth bands, prefix sums and the consolidated merge. A view
@@ -66,7 +67,7 @@ class BookColumns:
     first on each side (bids descending, asks ascending). A view, not a copy: bisects and sums run
     on the flat lists between the book's bounds."""
 
-    __slots__ = ("snapshot", "_prices", "_sizes", "_bounds")
+    __slots__ = ("snapshot", "_prices", "_sizes", "_bounds", "_runs")
 
     def __init__(self, snapshot: OrderBookSnapshot, prices: list[float], sizes: list[float],
                  bounds: tuple[tuple[int, int], tuple[int, int]]) -> None:
@@ -74,6 +75,8 @@ class BookColumns:
         self._prices = prices
         self._sizes = sizes
         self._bounds = bounds  # ((bid rows start, stop), (ask rows start, stop))
+        # per side, once bucketed: (row after each bucket's run, volume up to and with that run)
+        self._runs: list[tuple[list[int], list[float]] | None] = [None, None]
 
     def count(self, side: int) -> int:
         """How many levels a side has."""
@@ -95,20 +98,32 @@ class BookColumns:
         return bisect_right(self._prices, limit, lo, hi) - lo
 
     def prefix_volume(self, side: int, count: int) -> float:
-        """Volume of a side's best ``count`` levels."""
+        """Volume of a side's best ``count`` levels: once the side is bucketed, the running volume
+        of the whole buckets they cover plus the levels of the last, partly covered one."""
+        if count <= 0:
+            return 0.0
         lo, hi = self._bounds[side]
-        return float(sum(self._sizes[lo:min(hi, lo + count)])) if count > 0 else 0.0
+        stop = min(hi, lo + count)
+        runs = self._runs[side]
+        if runs is None:
+            return sum(self._sizes[lo:stop], 0.0)
+        ends, volumes = runs
+        k = bisect_right(ends, stop)  # runs that end at or before stop
+        if k == 0:
+            return sum(self._sizes[lo:stop], 0.0)
+        start = ends[k - 1]
+        return volumes[k - 1] + sum(self._sizes[start:stop], 0.0) if stop > start else volumes[k - 1]
 
 
 class BookFrame:
-    """Many books as one column of prices and one of sizes, for bucketing them all at once.
+    """Many books as one column of prices (and a flat list of sizes), for bucketing them all at once.
 
     ``units[i]`` is book i's bucket width in 1e-9 units. Books that share a width should be
     adjacent (the engine groups them by symbol): the bucket index is computed once per run of
     equal widths on each side. ``books`` holds each snapshot's ``BookColumns``.
     """
 
-    __slots__ = ("books", "units", "starts", "lengths", "price", "size", "_bid_rows")
+    __slots__ = ("books", "units", "starts", "lengths", "price", "_sizes", "_bid_rows")
 
     def __init__(self, snapshots: Sequence[OrderBookSnapshot], units: Sequence[int]) -> None:
         if len(snapshots) != len(units):
@@ -125,7 +140,7 @@ class BookFrame:
             row += length
         self._bid_rows = self.starts[len(snapshots)] if snapshots else 0
         self.price = pl.Series("price", prices, dtype=pl.Float64, strict=False)
-        self.size = pl.Series("size", sizes, dtype=pl.Float64, strict=False)
+        self._sizes = sizes
         n, starts, lengths = len(snapshots), self.starts, self.lengths
         self.books = tuple([
             BookColumns(snap, prices, sizes, ((starts[i], starts[i] + lengths[i]),
@@ -137,12 +152,14 @@ class BookFrame:
         best bucket first.
 
         Vectorised over all books: key = -price for bids, price for asks; ``P = round(key * 1e9)``;
-        bucket index ``ceil(P / units)`` (so -floor for bids); then one group-by over the runs of
-        equal index (a side's levels are sorted, so each bucket of a segment is one contiguous run).
+        bucket index ``ceil(P / units)`` (so -floor for bids); then the runs of equal index (a
+        side's levels are sorted, so each bucket of a segment is one contiguous run). Python then
+        takes each run's edge and sums its sizes (``sum`` over a slice of the flat list, in C): one
+        step per bucket, not per level.
         """
         nbooks = len(self.books)
         out: list[tuple[dict[float, float], dict[float, float]]] = [({}, {}) for _ in range(nbooks)]
-        if len(self.size) == 0:
+        if len(self.price) == 0:
             return out
         key = pl.concat([self.price.slice(0, self._bid_rows) * -1.0, self.price.slice(self._bid_rows)])
         scaled = key * PRICE_SCALE
@@ -160,37 +177,30 @@ class BookFrame:
             scaled_int = scaled.round().cast(pl.Int64)
             parts = [(scaled_int.slice(row, length) + (units - 1)) // units for row, length, units in ranges]
             index = parts[0] if len(parts) == 1 else pl.concat(parts)
-        runs = (
-            pl.DataFrame({"run": index.rle_id(), "index": index, "size": self.size})
-            .group_by("run")
-            .agg(pl.col("index").first(), pl.col("size").sum(), pl.len())
-            .sort("run")
-        )
-        indices = runs["index"].cast(pl.Int64).to_list()
-        volumes = runs["size"].to_list()
-        ends = list(accumulate(runs["len"].to_list()))  # the row after each run
+        runs = index.rle()
+        ends = list(accumulate(runs.struct.field("len").to_list()))  # the row after each run
+        indices = runs.struct.field("value").cast(pl.Int64).to_list()
+        sizes = self._sizes
         for seg, (start, length) in enumerate(zip(self.starts, self.lengths)):
             if length == 0:
                 continue
             stop, units = start + length, self.units[seg % nbooks]
+            # The runs holding the segment's first and last rows. A run may cross the segment's edge
+            # (the last bucket of one book's side can have the index of the first bucket of the next
+            # book's): it is cut at the edge.
+            first, last = bisect_right(ends, start), bisect_left(ends, stop)
+            run_stops = ends[first:last]
+            run_stops.append(stop)
+            volumes = [sum(sizes[lo:hi], 0.0) for lo, hi in zip([start, *run_stops], run_stops)]
+            # int * int, then one correctly rounded division: the edge is the nearest float to the decimal
+            edges = [abs(i) * units / PRICE_SCALE for i in indices[first:last + 1]]
             side_out = out[seg % nbooks][seg // nbooks]
-            first, last = bisect_right(ends, start), bisect_left(ends, stop)  # runs holding start, stop - 1
-            if (ends[first - 1] if first else 0) == start and ends[last] == stop:
-                # The usual case: the segment is whole runs, one per bucket. int * int, then one
-                # correctly rounded division: the edge is the nearest float to the decimal.
-                side_out.update(zip([abs(i) * units / PRICE_SCALE for i in indices[first:last + 1]],
-                                    volumes[first:last + 1]))
-                if len(side_out) == last + 1 - first:
-                    continue
-                side_out.clear()  # a bucket seen twice: the book's levels are out of order
-            # A run crosses the segment's edge (the last bucket of one book's side has the index of
-            # the first bucket of the next book's: shallow books), or buckets repeat: run by run.
-            for r in range(first, last + 1):
-                lo, hi = max(start, ends[r - 1] if r else 0), min(stop, ends[r])
-                whole = hi - lo == ends[r] - (ends[r - 1] if r else 0)
-                volume = volumes[r] if whole else float(self.size.slice(lo, hi - lo).sum())
-                edge = abs(indices[r]) * units / PRICE_SCALE
-                side_out[edge] = side_out.get(edge, 0.0) + volume
+            side_out.update(zip(edges, volumes))
+            if len(side_out) != len(edges):  # a bucket seen twice: the book's levels are out of order
+                side_out.clear()
+                for edge, volume in zip(edges, volumes):
+                    side_out[edge] = side_out.get(edge, 0.0) + volume
+            self.books[seg % nbooks]._runs[seg // nbooks] = (run_stops, list(accumulate(volumes)))
         return out
 
     # --- internals -----------------------------------------------------------------------------

@@ -405,3 +405,34 @@ def test_prices_beyond_the_float_path_bucket_exactly_too(ticks, size):
     b = eng.book("binance", "BTC-USDT")
     assert pb.bid_buckets.keys() == reference_buckets(b.bids, "bid", size).keys()
     assert pb.ask_buckets == pytest.approx(reference_buckets(b.asks, "ask", size))
+
+
+def reference_imbalance(books, mid: float, band: float) -> float:
+    bid = sum(lv.size for b in books for lv in b.bids if lv.price >= mid * (1 - band))
+    ask = sum(lv.size for b in books for lv in b.asks if lv.price <= mid * (1 + band))
+    return (bid - ask) / (bid + ask) if bid + ask > 0 else 0.0
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(books=venue_books(max_levels=60), size=st.sampled_from(BUCKETS),
+       bands=st.lists(st.floats(1e-4, 0.5), min_size=1, max_size=4, unique=True))
+def test_depth_imbalances_equal_plain_sums_over_the_levels_in_each_band(books, size, bands):
+    """The tick sums a band as whole buckets plus part of one: it must equal the plain per-level sum,
+    per venue around its own mid and consolidated around the consolidated mid."""
+    eng = engine(bucket_size={"BTC": size}, depth_bands=bands)
+    for b in books:
+        eng.update_book(b)
+    result = eng.tick(NOW)
+    for b in books:
+        got = result.venue_imbalances[("BTC-USDT", b.exchange)].depth
+        if not (b.bids and b.asks):
+            assert got == {}
+            continue
+        mid = (b.bids[0].price + b.asks[0].price) / 2
+        assert all(close(got[band], reference_imbalance([b], mid, band)) for band in bands)
+    bids = [b.bids[0].price for b in books if b.bids]
+    asks = [b.asks[0].price for b in books if b.asks]
+    cons = result.imbalances["BTC-USDT"].depth
+    if bids and asks:
+        mid = (max(bids) + min(asks)) / 2
+        assert all(close(cons[band], reference_imbalance(books, mid, band)) for band in bands)

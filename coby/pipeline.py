@@ -54,9 +54,9 @@ class Publisher:
         self._seq: dict[str, int] = defaultdict(int)
 
     def envelope(self, channel: str, data: Any, ts: datetime | None, received: datetime | None) -> dict:
-        self._seq[channel] += 1
-        env = {"channel": channel, "type": "update", "seq": self._seq[channel], "ts": ts,
-               "received": received or utcnow(), "data": data}
+        seq = self._seq[channel] = self._seq[channel] + 1
+        env = {"channel": channel, "type": "update", "seq": seq, "ts": ts, "received": received or utcnow(),
+               "data": data}
         if self.replay_id is not None:
             env["replay"] = self.replay_id
         return env
@@ -123,20 +123,17 @@ class Pipeline:
     # --- intake ---------------------------------------------------------------------------------
     async def on_event(self, event: Any) -> None:
         self.events += 1
-        if isinstance(event, TradeEvent):
-            await self._on_trade(event)
+        if type(event) is TradeEvent:  # most events: handled here, without one more call
+            if self.storage is not None:
+                await self.storage.store_trade(event)
+            await self.publisher.publish(f"trades:{event.symbol}", event, event.timestamp, event.received_at)
+            self.ohlcv.add(event)  # a trade for an already closed bar is counted there (late_trades), not applied
         elif isinstance(event, OrderBookSnapshot):
             await self._on_book(event)
         elif isinstance(event, ConnectionEvent):
             await self._on_connection_event(event)
         else:
             log.warning("pipeline_unknown_event", type=type(event).__name__)
-
-    async def _on_trade(self, t: TradeEvent) -> None:
-        if self.storage is not None:
-            await self.storage.store_trade(t)
-        await self.publisher.publish(f"trades:{t.symbol}", t, t.timestamp, t.received_at)
-        self.ohlcv.add(t)  # a trade for an already closed bar is counted there (late_trades), not applied
 
     async def _on_book(self, b: OrderBookSnapshot) -> None:
         key = (b.exchange, b.symbol)

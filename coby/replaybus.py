@@ -234,11 +234,16 @@ class ReplayBus(MemoryCache):
         payload = None
         for sub in targets:
             if sub.raw:
-                await sub.put(channel, message)
+                data = message
             else:
                 if payload is None:
                     payload = message if isinstance(message, bytes) else dumps(message)
-                await sub.put(channel, payload)
+                data = payload
+            queue = sub.queue
+            if len(queue._items) < queue.maxsize and not sub.closed:  # room: sub.put's first case, inline
+                queue.put_nowait((channel, data))
+            else:
+                await sub.put(channel, data)
 
     def offer(self, channel: str, message: Any) -> int:
         """Publish without waiting: subscribers with room get ``message``, full ones miss it. Returns misses."""

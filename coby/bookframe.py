@@ -130,9 +130,10 @@ class BookFrame:
             raise ValueError("one bucket width per book")
         self.units = tuple(units)
         # Two flat lists, all bids then all asks; the comprehensions are the per-level Python cost.
-        prices = [lv.price for b in snapshots for lv in b.bids] + [lv.price for b in snapshots for lv in b.asks]
-        sizes = [lv.size for b in snapshots for lv in b.bids] + [lv.size for b in snapshots for lv in b.asks]
-        self.lengths = [len(b.bids) for b in snapshots] + [len(b.asks) for b in snapshots]
+        sides = [b.bids for b in snapshots] + [b.asks for b in snapshots]
+        prices = [lv.price for levels in sides for lv in levels]
+        sizes = [lv.size for levels in sides for lv in levels]
+        self.lengths = [len(levels) for levels in sides]
         self.starts = []
         row = 0
         for length in self.lengths:

@@ -560,6 +560,21 @@ def test_cli_prints_the_replay_as_ndjson(tmp_path):
     assert bad.returncode == 2 and "start" in bad.stderr and bad.stderr.count("\n") == 1
 
 
+def test_cli_start_up_collects_cyclic_garbage_less_often():
+    """tune_gc (run by `coby run`, `coby replay`, `coby simulate` at start-up) raises the collector's
+    first-generation threshold to GC_THRESHOLD and keeps the older generations' thresholds."""
+    import gc
+
+    from coby.cli import GC_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, *before[1:]) and GC_THRESHOLD > before[0]
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_cli_draws_a_progress_bar_on_a_terminal(tmp_path):
     """With stderr on a terminal, `coby replay` redraws one progress line there and ends it at 100%."""
     import os

@@ -10,16 +10,22 @@ period: trades of 5 venues x 2 symbols, one every millisecond; a 20-level book s
 its own round, so that a machine whose speed drifts still gives a fair ratio):
 
 - baseline: ``COPY (SELECT ... ORDER BY key) TO STDOUT (FORMAT BINARY)`` of the same rows, the
-  three tables one after the other (the bytes only: the scan's ceiling), and the same COPY with
-  every row parsed into a Python tuple;
+  three tables one after the other, taking the bytes only (the scan's ceiling, and the target's
+  reference); the same COPY with every row parsed into a tuple by psycopg's COPY reader (a Python
+  call per row); and the same SELECTs through a binary server-side cursor, fetched ``replay_chunk``
+  rows at a time, each row parsed into a tuple by psycopg's C loaders - the parsing a replay's
+  reads do, without their keyset pages: the fair "parsed" baseline;
 - in-process: a session at speed 0 with one subscriber to every channel, which takes (a) the
   envelope objects (``subscribe("*", raw=True)``), (b) the JSON bytes a WebSocket client or the
   CLI gets; and (c) objects again, with the aggregate channels filtered out (the ticks still run:
   they flush held-back books and apply the OHLCV builder's trades);
 - WebSocket: a client on a real TCP socket subscribed to every channel of the data through
   ``/api/v1/replay/{id}/ws`` (client and server in this one process);
+- also (a') objects, every channel, under Python's default collector thresholds: the script
+  otherwise runs as coby's commands do, after ``coby.cli.tune_gc()``;
 - ``--breakdown``: the time of one in-process replay split by stage (pipeline intake, the
-  aggregation tick and its parts, the rest: storage reads, merge, pacing, bus, reader);
+  aggregation tick and its parts, the rest: storage reads, merge, pacing, bus, reader), and the
+  floor under any replay: the reads, models, merge and delivery alone (``bench/replay_stages.py``);
 - memory (``--memory-events``): RSS sampled while a session replays that many events; memory
   must not grow with the length of the range.
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import tempfile
@@ -43,7 +50,10 @@ import aiohttp
 import psycopg
 from aiohttp import web
 
+from replay_stages import breakdown, floor
+
 from coby.cache import MemoryCache
+from coby.cli import tune_gc
 from coby.config import Settings
 from coby.db import open_storage
 from coby.db.tables import CONNECTION_EVENTS, SNAPSHOTS, TRADES
@@ -124,6 +134,21 @@ async def copy_scan(storage: Any, url: str, start: datetime, end: datetime, pars
     return count, time.perf_counter() - t0
 
 
+async def select_scan(storage: Any, url: str, start: datetime, end: datetime, chunk: int) -> tuple[int, float]:
+    """The same SELECTs through a binary server-side cursor, ``chunk`` rows a fetch, parsed into tuples
+    by psycopg's C loaders (as a replay's reads are): (rows, seconds)."""
+    count = 0
+    t0 = time.perf_counter()
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for table in (TRADES, SNAPSHOTS, CONNECTION_EVENTS):
+            sql, params = storage.select(table, start, end, limit=1)
+            async with conn.transaction(), conn.cursor("scan", binary=True) as cur:
+                await cur.execute(sql.rsplit(" LIMIT ", 1)[0], params)
+                while rows := await cur.fetchmany(chunk):
+                    count += len(rows)
+    return count, time.perf_counter() - t0
+
+
 async def in_process(manager: ReplayManager, start: datetime, end: datetime, *, raw: bool,
                      channels: list[str] | None = None, sample: list | None = None) -> tuple[int, int, float]:
     """One session at speed 0 read by one subscriber to everything: (events, messages, seconds)."""
@@ -197,52 +222,6 @@ async def over_websocket(settings: Settings, storage: Any, manager: ReplayManage
     return events, messages, elapsed
 
 
-async def breakdown(manager: ReplayManager, start: datetime, end: datetime) -> None:
-    """Where the time of an in-process replay goes: wall time inside each stage, per stored event."""
-    from coby.buckets import AggregationEngine
-    from coby.ohlcv import OHLCVBuilder
-    from coby.pipeline import Pipeline
-
-    spent: dict[str, float] = {}
-
-    def timed(cls: type, name: str, label: str, is_async: bool) -> Any:
-        orig = getattr(cls, name)
-        spent[label] = 0.0
-        if is_async:
-            async def wrapper(self: Any, *a: Any, **k: Any) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    return await orig(self, *a, **k)
-                finally:
-                    spent[label] += time.perf_counter() - t0
-        else:
-            def wrapper(self: Any, *a: Any, **k: Any) -> Any:  # type: ignore[misc]
-                t0 = time.perf_counter()
-                try:
-                    return orig(self, *a, **k)
-                finally:
-                    spent[label] += time.perf_counter() - t0
-        setattr(cls, name, wrapper)
-        return orig
-
-    patched = [(Pipeline, "on_event", "pipeline.on_event (intake, publish)", True),
-               (Pipeline, "advance_to", "pipeline.advance_to (the tick)", True),
-               (AggregationEngine, "tick", "  of which AggregationEngine.tick", False),
-               (OHLCVBuilder, "advance", "  of which OHLCVBuilder.advance", False),
-               (OHLCVBuilder, "open_bars", "  of which OHLCVBuilder.open_bars", False)]
-    originals = [timed(cls, name, label, a) for cls, name, label, a in patched]
-    try:
-        ev, _, secs = await in_process(manager, start, end, raw=True)
-    finally:
-        for (cls, name, _, _), orig in zip(patched, originals):
-            setattr(cls, name, orig)
-    print(f"breakdown of one in-process replay (objects, all channels), {secs / ev * 1e6:.1f} us per event:")
-    for label, total in spent.items():
-        print(f"  {label:<40} {total / ev * 1e6:6.1f} us/event")
-    rest = secs - spent["pipeline.on_event (intake, publish)"] - spent["pipeline.advance_to (the tick)"]
-    print(f"  {'the rest (read, merge, pace, bus, reader)':<40} {rest / ev * 1e6:6.1f} us/event")
-
-
 async def run(args: argparse.Namespace) -> None:
     name = f"coby_bench_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(args.pg, autocommit=True) as c:
@@ -258,38 +237,48 @@ async def run(args: argparse.Namespace) -> None:
         print(f"stored events={n:,} over {(end - start).total_seconds():,.0f} s of market time "
               f"(5 venues x 2 symbols; trades 1/ms, 20-level books 1/s per book)")
         manager = ReplayManager(settings, storage)
-        labels = ("COPY bytes", "COPY parsed", "objects, all channels", "JSON bytes, all channels",
-                  "objects, events' channels", "WebSocket, every channel")
+        labels = ("COPY bytes", "COPY parsed", "SELECT parsed", "objects, all channels",
+                  "objects, all channels, default GC", "JSON bytes, all channels", "objects, events' channels",
+                  "WebSocket, every channel")
         rates: dict[str, list[float]] = {k: [] for k in labels}
-        ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in labels[2:]}
+        ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in labels[3:]}
         messages: dict[str, int] = {}
         rss = [rss_mb()]
         for _ in range(args.rounds):  # interleaved, each replay measured against its own round's baseline
-            copy_bytes, copy_s = await copy_scan(storage, url, start, end, parse=False)
-            parsed_n, parsed_s = await copy_scan(storage, url, start, end, parse=True)
-            assert parsed_n == n, (parsed_n, n)
-            base, parsed = n / copy_s, n / parsed_s
-            rates["COPY bytes"].append(base)
-            rates["COPY parsed"].append(parsed)
-            runs = (await in_process(manager, start, end, raw=True),
-                    await in_process(manager, start, end, raw=False),
-                    await in_process(manager, start, end, raw=True, channels=["trades", "book", "status", "gap"]),
-                    await over_websocket(settings, storage, manager, start, end))
-            for label, (ev, msgs, secs) in zip(labels[2:], runs):
+            scans = (await copy_scan(storage, url, start, end, parse=False),
+                     await copy_scan(storage, url, start, end, parse=True),
+                     await select_scan(storage, url, start, end, settings.replay_chunk))
+            assert scans[1][0] == scans[2][0] == n, (scans, n)
+            for label, (_, secs) in zip(labels, scans):
+                rates[label].append(n / secs)
+            base, parsed = rates["COPY bytes"][-1], rates["SELECT parsed"][-1]
+            runs = [await in_process(manager, start, end, raw=True)]
+            tuned = gc.get_threshold()
+            gc.set_threshold(700, *tuned[1:])  # Python's default
+            try:
+                runs.append(await in_process(manager, start, end, raw=True))
+            finally:
+                gc.set_threshold(*tuned)
+            runs += (await in_process(manager, start, end, raw=False),
+                     await in_process(manager, start, end, raw=True, channels=["trades", "book", "status", "gap"]),
+                     await over_websocket(settings, storage, manager, start, end))
+            for label, (ev, msgs, secs) in zip(labels[3:], runs):
                 rates[label].append(ev / secs)
                 ratios[label].append((ev / secs / base, ev / secs / parsed))
                 messages[label] = msgs
             rss.append(rss_mb())
         if args.breakdown:
-            await breakdown(manager, start, end)
+            await breakdown(manager, start, end, in_process)
+            await floor(manager, start, end)
         await manager.aclose()
-        print(f"{args.rounds} interleaved rounds; medians (per-round ratios to the same round's COPY)")
+        print(f"{args.rounds} interleaved rounds; medians (per-round ratios to the same round's baselines)")
         print(f"baseline COPY ... TO STDOUT (binary), bytes only  {median(rates['COPY bytes']):>10,.0f} rows/s")
-        print(f"baseline COPY ... TO STDOUT, every row parsed     {median(rates['COPY parsed']):>10,.0f} rows/s")
-        for label in labels[2:]:
-            print(f"replay {label:<28} {median(rates[label]):>10,.0f} events/s  "
+        print(f"baseline COPY ... TO STDOUT, rows parsed (COPY)   {median(rates['COPY parsed']):>10,.0f} rows/s")
+        print(f"baseline SELECT, binary, rows parsed (C loaders)  {median(rates['SELECT parsed']):>10,.0f} rows/s")
+        for label in labels[3:]:
+            print(f"replay {label:<34} {median(rates[label]):>10,.0f} events/s  "
                   f"{median(r[0] for r in ratios[label]):5.0%} of COPY bytes, "
-                  f"{median(r[1] for r in ratios[label]):5.0%} of COPY parsed  ({messages[label]:,} messages)")
+                  f"{median(r[1] for r in ratios[label]):5.0%} of SELECT parsed  ({messages[label]:,} messages)")
         print("RSS after generating, then after each round: " + ", ".join(f"{r:.0f} MB" for r in rss))
     finally:
         await storage.aclose()
@@ -337,7 +326,9 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="also time the stages of one in-process replay")
     ap.add_argument("--memory-events", type=int, default=0, help="also measure RSS over a replay of this many")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    asyncio.run(run(ap.parse_args()))
+    args = ap.parse_args()
+    tune_gc()  # as coby's commands do at start-up
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ async def run(args: argparse.Namespace) -> None:
             rss.append(rss_mb())
         if args.breakdown:
             await breakdown(manager, start, end, in_process)
-            await floor(manager, start, end)
+            await floor(manager, start, end, in_process)
         await manager.aclose()
         print(f"{args.rounds} interleaved rounds; medians (per-round ratios to the same round's baselines)")
         print(f"baseline COPY ... TO STDOUT (binary), bytes only  {median(rates['COPY bytes']):>10,.0f} rows/s")

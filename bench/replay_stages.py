@@ -8,7 +8,9 @@
   models, then merged in time order, then each wrapped in an envelope and delivered through a
   ``ReplayBus`` to a reader taking objects. Wall time and this process's CPU time per event: the
   server's share of a read runs on another core while a replay works (the next chunk is
-  prefetched), so for a replay, which is CPU-bound, the CPU figure is the floor.
+  prefetched), so for a replay, which is CPU-bound, the CPU figure is the floor. Last, a whole
+  session with the aggregation switched off (no tick, no OHLCV builder): the session's and the
+  pipeline's own per-event cost, for comparison only - a real replay always aggregates.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ async def breakdown(manager: Any, start: datetime, end: datetime,
     print(f"  {'the rest (read, merge, pace, bus, reader)':<40} {rest / ev * 1e6:6.1f} us/event")
 
 
-async def floor(manager: Any, start: datetime, end: datetime) -> None:
+async def floor(manager: Any, start: datetime, end: datetime,
+                in_process: Callable[..., Awaitable[tuple[int, int, float]]]) -> None:
     """The path each replayed event must take, without the pipeline, a stage at a time (see the module)."""
     from coby.pipeline import Publisher
     from coby.replaybus import ReplayBus, ReplayEnded
@@ -121,9 +124,27 @@ async def floor(manager: Any, start: datetime, end: datetime) -> None:
         await reader
         return n
 
+    async def unaggregated() -> int:
+        from coby.ohlcv import OHLCVBuilder
+        from coby.pipeline import Pipeline
+
+        async def no_tick(self: Any, ts: datetime) -> None:
+            return None
+
+        patched = [(Pipeline, "advance_to", no_tick), (OHLCVBuilder, "add", lambda self, trade: True)]
+        originals = [getattr(cls, name) for cls, name, _ in patched]
+        for cls, name, stub in patched:
+            setattr(cls, name, stub)
+        try:
+            return (await in_process(manager, start, end, raw=True))[0]
+        finally:
+            for (cls, name, _), orig in zip(patched, originals):
+                setattr(cls, name, orig)
+
     print("floor: the path each event must take, without the pipeline (cumulative, us per event):")
     for label, stage in (("fetch (SELECT pages, rows parsed)", fetch_only), ("+ rows to models", models),
-                         ("+ merge in time order", merged), ("+ envelope, bus, reader", delivered)):
+                         ("+ merge in time order", merged), ("+ envelope, bus, reader", delivered),
+                         ("a session, aggregation off (comparison)", unaggregated)):
         t0, c0 = time.perf_counter(), time.process_time()
         n = await stage()
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0

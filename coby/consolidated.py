@@ -22,7 +22,9 @@ from operator import neg
 from typing import Sequence
 
 from coby.bookframe import ASK, BID, BookColumns
-from coby.models import ConsolidatedLevel, ConsolidatedOrderBook
+from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, constructor
+
+_level = constructor(ConsolidatedLevel)
 
 
 def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tuple[ConsolidatedLevel, ...]:
@@ -49,7 +51,7 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
             shares = merged.get(price)  # None only for a venue whose levels are out of order
             if shares is not None:
                 shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes
-    return tuple([ConsolidatedLevel(price, sum(shares.values()), shares) for price, shares in merged.items() if shares])
+    return tuple([_level(price, sum(shares.values()), shares) for price, shares in merged.items() if shares])
 
 
 def holder(level: ConsolidatedLevel) -> str:

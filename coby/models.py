@@ -10,9 +10,11 @@ This module imports nothing of coby: everything else imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -37,6 +39,26 @@ def ensure_utc(ts: datetime) -> datetime:
     if ts.tzinfo is None:
         return ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC)
+
+
+def constructor(cls: type) -> Callable[..., Any]:
+    """A function making a ``cls`` - a frozen, slotted dataclass - from its fields, positionally,
+    as ``cls(...)`` would, at half the cost (replay builds one per stored row; the aggregation tick, many per tick).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__(self, name, v)``
+    (a lookup by name per field); this sets each slot through its descriptor. Only for classes whose
+    ``__init__`` does nothing else: no ``__post_init__``, no default factories.
+    """
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not dataclasses.MISSING for f in fields):
+        raise TypeError(f"{cls.__name__}.__init__ does more than set its fields")
+    params = ", ".join(f.name if f.default is dataclasses.MISSING else f"{f.name}=_d_{f.name}" for f in fields)
+    body = "".join(f"    _s_{f.name}(o, {f.name})\n" for f in fields)
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    env.update((f"_s_{f.name}", getattr(cls, f.name).__set__) for f in fields)
+    env.update((f"_d_{f.name}", f.default) for f in fields if f.default is not dataclasses.MISSING)
+    exec(f"def make_{cls.__name__}({params}):\n    o = _new(_cls)\n{body}    return o\n", env)  # noqa: S102
+    return env[f"make_{cls.__name__}"]
 
 
 @dataclass(slots=True, frozen=True)

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from coby.db import open_storage
-from coby.db.tables import TRADES, constructor
+from coby.db.tables import TRADES
 from coby.metrics import ROWS_DUPLICATE
 from coby.models import (
-    ConnectionEvent, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms,
+    ConnectionEvent, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor, utc_from_ms,
 )
 from tests.conftest import make_settings
 from tests.netproxy import TcpProxy

@@ -10,19 +10,21 @@ symbols share them.
 Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
 :mod:`coby.venues`):
 
-* every ccxt exception is translated once (:func:`translate_ccxt_error`);
+* every ccxt exception is translated once (:mod:`coby.ccxterrors`);
 * a failed stream backs off (exponential, jitter, reset on success) and then
   re-watches (binance/okx, where ccxt resyncs itself) or recycles its feed - closes
   the ccxt client and builds a new one (every other venue, and every stall);
 * the venue's circuit breaker opens after ``circuit_failures`` consecutive
   failures (a recycled feed counts once): feeds are closed, and after
   ``circuit_cooldown`` one stream probes;
-* the staleness watchdog recycles a feed whose book has not changed for
-  ``stale_after`` seconds (``connect_timeout`` for the first book);
-* a frame guard on every ccxt connection catches what ccxt lets escape its
-  receive loop (which would otherwise die and hang the watch): unparseable frames
-  are dropped and counted as ``malformed``, handler errors force a resync, and the
-  venue's sequence check (:data:`coby.venues.VENUES`) flags gaps ccxt ignores.
+* the staleness watchdog (:mod:`coby.watchdog`) recycles a feed whose book has not
+  changed for ``stale_after`` seconds (``connect_timeout`` for the first book) or
+  whose trades have gone quiet (``trade_stale_after``);
+* a frame guard on every ccxt connection (:mod:`coby.feeds`) catches what ccxt lets
+  escape its receive loop (which would otherwise die and hang the watch):
+  unparseable frames are dropped and counted as ``malformed``, handler errors force
+  a resync, and the venue's sequence check (:data:`coby.venues.VENUES`) flags gaps
+  ccxt ignores.
 
 Books are handed on at most once per ``book_emit_interval`` per book (newest state
 wins; a held-back state is flushed when its interval ends): converting
@@ -42,53 +44,24 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import ccxt
 import structlog
 
-from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, RateLimited, StaleFeed,
-                         TemporaryExchangeError)
-from coby.feeds import PARSE_ERRORS, Callbacks, Feed, Stream
+from coby.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
+from coby.errors import BookOutOfSync, ExchangeError, PermanentExchangeError, StaleFeed, TemporaryExchangeError
+from coby.feeds import BOOK, TRADES, Callbacks, Feed, Stream
 from coby.markets import MarketCatalog
-from coby.metrics import BOOK_AGE, CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS, STALLS
+from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
                          OrderBookSnapshot, utcnow)
 from coby.normalize import DataProcessor
 from coby.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.symbols import SymbolMap, split_canonical
 from coby.venues import VENUES, build_client, override_base
+from coby.watchdog import Watchdog
 
 log = structlog.get_logger("coby.exchanges")
 
 Callback = Callable[[Any], Any]
-BOOK, TRADES = "book", "trades"
-
-# Retrying cannot help: a wrong symbol mapping, a call the venue lacks, credentials, configuration.
-_PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,
-              ccxt.InvalidProxySettings)
-
-
-def translate_ccxt_error(exchange: str, exc: BaseException) -> ExchangeError:
-    """The one translation of ccxt's (and the transport's) exceptions into coby's."""
-    if isinstance(exc, ExchangeError):
-        return exc
-    if isinstance(exc, (ccxt.ChecksumError, ccxt.InvalidNonce)):
-        cls: type[ExchangeError] = BookOutOfSync
-    elif isinstance(exc, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
-        cls = RateLimited
-    elif isinstance(exc, _PERMANENT):
-        cls = PermanentExchangeError
-    else:  # NetworkError, RequestTimeout, ExchangeNotAvailable, other ccxt errors, OSError, timeouts, bugs
-        cls = TemporaryExchangeError
-    err = cls(exchange, f"{type(exc).__name__}: {exc}"[:300])
-    err.__cause__ = exc
-    return err
-
-
-def _local_resync(exchange: str, detail: str) -> BookOutOfSync:
-    """A resync coby decided on (ccxt does not know its book is wrong): always recycle the client."""
-    err = BookOutOfSync(exchange, detail)
-    err.local = True  # type: ignore[attr-defined]
-    return err
 
 
 class ExchangeConnector:
@@ -124,6 +97,8 @@ class ExchangeConnector:
         self._messages = self._reconnects = 0
         self._error: str | None = None
         self._counters = {BOOK: MESSAGES.labels(exchange, "book"), TRADES: MESSAGES.labels(exchange, "trade")}
+        self._watchdog = Watchdog(exchange, settings, self.venue, self._streams, self._stalled,
+                                  clock=clock, sleep=sleep)
         self._log = log.bind(exchange=exchange)
 
     # ------------------------------------------------------------ interface
@@ -138,7 +113,7 @@ class ExchangeConnector:
             return False
         if not self._connected:
             self._connected = True
-            self._spawn(self._watchdog(), "watchdog")
+            self._spawn(self._watchdog.run(), "watchdog")
             if self.settings.book_emit_interval > 0:
                 self._spawn(self._flusher(), "flusher")
             if self.catalog.needs_refresh(self.settings.symbols):
@@ -288,7 +263,7 @@ class ExchangeConnector:
             raw = await watch(unified, limit)
             st.watching = False
             if feed.bad_books and (st.symbol in feed.bad_books or None in feed.bad_books):
-                raise _local_resync(self.exchange, "sequence gap detected by coby")
+                raise local_resync(self.exchange, "sequence gap detected by coby")
             key = (raw.get("nonce"), raw.get("timestamp"))
             if key == st.last_key and key != (None, None):
                 continue  # resolved without a change (e.g. a skipped frame): not progress
@@ -389,6 +364,15 @@ class ExchangeConnector:
             await self._record_failure(st)
         return True
 
+    async def _stalled(self, st: Stream, err: StaleFeed) -> None:
+        """The watchdog's verdict: the stream goes stale and its feed is recycled (a failure for the breaker)."""
+        if st.live:
+            st.live, st.cause = False, err
+            await self._event(ConnectionEventKind.STALE, st.symbol, f"{st.kind}: {err}")
+        if st.gen == st.feed.gen:
+            self._recycle(st.feed, err)
+            await self._record_failure(st)
+
     async def _record_failure(self, st: Stream) -> None:
         if self._breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
             CIRCUIT_OPEN.labels(self.exchange).set(1)
@@ -441,63 +425,11 @@ class ExchangeConnector:
     def _frame_failed(self, feed: Feed, gen: int, ws: Any, exc: Exception) -> None:
         if feed.gen != gen:
             return
-        if isinstance(exc, PARSE_ERRORS) and not isinstance(exc, ccxt.BaseError):
-            self.processor.reject(self.exchange, None, "malformed", f"unparseable frame: {exc!r}")
-            if self.venue.sequenced:
-                return  # dropped; the venue's sequence numbers or checksum catch a lost book update
-            err: ExchangeError = _local_resync(self.exchange, "unparseable frame on a feed without sequence numbers")
-        elif isinstance(exc, ccxt.BaseError):
-            err = translate_ccxt_error(self.exchange, exc)
-            if isinstance(err, BookOutOfSync):
-                err = _local_resync(self.exchange, f"ccxt handler raised {err}")
-        else:
-            self.processor.reject(self.exchange, None, "malformed", f"handler failed: {exc!r}")
-            err = _local_resync(self.exchange, f"handler failed on a frame: {exc!r}"[:300])
-        ws.reject(err)  # wakes every watcher of this connection into the failure policy
-
-    # -------------------------------------------------------------- watchdog
-
-    async def _watchdog(self) -> None:
-        s = self.settings
-        every = max(0.05, min(s.stale_after / 4.0, 1.0))
-        while True:
-            await self._sleep(every)
-            try:
-                await self._check_stale(self._clock())
-            except Exception as exc:  # noqa: BLE001 - the watchdog never dies
-                self._log.error("watchdog_error", error=repr(exc))
-
-    async def _check_stale(self, now: float) -> None:
-        s = self.settings
-        for st in list(self._streams.values()):
-            if st.kind == BOOK:
-                age = now - st.last_progress if st.last_progress > float("-inf") else 0.0
-                BOOK_AGE.labels(self.exchange, st.symbol).set(age)
-            if not st.watching or st.gen != st.feed.gen:
-                continue
-            if st.kind == BOOK:
-                limit = s.stale_after if st.live else max(s.stale_after, s.connect_timeout)
-            else:
-                if not s.trade_stale_after:
-                    continue
-                limit = s.trade_stale_after if st.live else max(s.trade_stale_after, s.connect_timeout)
-                book = self._streams.get((BOOK, st.symbol))
-                if st.live and not self.venue.trades_own_connection and book is not None and book.live and \
-                        now - book.last_progress < s.stale_after:
-                    continue  # same connection delivers books: a quiet market, not a dead feed
-                # not live: nothing at all since (re)subscribing - e.g. the subscription's ack was lost
-            quiet = now - max(st.last_progress, st.attempt_at)
-            if quiet <= limit:
-                continue
-            err = StaleFeed(self.exchange, f"{st.kind} {st.symbol}: nothing for {quiet:.1f}s")
-            STALLS.labels(self.exchange).inc()
-            self._log.warning("feed_stale", stream=st.kind, symbol=st.symbol, quiet=round(quiet, 2), live=st.live)
-            if st.live:
-                st.live, st.cause = False, err
-                await self._event(ConnectionEventKind.STALE, st.symbol, f"{st.kind}: {err}")
-            if st.gen == st.feed.gen:
-                self._recycle(st.feed, err)
-                await self._record_failure(st)
+        malformed, err = translate_frame_error(self.exchange, exc, self.venue.sequenced)
+        if malformed is not None:
+            self.processor.reject(self.exchange, None, "malformed", malformed)
+        if err is not None:
+            ws.reject(err)  # wakes every watcher of this connection into the failure policy
 
     # ---------------------------------------------------------------- output
 

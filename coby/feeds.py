@@ -133,6 +133,9 @@ class Feed:
             setattr(ex, name, checked)  # looked up on the instance when ccxt creates a connection
 
 
+BOOK, TRADES = "book", "trades"  # the kinds of Stream
+
+
 class Stream:
     """One watch loop: the book or the trades of one symbol, and where it stands."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import psycopg
 import pytest
 
 from coby.config import Settings
+from coby.daemon import Daemon
 from coby.db import open_storage
 
 PG_ADMIN = os.environ.get("COBY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,6 +40,36 @@ def make_settings(tmp_path: Path, **kw) -> Settings:
     base = dict(data_dir=str(tmp_path / "data"), flush_interval=0.05, log_level="WARNING")
     base.update(kw)
     return Settings.load(env={}, **base)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a daemon's API, which must keep its port across restarts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningDaemon:
+    """A daemon under test, restartable on the same API port (a restart test stops and starts it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.daemon: Daemon | None = None
+        self.first_start: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    async def start(self) -> None:
+        self.daemon = Daemon(self.settings)
+        await self.daemon.start()
+        self.first_start = self.first_start or time.time()
+
+    async def stop(self) -> None:
+        if self.daemon is not None:
+            daemon, self.daemon = self.daemon, None
+            await daemon.stop()
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

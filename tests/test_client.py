@@ -5,9 +5,7 @@ mid-stream, clear errors. One daemon shared by the module; the restart test repl
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
-import socket
 import sys
 import time
 from datetime import timedelta
@@ -21,11 +19,9 @@ import pytest_asyncio
 import redis.asyncio as redis
 
 from coby.client import AuthError, ClientError, CobyClient, Event, Gap, Reconnected, ReplayFinished
-from coby.config import Settings
-from coby.daemon import Daemon
 from coby.models import (ConnectionStatus, ConsolidatedOrderBook, HeatmapData, ImbalanceMetrics, OHLCVBar,
                          OrderBookMetrics, OrderBookSnapshot, TradeEvent, utcnow)
-from tests.conftest import REDIS_URL, TABLES, make_settings
+from tests.conftest import REDIS_URL, TABLES, RunningDaemon, free_port, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 TOKEN = "client-test-token"
@@ -36,33 +32,6 @@ TYPES = {"trades": TradeEvent, "consolidated": ConsolidatedOrderBook, "book": Or
          "heatmap": HeatmapData, "ohlcv": OHLCVBar, "metrics": dict, "status": dict}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Running:
-    """The module's daemon; the restart test swaps in a new one on the same API port."""
-
-    settings: Settings
-    daemon: Daemon | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.api_port}"
-
-    async def start(self) -> None:
-        self.daemon = Daemon(self.settings)
-        await self.daemon.start()
-
-    async def stop(self) -> None:
-        if self.daemon is not None:
-            daemon, self.daemon = self.daemon, None
-            await daemon.stop()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def coby(pg_url, tmp_path_factory):
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -71,15 +40,15 @@ async def coby(pg_url, tmp_path_factory):
     async with redis.Redis.from_url(REDIS_URL) as r:
         await r.flushdb()  # no latest state left by an earlier daemon
     settings = make_settings(tmp_path_factory.mktemp("client"), db_url=pg_url, redis_url=REDIS_URL, simulate=True,
-                             simulator_port=0, api_port=_free_port(), api_token=TOKEN, flush_interval=0.2,
+                             simulator_port=0, api_port=free_port(), api_token=TOKEN, flush_interval=0.2,
                              snapshot_interval=0.5, ohlcv_grace=0.5, heatmap_interval=1.0)
-    running = Running(settings)
+    running = RunningDaemon(settings)
     await running.start()
     yield running
     await running.stop()
 
 
-def client(coby: Running, **kw: Any) -> CobyClient:
+def client(coby: RunningDaemon, **kw: Any) -> CobyClient:
     return CobyClient(coby.url, token=TOKEN, timeout=5.0, backoff_initial=0.1, backoff_max=0.5, **kw)
 
 
@@ -266,7 +235,7 @@ async def test_bad_or_missing_token_raises_auth_error_with_the_servers_message(c
         with pytest.raises(ClientError, match="start must be before end") as err:
             await anext(c.replay(utcnow(), utcnow() - timedelta(seconds=5), [f"trades:{SYM}"]))
         assert err.value.status == 400
-    async with CobyClient(f"http://127.0.0.1:{_free_port()}", timeout=2.0) as c:
+    async with CobyClient(f"http://127.0.0.1:{free_port()}", timeout=2.0) as c:
         with pytest.raises(ClientError, match="cannot reach coby"):
             await anext(c.stream([f"trades:{SYM}"]))
 

@@ -15,16 +15,9 @@ import pytest
 
 from coby.daemon import Daemon
 from coby.models import TradeEvent, utcnow
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 COBY = [sys.executable, "-m", "coby.cli"]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_invalid_setting_exits_2_with_one_line(tmp_path):
@@ -57,7 +50,7 @@ def test_migrate_command_is_idempotent(which, pg_url, tmp_path):
 
 def test_run_serves_health_and_exits_0_on_sigterm(tmp_path):
     """`coby run` answers /health and /api/v1/status, and on SIGTERM stops within the shutdown bound, exit 0."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "COBY_EXCHANGES": "binance", "COBY_SHUTDOWN_TIMEOUT": "5"}
     proc = subprocess.Popen([*COBY, "run", "--port", str(port), "--data-dir", str(tmp_path / "d")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -17,7 +17,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,8 +26,7 @@ import pytest
 import pytest_asyncio
 
 from coby.config import EXCHANGES
-from coby.daemon import Daemon
-from tests.conftest import make_settings
+from tests.conftest import RunningDaemon, free_port, make_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -58,40 +56,12 @@ HEAT_PIXELS_JS = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """The daemon under test, restartable on the same port (the restart test replaces it)."""
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self.daemon: Daemon | None = None
-        self.first_start: float | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.api_port}"
-
-    async def start(self) -> None:
-        self.daemon = Daemon(self.settings)
-        await self.daemon.start()
-        self.first_start = self.first_start or time.time()
-
-    async def stop(self) -> None:
-        if self.daemon is not None:
-            await self.daemon.stop()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
     settings = make_settings(tmp, db_url=f"sqlite:///{tmp / 'coby.sqlite3'}", simulate=True, simulator_port=0,
-                             api_port=_free_port(), flush_interval=0.2, snapshot_interval=0.5, ohlcv_grace=0.5)
-    srv = Server(settings)
+                             api_port=free_port(), flush_interval=0.2, snapshot_interval=0.5, ohlcv_grace=0.5)
+    srv = RunningDaemon(settings)
     await srv.start()
     yield srv
     await srv.stop()

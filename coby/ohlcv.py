@@ -194,22 +194,8 @@ class OHLCVBuilder:
         closed_ms = self._closed_ms
         finest, fine = self._finest, self._fine
         ending = sorted((k for k in fine if k[2] + finest <= closed_ms), key=lambda k: (k[2], k[0], k[1]))
-        done: list[tuple[_BarKey, _Bar]] = []
-        merged: dict[_BarKey, _Bar] = {}
-        for key in ending:
-            symbol, exchange, start = key
-            bar = fine.pop(key)
-            if self.per_venue:
-                done.append(((finest, symbol, exchange, start), bar))
-                for tf in self._coarser:
-                    _merge_into(self._coarse, (tf, symbol, exchange, start - start % tf), bar)
-            if self.consolidated:
-                _merge_into(merged, (finest, symbol, None, start), bar)
-        for key, bar in merged.items():  # the consolidated finest bars, complete: their instants are closed
-            done.append((key, bar))
-            start = key[3]
-            for tf in self._coarser:
-                _merge_into(self._coarse, (tf, key[1], None, start - start % tf), bar)
+        # the consolidated finest bars come out complete: their instants are closed
+        done = self._roll_up([(key, fine.pop(key)) for key in ending], self._coarse, self.per_venue)
         for key in [k for k in self._coarse if k[3] + k[0] <= closed_ms]:
             done.append((key, self._coarse.pop(key)))
         done.sort(key=lambda kb: (kb[0][3] + kb[0][0], kb[0][0], kb[0][1],
@@ -220,23 +206,33 @@ class OHLCVBuilder:
         """The bars still open, as they stand (``closed=False``): for live display.
         ``consolidated_only``: only the consolidated ones (``exchange`` None)."""
         venues = self.per_venue and not consolidated_only
-        finest = self._finest
         bars = {k: b.copy() for k, b in self._coarse.items() if venues or k[2] is None}
+        fine = sorted(self._fine.items(), key=lambda kb: (kb[0][2], kb[0][0], kb[0][1]))
+        bars.update(self._roll_up(fine, bars, venues))  # the open finest bars are only read from here on
+        keys = sorted(bars, key=lambda k: (k[0], k[1], "" if k[2] is None else "~" + k[2], k[3]))
+        return [self._bar(key, bars[key], closed=False) for key in keys]
+
+    def _roll_up(self, fine: list[tuple[tuple[str, str, int], _Bar]], coarse: dict[_BarKey, _Bar],
+                 venues: bool) -> list[tuple[_BarKey, _Bar]]:
+        """Merge finest per-venue bars, in the order given, into the consolidated finest bars and into
+        the coarser bars of ``coarse``; returns the finest bars (per venue when ``venues``, then the
+        consolidated ones) keyed as every bar is."""
+        finest, coarser = self._finest, self._coarser
+        out: list[tuple[_BarKey, _Bar]] = []
         merged: dict[_BarKey, _Bar] = {}
-        for (symbol, exchange, start), bar in sorted(self._fine.items(), key=lambda kb: (kb[0][2], kb[0][0], kb[0][1])):
+        for (symbol, exchange, start), bar in fine:
             if venues:
-                bars[(finest, symbol, exchange, start)] = bar.copy()
-                for tf in self._coarser:
-                    _merge_into(bars, (tf, symbol, exchange, start - start % tf), bar)
+                out.append(((finest, symbol, exchange, start), bar))
+                for tf in coarser:
+                    _merge_into(coarse, (tf, symbol, exchange, start - start % tf), bar)
             if self.consolidated:
                 _merge_into(merged, (finest, symbol, None, start), bar)
         for key, bar in merged.items():
-            bars[key] = bar
+            out.append((key, bar))
             start = key[3]
-            for tf in self._coarser:
-                _merge_into(bars, (tf, key[1], None, start - start % tf), bar)
-        keys = sorted(bars, key=lambda k: (k[0], k[1], "" if k[2] is None else "~" + k[2], k[3]))
-        return [self._bar(key, bars[key], closed=False) for key in keys]
+            for tf in coarser:
+                _merge_into(coarse, (tf, key[1], None, start - start % tf), bar)
+        return out
 
     def _bar(self, key: _BarKey, bar: _Bar, closed: bool) -> OHLCVBar:
         tf, symbol, exchange, start = key

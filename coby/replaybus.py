@@ -121,17 +121,22 @@ class ReplaySubscription(Subscription):
         self.closed = False
         self.ended = False
 
-    async def put(self, channel: str, payload: Any) -> None:
-        queue = self.queue
-        if not queue.full():
-            if not self.closed:
-                queue.put_nowait((channel, payload))
-            return
+    def try_put(self, channel: str, payload: Any) -> bool:
+        """Queue without waiting; False when the queue is full (then ``put`` waits for room). A closed
+        subscription drops the message (True). Synchronous: no coroutine per message while there is room."""
         if self.closed:
+            return True
+        if self.queue.full():
+            return False
+        self.queue.put_nowait((channel, payload))
+        return True
+
+    async def put(self, channel: str, payload: Any) -> None:
+        if self.try_put(channel, payload):
             return
         self._bus.blocked_since = self._bus.clock()
         try:
-            await queue.put((channel, payload))
+            await self.queue.put((channel, payload))
         finally:
             self._bus.blocked_since = None
 
@@ -239,10 +244,7 @@ class ReplayBus(MemoryCache):
                 if payload is None:
                     payload = message if isinstance(message, bytes) else dumps(message)
                 data = payload
-            queue = sub.queue
-            if len(queue._items) < queue.maxsize and not sub.closed:  # room: sub.put's first case, inline
-                queue.put_nowait((channel, data))
-            else:
+            if not sub.try_put(channel, data):
                 await sub.put(channel, data)
 
     def offer(self, channel: str, message: Any) -> int:

@@ -203,15 +203,20 @@ class AggregationEngine:
         """Aggregate every held book at once (see the module docstring)."""
         now = self._now(now)
         fresh, stale = self._partition(now)
-        by_symbol: dict[str, list[OrderBookSnapshot]] = {}
+        by_symbol: dict[str, list[tuple[str, str]]] = {}
         for key in fresh:
             by_symbol.setdefault(key[1], []).append(key)
         symbols = sorted(by_symbol.keys() | stale.keys())
-        stale_of = {symbol: tuple(sorted(stale.get(symbol, ()))) for symbol in symbols}
-        # A symbol whose fresh books and stale venues are those of its last aggregate is re-stamped;
-        # the others are recomputed, all of their books in one frame.
-        dirty = [symbol for symbol in symbols if not self._unchanged(symbol, by_symbol.get(symbol, []), stale_of[symbol])]
-        self._aggregate([(symbol, by_symbol.get(symbol, []), stale_of[symbol]) for symbol in dirty], now)
+        # A symbol whose fresh books (by version) and stale venues are those of its last aggregate is
+        # re-stamped; the others are recomputed, all of their books in one frame.
+        dirty = []
+        for symbol in symbols:
+            keys = by_symbol.get(symbol, [])
+            state = (tuple([(key[0], self._versions[key]) for key in keys]), tuple(sorted(stale.get(symbol, ()))))
+            cached = self._symbols.get(symbol)
+            if cached is None or cached[:2] != state:
+                dirty.append((symbol, keys, state))
+        self._aggregate(dirty, now)
         books, buckets, heatmaps, imbalances = {}, {}, {}, {}
         venue_buckets, venue_imbalances, metrics = {}, {}, {}
         due = []
@@ -232,22 +237,17 @@ class AggregationEngine:
                           heatmaps=heatmaps, imbalances=imbalances, venue_imbalances=venue_imbalances,
                           metrics=metrics, heatmaps_due=tuple(due))
 
-    def _unchanged(self, symbol: str, keys: list[tuple[str, str]], stale: tuple[str, ...]) -> bool:
-        cached = self._symbols.get(symbol)
-        return cached is not None and cached[1] == stale and cached[0] == self._versions_of(keys)
-
-    def _versions_of(self, keys: list[tuple[str, str]]) -> tuple[tuple[str, int], ...]:
-        return tuple([(key[0], self._versions[key]) for key in keys])
-
-    def _aggregate(self, groups: list[tuple[str, list[tuple[str, str]], tuple[str, ...]]], now: datetime) -> None:
+    def _aggregate(self, groups: list[tuple[str, list[tuple[str, str]], tuple[tuple, tuple[str, ...]]]],
+                   now: datetime) -> None:
         """Recompute the per-venue and consolidated figures of ``groups`` (symbol, fresh book keys,
-        stale venues), every book of them in one ``BookFrame``."""
+        (their versions, stale venues)), every book of them in one ``BookFrame``."""
         if not groups:
             return
         snaps = [self._books[key] for _, group, _ in groups for key in group]
         frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps])
         cols_iter = iter(zip(frame.books, frame.bucket_volumes()))
-        for symbol, group, stale in groups:
+        for symbol, group, state in groups:
+            stale = state[1]
             size = self.bucket_size(symbol)
             venues, cols, totals = [], [], []
             for c, (bid_vol, ask_vol) in (next(cols_iter) for _ in group):
@@ -261,7 +261,7 @@ class AggregationEngine:
                 cols.append(c)
                 totals.append(book_totals)
             agg = self._symbol_aggregate(symbol, venues, cols, totals, stale, now)
-            self._symbols[symbol] = (self._versions_of(group), stale, tuple(venues), agg)
+            self._symbols[symbol] = (*state, tuple(venues), agg)
 
     def _symbol_aggregate(self, symbol: str, group: list[_Venue], cols: list[BookColumns],
                           totals: list[tuple[float, float]], stale: tuple[str, ...],

@@ -154,6 +154,7 @@ class RedisCache(MemoryCache):
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._connected = False
+        self._closing = False
         self.max_pending_pubs = 100_000
 
     @property
@@ -173,9 +174,13 @@ class RedisCache(MemoryCache):
 
     async def aclose(self) -> None:
         if self._task is not None:
+            # redis-py can swallow a cancellation that lands inside a command (redis-py #2028, #2551):
+            # the flusher then loops on. So it also stops on a flag, and the wait for it is bounded.
+            self._closing = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                log.warning("cache_flusher_stuck", timeout=5)
             self._task = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), 2)
@@ -228,7 +233,7 @@ class RedisCache(MemoryCache):
 
     async def _run(self) -> None:
         delay = self.interval
-        while True:
+        while not self._closing:
             await asyncio.sleep(delay)
             try:
                 if not self._connected:

@@ -92,3 +92,30 @@ async def test_redis_lost_at_runtime_serves_from_memory_and_recovers():
         await c.aclose()
         await r.aclose()
         await proxy.aclose()
+
+
+class _SwallowingCache(RedisCache):
+    """A flush that swallows its cancellation, as redis-py can when the cancel lands inside a command
+    (redis-py #2028, #2551); it still talks to the real Redis."""
+
+    swallowed = 0
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+        await super()._flush()
+
+
+async def test_close_finishes_when_redis_swallows_the_flushers_cancellation():
+    """aclose() returns, and what was written is in Redis, even if the cancellation never reaches the loop."""
+    cache = _SwallowingCache(REDIS_URL, interval=0.001)
+    await cache.start()
+    await cache.set_latest("status", "close-test", {"ok": 1})
+    await asyncio.sleep(0.02)  # the flusher is inside a flush now and then
+    await asyncio.wait_for(cache.aclose(), 30)  # generous: the bound inside is 5 s
+    assert cache.swallowed >= 1 and cache._task is None
+    async with aioredis.Redis.from_url(REDIS_URL) as r:
+        keys = await r.keys("*close-test*")
+        assert keys

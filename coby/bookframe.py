@@ -1,4 +1,4 @@
-"""The books of one aggregation tick as columns: every level of every book in one polars column.
+"""The books of one aggregation tick as columns: every level of every book in one column.
 
 ``BookFrame`` lays many books end to end, one *segment* per (book, side): first the bids of
 every book, then the asks of every book, each segment best level first::
@@ -6,26 +6,31 @@ every book, then the asks of every book, each segment best level first::
     row:      0 ....... 999 | 1000 ..... 1999 | ... | 20000 ..... 20999 | ...
     segment:  book 0 bids   | book 1 bids     | ... | book 0 asks       | ...
 
-Polars does the per-level work in a handful of whole-column operations - scale prices to
-integers, compute every level's bucket index, find the runs of equal index - so a tick costs a
-few vectorised passes over all books at once, not a frame per book or per message. All of them
-are operations polars runs directly on a Series (an expression would cost a query plan). Python
-then works per bucket: each run's edge, and its volume as one C-level ``sum`` over a slice of
-the flat size list. (Summing in polars too - a size column and a group-by over the runs - was
-measured slower: building the second column and hashing the runs cost more than the slices.)
+A snapshot's sides are ``Levels``: ``array('d')`` columns. The frame joins their buffers into
+one price and one size array (a memory copy: no Python object is read per level) and hands
+them to polars and numpy without converting them again (``numpy.frombuffer``, and polars takes
+a float64 numpy array without a copy).
 
-Each book also comes out as a ``BookColumns`` view: its rows of the frame's two flat lists
-(no copy), for ``bisect`` on the depth bands, prefix sums and the consolidated merge. A view
-lives for one tick: the engine keeps results, never views, so no frame outlives its tick.
+Polars computes every level's bucket index in a handful of whole-column operations (scale to
+1e-9 units, round, divide by the width, ceil); all are operations it runs directly on a Series
+(an expression would cost a query plan). numpy then reduces the runs of equal index: a run
+starts wherever the index changes or a segment starts, and ``add.reduceat`` sums the sizes of
+every run in one call. (Polars has no segmented sum short of a hashed group-by, measured slower.)
+Python works per segment (40 for 20 books): it slices the runs' edges and volumes into dicts.
+
+Each book also comes out as a ``BookColumns`` view over its snapshot's own columns and its
+bucket runs (for ``prefix_volume``), for the depth bands and the consolidated merge. A
+view lives for one tick: the engine keeps results, never views, so no frame outlives its tick.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from itertools import accumulate
 from operator import neg
 from typing import Sequence
 
+import numpy as np
 import polars as pl
 
 from coby.models import OrderBookSnapshot
@@ -63,89 +68,76 @@ def bucket_edge(index: float, units: int) -> float:
 
 
 class BookColumns:
-    """One book of a ``BookFrame``: its rows of the frame's flat price and size lists, best level
-    first on each side (bids descending, asks ascending). A view, not a copy: bisects and sums run
-    on the flat lists between the book's bounds."""
+    """One book of a ``BookFrame``: its snapshot's columns, best level first on each side (bids
+    descending, asks ascending); once the frame is bucketed, also each side's bucket runs."""
 
-    __slots__ = ("snapshot", "_prices", "_sizes", "_bounds", "_runs")
+    __slots__ = ("snapshot", "_sides", "_bounds", "_runs")
 
-    def __init__(self, snapshot: OrderBookSnapshot, prices: list[float], sizes: list[float],
-                 bounds: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    def __init__(self, snapshot: OrderBookSnapshot, bounds: tuple[tuple[int, int], tuple[int, int]]) -> None:
         self.snapshot = snapshot
-        self._prices = prices
-        self._sizes = sizes
-        self._bounds = bounds  # ((bid rows start, stop), (ask rows start, stop))
-        # per side, once bucketed: (row after each bucket's run, volume up to and with that run)
+        self._sides = (snapshot.bids, snapshot.asks)
+        self._bounds = bounds  # ((bid rows start, stop), (ask rows start, stop)) in the frame
+        # per side, once bucketed: (level after each bucket's run, volume up to and with that run)
         self._runs: list[tuple[list[int], list[float]] | None] = [None, None]
 
     def count(self, side: int) -> int:
         """How many levels a side has."""
-        lo, hi = self._bounds[side]
-        return hi - lo
+        return len(self._sides[side].prices)
 
-    def levels(self, side: int, depth: int | None = None) -> tuple[list[float], list[float]]:
-        """A side's best ``depth`` levels (None: all) as (prices, sizes) lists."""
-        lo, hi = self._bounds[side]
-        if depth is not None:
-            hi = min(hi, lo + depth)
-        return self._prices[lo:hi], self._sizes[lo:hi]
+    def levels(self, side: int, depth: int | None = None) -> tuple[Sequence[float], Sequence[float]]:
+        """A side's best ``depth`` levels (None: all) as (prices, sizes) columns."""
+        levels = self._sides[side]
+        if depth is None:
+            return levels.prices, levels.sizes
+        return levels.prices[:depth], levels.sizes[:depth]
 
     def band_count(self, side: int, limit: float) -> int:
         """How many of a side's best levels lie at or inside ``limit`` (bids >= it, asks <= it)."""
-        lo, hi = self._bounds[side]
+        prices = self._sides[side].prices
         if side == BID:
-            return bisect_right(self._prices, -limit, lo, hi, key=neg) - lo
-        return bisect_right(self._prices, limit, lo, hi) - lo
+            return bisect_right(prices, -limit, key=neg)
+        return bisect_right(prices, limit)
 
     def prefix_volume(self, side: int, count: int) -> float:
         """Volume of a side's best ``count`` levels: once the side is bucketed, the running volume
         of the whole buckets they cover plus the levels of the last, partly covered one."""
         if count <= 0:
             return 0.0
-        lo, hi = self._bounds[side]
-        stop = min(hi, lo + count)
+        sizes = self._sides[side].sizes
         runs = self._runs[side]
         if runs is None:
-            return sum(self._sizes[lo:stop], 0.0)
+            return sum(sizes[:count], 0.0)
         ends, volumes = runs
-        k = bisect_right(ends, stop)  # runs that end at or before stop
+        k = bisect_right(ends, count)  # runs that end at or before count
         if k == 0:
-            return sum(self._sizes[lo:stop], 0.0)
+            return sum(sizes[:count], 0.0)
         start = ends[k - 1]
-        return volumes[k - 1] + sum(self._sizes[start:stop], 0.0) if stop > start else volumes[k - 1]
+        return volumes[k - 1] + sum(sizes[start:count], 0.0) if count > start else volumes[k - 1]
 
 
 class BookFrame:
-    """Many books as one column of prices (and a flat list of sizes), for bucketing them all at once.
+    """Many books as one column of prices and one of sizes, for bucketing them all at once.
 
     ``units[i]`` is book i's bucket width in 1e-9 units. Books that share a width should be
     adjacent (the engine groups them by symbol): the bucket index is computed once per run of
     equal widths on each side. ``books`` holds each snapshot's ``BookColumns``.
     """
 
-    __slots__ = ("books", "units", "starts", "lengths", "price", "_sizes", "_bid_rows")
+    __slots__ = ("books", "units", "starts", "lengths", "price", "size", "_bid_rows")
 
     def __init__(self, snapshots: Sequence[OrderBookSnapshot], units: Sequence[int]) -> None:
         if len(snapshots) != len(units):
             raise ValueError("one bucket width per book")
         self.units = tuple(units)
-        # Two flat lists, all bids then all asks; the comprehensions are the per-level Python cost.
         sides = [b.bids for b in snapshots] + [b.asks for b in snapshots]
-        prices = [lv.price for levels in sides for lv in levels]
-        sizes = [lv.size for levels in sides for lv in levels]
-        self.lengths = [len(levels) for levels in sides]
-        self.starts = []
-        row = 0
-        for length in self.lengths:
-            self.starts.append(row)
-            row += length
+        self.lengths = [len(levels.prices) for levels in sides]
+        self.starts = [0, *accumulate(self.lengths)][:-1] if sides else []
         self._bid_rows = self.starts[len(snapshots)] if snapshots else 0
-        self.price = pl.Series("price", prices, dtype=pl.Float64, strict=False)
-        self._sizes = sizes
+        self.price = np.frombuffer(b"".join([levels.prices for levels in sides]), dtype=np.float64)
+        self.size = np.frombuffer(b"".join([levels.sizes for levels in sides]), dtype=np.float64)
         n, starts, lengths = len(snapshots), self.starts, self.lengths
         self.books = tuple([
-            BookColumns(snap, prices, sizes, ((starts[i], starts[i] + lengths[i]),
-                                              (starts[n + i], starts[n + i] + lengths[n + i])))
+            BookColumns(snap, ((starts[i], starts[i] + lengths[i]), (starts[n + i], starts[n + i] + lengths[n + i])))
             for i, snap in enumerate(snapshots)])
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:
@@ -153,19 +145,22 @@ class BookFrame:
         best bucket first.
 
         Vectorised over all books: key = -price for bids, price for asks; ``P = round(key * 1e9)``;
-        bucket index ``ceil(P / units)`` (so -floor for bids); then the runs of equal index (a
-        side's levels are sorted, so each bucket of a segment is one contiguous run). Python then
-        takes each run's edge and sums its sizes (``sum`` over a slice of the flat list, in C): one
-        step per bucket, not per level.
+        bucket index ``ceil(P / units)`` (so -floor for bids), in polars; then, in numpy, the runs
+        of equal index (a side's levels are sorted, so each bucket of a segment is one contiguous
+        run; a run is also cut where a segment starts) and each run's volume by ``add.reduceat``.
+        Python takes each segment's runs: one step per segment, not per level or per bucket.
         """
         nbooks = len(self.books)
         out: list[tuple[dict[float, float], dict[float, float]]] = [({}, {}) for _ in range(nbooks)]
-        if len(self.price) == 0:
+        n = len(self.price)
+        if n == 0:
             return out
-        key = pl.concat([self.price.slice(0, self._bid_rows) * -1.0, self.price.slice(self._bid_rows)])
-        scaled = key * PRICE_SCALE
+        key = self.price.copy()
+        key[:self._bid_rows] *= -1.0
+        scaled = pl.Series("key", key) * PRICE_SCALE
         ranges = self._unit_ranges()
-        if max(abs(self.price.min()), abs(self.price.max())) < _FAST_LIMIT:  # type: ignore[arg-type]
+        fast = max(abs(float(key.min())), abs(float(key.max()))) < _FAST_LIMIT
+        if fast:
             # Float path, all direct Series operations. P = round(key * 1e9) by the 1.5 * 2**52 trick;
             # then ceil((P - 0.5) / u): polars divides by a scalar through its reciprocal, which may
             # land a hair off an exact multiple, and the half-unit offset absorbs that (the error is
@@ -178,30 +173,39 @@ class BookFrame:
             scaled_int = scaled.round().cast(pl.Int64)
             parts = [(scaled_int.slice(row, length) + (units - 1)) // units for row, length, units in ranges]
             index = parts[0] if len(parts) == 1 else pl.concat(parts)
-        runs = index.rle()
-        ends = list(accumulate(runs.struct.field("len").to_list()))  # the row after each run
-        indices = runs.struct.field("value").cast(pl.Int64).to_list()
-        sizes = self._sizes
-        for seg, (start, length) in enumerate(zip(self.starts, self.lengths)):
-            if length == 0:
+        idx = index.to_numpy()
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        np.not_equal(idx[1:], idx[:-1], out=change[1:])
+        seg_starts = np.array(self.starts, dtype=np.int64)
+        change[seg_starts[np.array(self.lengths) > 0]] = True
+        run_starts = np.flatnonzero(change)
+        volumes = np.add.reduceat(self.size, run_starts).tolist()
+        first_run = np.searchsorted(run_starts, seg_starts).tolist()  # each segment's first run
+        first_run.append(len(run_starts))
+        runs_per_seg = np.diff(first_run)
+        seg_units = np.array([self.units[seg % nbooks] for seg in range(len(self.starts))], dtype=np.int64)
+        run_index = idx[run_starts]
+        if fast:  # |index| * units is exact in float64 here (< 2**49), and one division rounds correctly
+            edges = (np.abs(run_index) * np.repeat(seg_units, runs_per_seg) / PRICE_SCALE).tolist()
+        else:  # Python ints: the product may pass 2**53
+            edges = [abs(i) * u / PRICE_SCALE
+                     for i, u in zip(run_index.tolist(), np.repeat(seg_units, runs_per_seg).tolist())]
+        run_ends = run_starts.tolist()[1:]
+        run_ends.append(n)
+        for seg in range(len(self.starts)):
+            a, b = first_run[seg], first_run[seg + 1]
+            if a == b:
                 continue
-            stop, units = start + length, self.units[seg % nbooks]
-            # The runs holding the segment's first and last rows. A run may cross the segment's edge
-            # (the last bucket of one book's side can have the index of the first bucket of the next
-            # book's): it is cut at the edge.
-            first, last = bisect_right(ends, start), bisect_left(ends, stop)
-            run_stops = ends[first:last]
-            run_stops.append(stop)
-            volumes = [sum(sizes[lo:hi], 0.0) for lo, hi in zip([start, *run_stops], run_stops)]
-            # int * int, then one correctly rounded division: the edge is the nearest float to the decimal
-            edges = [abs(i) * units / PRICE_SCALE for i in indices[first:last + 1]]
+            start = self.starts[seg]
+            self.books[seg % nbooks]._runs[seg // nbooks] = (
+                [end - start for end in run_ends[a:b]], list(accumulate(volumes[a:b])))
             side_out = out[seg % nbooks][seg // nbooks]
-            side_out.update(zip(edges, volumes))
-            if len(side_out) != len(edges):  # a bucket seen twice: the book's levels are out of order
+            side_out.update(zip(edges[a:b], volumes[a:b]))
+            if len(side_out) != b - a:  # a bucket seen twice: the book's levels are out of order
                 side_out.clear()
-                for edge, volume in zip(edges, volumes):
+                for edge, volume in zip(edges[a:b], volumes[a:b]):
                     side_out[edge] = side_out.get(edge, 0.0) + volume
-            self.books[seg % nbooks]._runs[seg // nbooks] = (run_stops, list(accumulate(volumes)))
         return out
 
     # --- internals -----------------------------------------------------------------------------

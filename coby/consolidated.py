@@ -5,7 +5,7 @@
 * ``depth`` limits each side to its best ``depth`` merged levels (None: all). Only a venue's own
   best ``depth`` levels can reach the merged best ``depth`` - a level with ``depth`` better prices
   on its own venue has at least ``depth`` better prices in the merge - so the merge reads no
-  deeper than that.
+  deeper than that. A venue whose levels are out of order still merges correctly (the merge sorts).
 * The best bid (ask) is the top merged level; the venue named as holding it is the one with the
   largest size at that price (ties: the alphabetically first venue).
 * ``crossed`` is True when the best bid >= the best ask: across venues that is an arbitrage (or a
@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from datetime import datetime
-from operator import neg
 from typing import Sequence
+
+import numpy as np
 
 from coby.bookframe import ASK, BID, BookColumns
 from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, constructor
@@ -30,28 +30,43 @@ _level = constructor(ConsolidatedLevel)
 def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tuple[ConsolidatedLevel, ...]:
     """Merge one side of several venues' books (bids best = highest first, asks lowest first).
 
-    The best ``depth`` distinct prices among the venues' best ``depth`` levels are the merged
-    book's prices; each venue is then read only down to the worst of them.
+    The venues' best ``depth`` levels go into one column (numpy, over the snapshots' buffers);
+    one stable sort by price, best first, groups equal prices - each venue's rows in venue
+    order - and the best ``depth`` groups are the merged levels. Python then runs per merged
+    level (a dict of the venues' sizes), not per venue level.
     """
-    descending = side == BID
-    tops = [(c.snapshot.exchange, *c.levels(side, depth)) for c in books]
-    candidates: set[float] = set()
-    for _, prices, _ in tops:
-        candidates.update(prices)
-    ordered = sorted(candidates, reverse=descending)
-    if depth is not None:
-        del ordered[depth:]
-    if not ordered:
+    tops = [c.levels(side, depth) for c in books]
+    counts = [len(prices) for prices, _ in tops]
+    rows = sum(counts)
+    if not rows:
         return ()
-    merged: dict[float, dict[str, float]] = {price: {} for price in ordered}
-    worst = ordered[-1]
-    for exchange, prices, sizes in tops:
-        stop = bisect_right(prices, -worst, key=neg) if descending else bisect_right(prices, worst)
-        for price, size in zip(prices[:stop], sizes[:stop]):
-            shares = merged.get(price)  # None only for a venue whose levels are out of order
-            if shares is not None:
-                shares[exchange] = shares.get(exchange, 0.0) + size  # a price listed twice keeps both sizes
-    return tuple([_level(price, sum(shares.values()), shares) for price, shares in merged.items() if shares])
+    prices = np.frombuffer(b"".join([prices for prices, _ in tops]), dtype=np.float64)
+    sizes = np.frombuffer(b"".join([sizes for _, sizes in tops]), dtype=np.float64)
+    key = -prices if side == BID else prices  # ascending key = best first
+    order = np.argsort(key, kind="stable")
+    ranked = key[order]
+    first = np.empty(rows, dtype=bool)
+    first[0] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+    starts = np.flatnonzero(first).tolist()  # each distinct price's first row, best price first
+    if depth is not None:
+        del starts[depth + 1:]
+    stop = starts.pop() if depth is not None and len(starts) > depth else rows
+    kept = order[:stop]
+    names = [c.snapshot.exchange for c in books]
+    venue_of = [names[v] for v in np.repeat(np.arange(len(books)), counts)[kept].tolist()]
+    level_sizes = sizes[kept].tolist()
+    level_prices = prices[kept[starts]].tolist()
+    ends = [*starts[1:], stop]
+    out = []
+    for price, a, b in zip(level_prices, starts, ends):
+        shares = dict(zip(venue_of[a:b], level_sizes[a:b]))
+        if len(shares) != b - a:  # a venue lists the price twice: it keeps both sizes
+            shares = {}
+            for venue, size in zip(venue_of[a:b], level_sizes[a:b]):
+                shares[venue] = shares.get(venue, 0.0) + size
+        out.append(_level(price, sum(shares.values()), shares))
+    return tuple(out)
 
 
 def holder(level: ConsolidatedLevel) -> str:

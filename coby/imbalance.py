@@ -52,10 +52,11 @@ def venue_imbalance(cols: BookColumns, totals: tuple[float, float], bands: Seque
     """Imbalance of one venue's book. A book with an empty side has top of book +-1 (or 0 if both
     are empty) and no depth figures: without a mid there are no bands."""
     snap = cols.snapshot
-    top = imbalance(snap.bids[0].size if snap.bids else 0.0, snap.asks[0].size if snap.asks else 0.0)
+    bids, asks = snap.bids, snap.asks
+    top = imbalance(bids.sizes[0] if bids.sizes else 0.0, asks.sizes[0] if asks.sizes else 0.0)
     depth: dict[float, float] = {}
-    if snap.bids and snap.asks:
-        mid = (snap.bids[0].price + snap.asks[0].price) / 2.0
+    if bids.prices and asks.prices:
+        mid = (bids.prices[0] + asks.prices[0]) / 2.0
         depth = {b: imbalance(*band_volumes(cols, mid, b, totals)) for b in bands}
     return ImbalanceMetrics(symbol=snap.symbol, exchange=snap.exchange, timestamp=timestamp, top_of_book=top,
                             depth=depth)
@@ -83,9 +84,9 @@ def consolidated_imbalance(books: Sequence[BookColumns], totals: Sequence[tuple[
 def book_metrics(cols: BookColumns, bid_volume: float, ask_volume: float) -> OrderBookMetrics | None:
     """The design's per-snapshot metrics; None if a side is empty."""
     snap = cols.snapshot
-    if not snap.bids or not snap.asks:
+    if not snap.bids.prices or not snap.asks.prices:
         return None
-    best_bid, best_ask = snap.bids[0].price, snap.asks[0].price
+    best_bid, best_ask = snap.bids.prices[0], snap.asks.prices[0]
     return OrderBookMetrics(symbol=snap.symbol, exchange=snap.exchange, timestamp=snap.timestamp,
                             mid_price=(best_bid + best_ask) / 2.0, spread=best_ask - best_bid,
                             bid_volume=bid_volume, ask_volume=ask_volume, best_bid=best_bid, best_ask=best_ask)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Callable, overload
 
 UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -70,25 +74,115 @@ class PriceLevel:
     count: int | None = None
 
 
+_make_level = constructor(PriceLevel)
+_price, _size, _count = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+class Levels(Sequence[PriceLevel]):
+    """One side of a book, best level first, as columns: ``prices`` and ``sizes`` are
+    ``array('d')``, ``counts`` a tuple of order counts (None for venues that send none).
+
+    It is a sequence of :class:`PriceLevel` - ``levels[0].price``, ``for lv in levels``,
+    ``levels[:10]`` (a ``Levels`` again) and ``==`` with a tuple of PriceLevels all work - but
+    holds no object per level: 16 bytes a level instead of ~110, built from a venue's
+    ``[[price, size], ...]`` without a Python call per level, and handed to the aggregation
+    tick as buffers it reads without converting (``coby.bookframe``). A PriceLevel is made
+    only when one is asked for. Values are not checked here (the normaliser does that).
+    """
+
+    __slots__ = ("prices", "sizes", "counts")
+
+    def __init__(self, prices: Iterable[float] = (), sizes: Iterable[float] = (),
+                 counts: Sequence[int | None] | None = None) -> None:
+        self.prices = prices if type(prices) is array else array("d", prices)
+        self.sizes = sizes if type(sizes) is array else array("d", sizes)
+        if len(self.prices) != len(self.sizes):
+            raise ValueError(f"{len(self.prices)} prices but {len(self.sizes)} sizes")
+        if counts is not None:
+            counts = tuple(counts)
+            if len(counts) != len(self.prices):
+                raise ValueError(f"{len(self.prices)} levels but {len(counts)} counts")
+            if all(c is None for c in counts):
+                counts = None
+        self.counts = counts
+
+    @classmethod
+    def of(cls, levels: Iterable[Any]) -> Levels:
+        """From PriceLevels or ``(price, size[, count])`` rows (a Levels is returned as it is)."""
+        if type(levels) is Levels:
+            return levels
+        rows = [(lv.price, lv.size, lv.count) if type(lv) is PriceLevel else lv for lv in levels]
+        counts = [r[2] if len(r) > 2 else None for r in rows]
+        return cls(map(_price, rows), map(_size, rows), counts)
+
+    def pairs(self) -> list[tuple]:
+        """``[(price, size), ...]`` (``(price, size, count)`` with counts): the wire and storage form."""
+        if self.counts is None:
+            return list(zip(self.prices.tolist(), self.sizes.tolist()))
+        return list(zip(self.prices.tolist(), self.sizes.tolist(), self.counts))
+
+    def __len__(self) -> int:
+        return len(self.prices)
+
+    @overload
+    def __getitem__(self, i: int) -> PriceLevel: ...
+    @overload
+    def __getitem__(self, i: slice) -> Levels: ...
+
+    def __getitem__(self, i):
+        if type(i) is slice:
+            return Levels(self.prices[i], self.sizes[i], None if self.counts is None else self.counts[i])
+        return _make_level(self.prices[i], self.sizes[i], None if self.counts is None else self.counts[i])
+
+    def __iter__(self):
+        return map(_make_level, self.prices, self.sizes, repeat(None) if self.counts is None else self.counts)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is Levels:
+            return self.prices == other.prices and self.sizes == other.sizes and self.counts == other.counts
+        if isinstance(other, (tuple, list)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.prices.tobytes(), self.sizes.tobytes(), self.counts))
+
+    def __repr__(self) -> str:
+        return f"Levels({self.pairs()!r})"
+
+    def __reduce__(self):
+        return (Levels, (self.prices, self.sizes, self.counts))
+
+
 @dataclass(slots=True, frozen=True)
 class OrderBookSnapshot:
-    """A venue's order book at one moment. Bids best (highest) first, asks best (lowest) first."""
+    """A venue's order book at one moment. Bids best (highest) first, asks best (lowest) first.
+
+    ``bids`` and ``asks`` are :class:`Levels` (sequences of PriceLevel held as columns); any other
+    sequence of PriceLevels or ``(price, size)`` rows given here is converted to one.
+    """
 
     symbol: str
     exchange: str
     timestamp: datetime
-    bids: tuple[PriceLevel, ...]
-    asks: tuple[PriceLevel, ...]
+    bids: Levels
+    asks: Levels
     sequence_id: int | None = None
     received_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        if type(self.bids) is not Levels:
+            object.__setattr__(self, "bids", Levels.of(self.bids))
+        if type(self.asks) is not Levels:
+            object.__setattr__(self, "asks", Levels.of(self.asks))
+
     @property
     def best_bid(self) -> float | None:
-        return self.bids[0].price if self.bids else None
+        return self.bids.prices[0] if self.bids.prices else None
 
     @property
     def best_ask(self) -> float | None:
-        return self.asks[0].price if self.asks else None
+        return self.asks.prices[0] if self.asks.prices else None
 
 
 class Side(str, enum.Enum):

@@ -24,9 +24,11 @@ most once per ``reject_log_interval`` per (exchange, reason) with the number
 suppressed meanwhile, and never returned to the caller.
 
 Hot path: a ccxt book can hold 1000 levels per side and is mutated in place; only
-the top ``depth`` levels are converted, and a level whose (price, size) is
-unchanged since the previous snapshot of the same book reuses its (immutable)
-:class:`PriceLevel`, so an update that moves one level costs one new object.
+the top ``depth`` levels are converted, each side into the two ``array('d')`` columns
+of a :class:`Levels` (no object per level), and checked column-wise: ``array``
+refuses anything that is not a number (schema), ``0 < min(column)`` and
+``sum(column) < inf`` together refuse zero, negative, infinite and NaN values (range).
+All of it runs in C: no Python code per level.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from operator import attrgetter, itemgetter
+from array import array
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -43,7 +46,7 @@ from ccxt.async_support.base.ws.order_book_side import CountedOrderBookSide
 
 from coby.errors import ValidationError
 from coby.metrics import REJECTS
-from coby.models import OrderBookMetrics, OrderBookSnapshot, PriceLevel, TradeEvent, UTC, to_ms
+from coby.models import Levels, OrderBookMetrics, OrderBookSnapshot, TradeEvent, UTC, to_ms
 
 log = structlog.get_logger("coby.normalize")
 
@@ -53,9 +56,7 @@ REASONS: tuple[str, ...] = (
 )
 _INF = float("inf")
 _SIDES = frozenset(("buy", "sell"))
-_size = attrgetter("size")
-_PS = itemgetter(0, 1)
-_PSC = itemgetter(0, 1, 2)
+_price, _size, _count = itemgetter(0), itemgetter(1), itemgetter(2)
 _fromtimestamp = datetime.fromtimestamp
 
 # Venues whose ccxt trade ``id`` is not the venue's trade id: take it from the raw payload.
@@ -102,7 +103,6 @@ class DataProcessor:
         self._age_ms = max_age * 1000.0
         self._id_memory = trade_id_memory
         self._log_interval = reject_log_interval
-        self._level_cache: dict[tuple[str, str], tuple[dict[Any, PriceLevel], dict[Any, PriceLevel]]] = {}
         self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
         self._rejects: dict[str, dict[str, int]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -125,12 +125,9 @@ class DataProcessor:
             nonce = raw.get("nonce")
         except (KeyError, TypeError, AttributeError):
             raise ValidationError("schema", "book without bids/asks") from None
-        caches = self._level_cache.get((exchange, symbol))
-        if caches is None:
-            caches = self._level_cache[(exchange, symbol)] = ({}, {})
         limit = depth if depth else 1 << 30
-        bids = _convert(raw_bids, limit, caches[0])
-        asks = _convert(raw_asks, limit, caches[1])
+        bids = _convert(raw_bids, limit)
+        asks = _convert(raw_asks, limit)
         now = self._clock()
         received = _fromtimestamp(now, UTC)
         if ts is None:
@@ -234,13 +231,11 @@ class DataProcessor:
         if not bids or not asks:
             return "empty_book", f"{len(bids)} bids, {len(asks)} asks"
         if not levels_checked:
-            for level in (*bids, *asks):
-                p, s = level.price, level.size
-                if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
-                    return "schema", f"level {level!r}"
-                if not (0.0 < p < _INF and 0.0 < s < _INF):
-                    return "range", f"level {p!r} x {s!r}"
-        best_bid, best_ask = bids[0].price, asks[0].price
+            for side in (bids, asks):
+                bad = _out_of_range(side)
+                if bad is not None:
+                    return "range", bad
+        best_bid, best_ask = bids.prices[0], asks.prices[0]
         if best_bid > best_ask:
             return "crossed_book", f"bid {best_bid} > ask {best_ask}"
         if best_bid == best_ask:
@@ -274,11 +269,11 @@ class DataProcessor:
         """Mid, spread and the volume on each side of ``book`` (ValidationError if a side is empty)."""
         if not book.bids or not book.asks:
             raise ValidationError("empty_book", "metrics need both sides")
-        best_bid, best_ask = book.bids[0].price, book.asks[0].price
+        best_bid, best_ask = book.bids.prices[0], book.asks.prices[0]
         return OrderBookMetrics(
             symbol=book.symbol, exchange=book.exchange, timestamp=book.timestamp,
             mid_price=(best_bid + best_ask) / 2.0, spread=best_ask - best_bid,
-            bid_volume=sum(map(_size, book.bids)), ask_volume=sum(map(_size, book.asks)),
+            bid_volume=sum(book.bids.sizes), ask_volume=sum(book.asks.sizes),
             best_bid=best_bid, best_ask=best_ask,
         )
 
@@ -310,41 +305,45 @@ class DataProcessor:
         """Rejects of ``exchange`` by reason, since this processor was made."""
         return dict(self._rejects.get(exchange, {}))
 
-    def forget(self, exchange: str, symbol: str) -> None:
-        """Drop the level cache of a book (e.g. after a resync); trade ids are kept to catch replays."""
-        self._level_cache.pop((exchange, symbol), None)
 
-
-def _convert(side: Any, limit: int, cache: dict[tuple[Any, ...], PriceLevel]) -> tuple[PriceLevel, ...]:
-    """The top ``limit`` ccxt levels ``[price, size(, count)]`` as PriceLevels, reusing unchanged ones.
-
-    The per-level work runs in C (itemgetter, dict.get through ``map``); Python code only
-    runs for the few levels that changed since the previous snapshot of this book.
-    """
+def _convert(side: Any, limit: int) -> Levels:
+    """The top ``limit`` ccxt levels ``[price, size(, count)]`` as checked columns (see the module
+    docstring); ValidationError 'schema' or 'range' names the first bad level."""
     top = side[:limit]
     counted = isinstance(side, CountedOrderBookSide)  # bitfinex: [price, size, count]; others' 3rd item is an id
     try:
-        keys = list(map(_PSC if counted else _PS, top))
-        levels = list(map(cache.get, keys))
-    except (TypeError, IndexError, KeyError):
-        raise ValidationError("schema", "book level is not [price, size]") from None
-    for i in [i for i, level in enumerate(levels) if level is None]:
-        key = keys[i]
-        count = key[2] if counted else None
+        prices = array("d", map(_price, top))
+        sizes = array("d", map(_size, top))
+        counts = tuple(map(int, map(_count, top))) if counted else None
+    except (TypeError, IndexError, KeyError, ValueError, OverflowError):
+        raise ValidationError("schema", _first_bad(top)) from None
+    levels = Levels(prices, sizes, counts)
+    if prices:
+        bad = _out_of_range(levels)
+        if bad is not None:
+            raise ValidationError("range", bad)
+    return levels
+
+
+def _out_of_range(levels: Levels) -> str | None:
+    """None if every price and size is positive and finite, else the first bad level. ``min`` is
+    0 or less if any value is (or NaN if the first is); ``sum`` is inf or NaN if any value is."""
+    prices, sizes = levels.prices, levels.sizes
+    if not prices or (0.0 < min(prices) and sum(prices) < _INF and 0.0 < min(sizes) and sum(sizes) < _INF):
+        return None
+    for p, s in zip(prices, sizes):
+        if not (0.0 < p < _INF and 0.0 < s < _INF):
+            return f"level {p!r} x {s!r}"
+    return "level out of range"  # a sum overflowed: no single value is out of range, the side is
+
+
+def _first_bad(top: Any) -> str:
+    """The message for a side that did not convert: its first level that is not ``[number, number]``."""
+    for level in top:
         try:
-            count = int(count) if count is not None else None
-        except (TypeError, ValueError):
-            raise ValidationError("schema", f"level count {count!r}") from None
-        levels[i] = cache[key] = _new_level(key[0], key[1], count)
-    if len(cache) > 4 * len(keys) + 64:  # sizes and prices move on: keep the cache to what is on the book
-        cache.clear()
-        cache.update(zip(keys, levels))
-    return tuple(levels)
-
-
-def _new_level(p: Any, s: Any, c: int | None) -> PriceLevel:
-    if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
-        raise ValidationError("schema", f"level {p!r} x {s!r}")
-    if not (0.0 < p < _INF and 0.0 < s < _INF):
-        raise ValidationError("range", f"level {p!r} x {s!r}")
-    return PriceLevel(float(p), float(s), c)
+            p, s = level[0], level[1]
+        except (TypeError, IndexError, KeyError):
+            return f"book level {level!r} is not [price, size]"
+        if not (type(p) is float or type(p) is int) or not (type(s) is float or type(s) is int):
+            return f"level {p!r} x {s!r}"
+    return "level count is not an integer"

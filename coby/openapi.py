@@ -44,6 +44,8 @@ def type_schema(hint: Any) -> dict[str, Any]:
         return _nullable(schema) if type(None) in args else schema
     if hint is datetime:
         return {"type": "string", "format": "date-time"}
+    if hint is models.Levels:  # a book side: encoded as its levels, best first
+        return {"type": "array", "items": {"$ref": REF + "PriceLevel"}}
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from array import array
 
 import pytest
 from ccxt.async_support.base.ws.order_book import CountedOrderBook, OrderBook
 
 from coby.errors import ValidationError
 from coby.metrics import REJECTS
-from coby.models import OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms
+from coby.models import Levels, OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms
 from coby.normalize import DataProcessor
 
 NOW = 1_800_000_000.0  # the fake wall clock, seconds
@@ -50,13 +51,29 @@ def test_only_top_depth_levels_are_converted():
     assert len(snap.bids) == len(snap.asks) == 20 and snap.bids[-1].price == 981.0
 
 
-def test_unchanged_levels_are_reused_between_snapshots():
-    """The level cache hands back the same immutable PriceLevel for an unchanged (price, size)."""
-    p = processor()
-    first = p.normalize_orderbook(book(), "okx", "BTC-USDT")
-    second = p.normalize_orderbook(book(bids=((100.0, 1.0), (99.0, 5.0))), "okx", "BTC-USDT")
-    assert second.bids[0] is first.bids[0]
-    assert second.bids[1] == PriceLevel(99.0, 5.0) and second.bids[1] is not first.bids[1]
+def test_book_sides_are_held_as_columns():
+    """Each side is a Levels: two array('d') columns, no object per level, read as PriceLevels."""
+    snap = processor().normalize_orderbook(book(bids=((100.0, 1.0), (99, 5))), "okx", "BTC-USDT")
+    assert isinstance(snap.bids, Levels) and snap.bids.prices == array("d", [100.0, 99.0])
+    assert snap.bids.sizes == array("d", [1.0, 5.0]) and snap.bids.counts is None
+    assert list(snap.bids) == [PriceLevel(100.0, 1.0), PriceLevel(99.0, 5.0)]
+    assert snap.bids == (PriceLevel(100.0, 1.0), PriceLevel(99.0, 5.0)) and snap.bids[:1] == [PriceLevel(100.0, 1.0)]
+    assert type(snap.bids[1].price) is float
+
+
+@pytest.mark.parametrize("levels, reason, detail", [
+    (((100.0, 1.0), (99.0, "5")), "schema", "level 99.0 x '5'"),
+    (((100.0, 1.0), (99.0,)), "schema", "is not [price, size]"),
+    (((100.0, 1.0), (99.0, 0.0)), "range", "level 99.0 x 0.0"),
+    (((100.0, 1.0), (99.0, math.nan)), "range", "level 99.0 x nan"),
+    (((100.0, 1.0), (-99.0, 1.0)), "range", "level -99.0 x 1.0"),
+    (((1e308, 1.0), (1e308, 1.0)), "range", "out of range"),
+])
+def test_a_bad_level_anywhere_in_a_side_is_named(levels, reason, detail):
+    """The column checks catch a bad level in any position and the error names it."""
+    with pytest.raises(ValidationError) as err:
+        processor().normalize_orderbook(book(bids=levels), "okx", "BTC-USDT")
+    assert err.value.reason == reason and detail in str(err.value)
 
 
 def test_counted_book_keeps_order_counts():

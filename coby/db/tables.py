@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import starmap
+from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
 
 from coby.models import (
-    ConnectionEvent, HeatmapData, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor,
+    ConnectionEvent, HeatmapData, Levels, OHLCVBar, OrderBookSnapshot, TradeEvent, constructor,
 )
 
 CONSOLIDATED = "consolidated"  # the ``exchange`` value of cross-venue rows (OHLCV)
@@ -56,27 +57,30 @@ class Table:
         return tuple(i for i, c in enumerate(self.columns) if c.kind == TS)
 
 
-_price_level = constructor(PriceLevel)
+_price, _size = itemgetter(0), itemgetter(1)
 _trade = constructor(TradeEvent)
 
 
-def _levels_json(levels: tuple[PriceLevel, ...]) -> str:
-    return orjson.dumps([[lv.price, lv.size] for lv in levels]).decode()
+def _levels_json(levels: Levels) -> str:
+    """A book side as stored: ``[[price, size], ...]`` (counts are not stored)."""
+    return orjson.dumps(list(zip(levels.prices.tolist(), levels.sizes.tolist()))).decode()
 
 
-def _levels(text: str | bytes) -> tuple[PriceLevel, ...]:
-    return tuple([_price_level(float(p), float(s)) for p, s, *_ in orjson.loads(text)])
+def _levels(text: str | bytes) -> Levels:
+    rows = orjson.loads(text)
+    return Levels(map(_price, rows), map(_size, rows))
 
 
 # --- order_book_snapshots -------------------------------------------------------------------
 def snapshot_row(s: OrderBookSnapshot, depth: int | None = None) -> tuple:
     bids = s.bids[:depth] if depth else s.bids
     asks = s.asks[:depth] if depth else s.asks
-    bid_volume = sum(lv.size for lv in bids)
-    ask_volume = sum(lv.size for lv in asks)
+    bid_volume = sum(bids.sizes, 0.0)
+    ask_volume = sum(asks.sizes, 0.0)
     if bids and asks:
-        mid = (bids[0].price + asks[0].price) / 2.0
-        spread = asks[0].price - bids[0].price
+        best_bid, best_ask = bids.prices[0], asks.prices[0]
+        mid = (best_bid + best_ask) / 2.0
+        spread = best_ask - best_bid
     else:
         mid = spread = None
     return (s.symbol, s.exchange, s.timestamp, _levels_json(bids), _levels_json(asks), s.sequence_id,

@@ -312,16 +312,13 @@ def _convert(side: Any, limit: int) -> Levels:
     top = side[:limit]
     counted = isinstance(side, CountedOrderBookSide)  # bitfinex: [price, size, count]; others' 3rd item is an id
     try:
-        prices = array("d", map(_price, top))
-        sizes = array("d", map(_size, top))
-        counts = tuple(map(int, map(_count, top))) if counted else None
+        prices, sizes = list(map(_price, top)), list(map(_size, top))
+        levels = Levels(array("d", prices), array("d", sizes), tuple(map(int, map(_count, top))) if counted else None)
     except (TypeError, IndexError, KeyError, ValueError, OverflowError):
         raise ValidationError("schema", _first_bad(top)) from None
-    levels = Levels(prices, sizes, counts)
-    if prices:
-        bad = _out_of_range(levels)
-        if bad is not None:
-            raise ValidationError("range", bad)
+    # on the lists, before conversion: min and sum over a list read its floats without boxing them
+    if prices and not (0.0 < min(prices) and sum(prices) < _INF and 0.0 < min(sizes) and sum(sizes) < _INF):
+        raise ValidationError("range", _out_of_range(levels) or "level out of range")
     return levels
 
 

@@ -118,27 +118,29 @@ class BookColumns:
 class BookFrame:
     """Many books as one column of prices and one of sizes, for bucketing them all at once.
 
-    ``units[i]`` is book i's bucket width in 1e-9 units. Books that share a width should be
-    adjacent (the engine groups them by symbol): the bucket index is computed once per run of
-    equal widths on each side. ``books`` holds each snapshot's ``BookColumns``.
+    ``units[i]`` is book i's bucket width in 1e-9 units; ``groups[i]`` (optional) the group it is
+    summed into by ``group_volumes`` (the engine: one group per symbol). ``books`` holds each
+    snapshot's ``BookColumns``.
     """
 
-    __slots__ = ("books", "units", "starts", "lengths", "price", "size", "_bid_rows")
+    __slots__ = ("books", "units", "groups", "starts", "lengths", "price", "size", "_runs")
 
-    def __init__(self, snapshots: Sequence[OrderBookSnapshot], units: Sequence[int]) -> None:
-        if len(snapshots) != len(units):
-            raise ValueError("one bucket width per book")
+    def __init__(self, snapshots: Sequence[OrderBookSnapshot], units: Sequence[int],
+                 groups: Sequence[int] | None = None) -> None:
+        if len(snapshots) != len(units) or (groups is not None and len(groups) != len(snapshots)):
+            raise ValueError("one bucket width (and group) per book")
         self.units = tuple(units)
+        self.groups = tuple(groups) if groups is not None else tuple(range(len(snapshots)))
         sides = [b.bids for b in snapshots] + [b.asks for b in snapshots]
         self.lengths = [len(levels.prices) for levels in sides]
         self.starts = [0, *accumulate(self.lengths)][:-1] if sides else []
-        self._bid_rows = self.starts[len(snapshots)] if snapshots else 0
         self.price = np.frombuffer(b"".join([levels.prices for levels in sides]), dtype=np.float64)
         self.size = np.frombuffer(b"".join([levels.sizes for levels in sides]), dtype=np.float64)
         n, starts, lengths = len(snapshots), self.starts, self.lengths
         self.books = tuple([
             BookColumns(snap, ((starts[i], starts[i] + lengths[i]), (starts[n + i], starts[n + i] + lengths[n + i])))
             for i, snap in enumerate(snapshots)])
+        self._runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:
         """Per book, the volume in each bucket of each side: ({bid edge: volume}, {ask edge: volume}),
@@ -155,24 +157,21 @@ class BookFrame:
         n = len(self.price)
         if n == 0:
             return out
+        nseg = len(self.starts)
+        seg_units = np.array([self.units[seg % nbooks] for seg in range(nseg)], dtype=np.int64)
         key = self.price.copy()
-        key[:self._bid_rows] *= -1.0
+        key[:self.starts[nbooks]] *= -1.0
         scaled = pl.Series("key", key) * PRICE_SCALE
-        ranges = self._unit_ranges()
+        row_units = pl.Series("units", np.repeat(seg_units, self.lengths))
         fast = max(abs(float(key.min())), abs(float(key.max()))) < _FAST_LIMIT
         if fast:
             # Float path, all direct Series operations. P = round(key * 1e9) by the 1.5 * 2**52 trick;
-            # then ceil((P - 0.5) / u): polars divides by a scalar through its reciprocal, which may
-            # land a hair off an exact multiple, and the half-unit offset absorbs that (the error is
-            # far below 0.5 / u while P < 2**48).
-            scaled = (scaled + _ROUNDER) - _ROUNDER - 0.5
-            parts = [scaled.slice(row, length) / units for row, length, units in ranges]
-            index = (parts[0] if len(parts) == 1 else pl.concat(parts)).ceil()
+            # then ceil((P - 0.5) / u): the half-unit offset absorbs a quotient that lands a hair
+            # off an exact multiple (the error is far below 0.5 / u while P < 2**48).
+            index = (((scaled + _ROUNDER) - _ROUNDER - 0.5) / row_units).ceil()
         else:
             # Exact integer path for prices beyond the float path's range.
-            scaled_int = scaled.round().cast(pl.Int64)
-            parts = [(scaled_int.slice(row, length) + (units - 1)) // units for row, length, units in ranges]
-            index = parts[0] if len(parts) == 1 else pl.concat(parts)
+            index = (scaled.round().cast(pl.Int64) + (row_units - 1)) // row_units
         idx = index.to_numpy()
         change = np.empty(n, dtype=bool)
         change[0] = True
@@ -180,20 +179,21 @@ class BookFrame:
         seg_starts = np.array(self.starts, dtype=np.int64)
         change[seg_starts[np.array(self.lengths) > 0]] = True
         run_starts = np.flatnonzero(change)
-        volumes = np.add.reduceat(self.size, run_starts).tolist()
+        run_volumes = np.add.reduceat(self.size, run_starts)
         first_run = np.searchsorted(run_starts, seg_starts).tolist()  # each segment's first run
         first_run.append(len(run_starts))
         runs_per_seg = np.diff(first_run)
-        seg_units = np.array([self.units[seg % nbooks] for seg in range(len(self.starts))], dtype=np.int64)
         run_index = idx[run_starts]
+        run_units = np.repeat(seg_units, runs_per_seg)
         if fast:  # |index| * units is exact in float64 here (< 2**49), and one division rounds correctly
-            edges = (np.abs(run_index) * np.repeat(seg_units, runs_per_seg) / PRICE_SCALE).tolist()
+            run_edges = np.abs(run_index) * run_units / PRICE_SCALE
         else:  # Python ints: the product may pass 2**53
-            edges = [abs(i) * u / PRICE_SCALE
-                     for i, u in zip(run_index.tolist(), np.repeat(seg_units, runs_per_seg).tolist())]
+            run_edges = np.array([abs(i) * u / PRICE_SCALE for i, u in zip(run_index.tolist(), run_units.tolist())])
+        self._runs = (run_index, run_volumes, run_edges, np.repeat(np.arange(nseg), runs_per_seg))
+        edges, volumes = run_edges.tolist(), run_volumes.tolist()
         run_ends = run_starts.tolist()[1:]
         run_ends.append(n)
-        for seg in range(len(self.starts)):
+        for seg in range(nseg):
             a, b = first_run[seg], first_run[seg + 1]
             if a == b:
                 continue
@@ -208,15 +208,41 @@ class BookFrame:
                     side_out[edge] = side_out.get(edge, 0.0) + volume
         return out
 
-    # --- internals -----------------------------------------------------------------------------
-    def _unit_ranges(self) -> list[tuple[int, int, int]]:
-        """(first row, row count, units) for each run of adjacent segments with the same width."""
-        ranges: list[tuple[int, int, int]] = []
+    def group_volumes(self, ngroups: int) -> list[tuple[tuple[dict[float, float], dict[float, int]],
+                                                        tuple[dict[float, float], dict[float, int]]]]:
+        """Per group (0 .. ngroups-1; after ``bucket_volumes``): for bids, then asks, the volume of
+        each bucket summed over the group's books and how many of its books hold that bucket,
+        best bucket first: ``((bid volumes, bid counts), (ask volumes, ask counts))``.
+
+        One stable sort of all the frame's runs by (group, bucket index) - a bid index is <= 0 and
+        an ask index >= 1, so the sides of a group never mix - and one ``add.reduceat``: a bucket's
+        volume adds its books' runs in book order, as a loop over the books would.
+        """
+        out = [(({}, {}), ({}, {})) for _ in range(ngroups)]
+        if self._runs is None or not len(self._runs[0]):
+            return out
+        run_index, run_volumes, run_edges, run_seg = self._runs
         nbooks = len(self.books)
-        for seg, (row, length) in enumerate(zip(self.starts, self.lengths)):
-            units = self.units[seg % nbooks]
-            if ranges and ranges[-1][2] == units:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + length, units)
-            else:
-                ranges.append((row, length, units))
-        return [r for r in ranges if r[1] > 0]
+        seg_group = np.array([self.groups[seg % nbooks] for seg in range(len(self.starts))], dtype=np.int64)
+        run_group = seg_group[run_seg]
+        order = np.lexsort((run_index, run_group))
+        group, index, seg = run_group[order], run_index[order], run_seg[order]
+        m = len(order)
+        first = np.empty(m, dtype=bool)
+        first[0] = True
+        first[1:] = (group[1:] != group[:-1]) | (index[1:] != index[:-1])
+        starts = np.flatnonzero(first)
+        volumes = np.add.reduceat(run_volumes[order], starts).tolist()
+        other_book = first.copy()  # a book's runs of one bucket are adjacent: count where the book changes
+        other_book[1:] |= seg[1:] != seg[:-1]
+        counts = np.add.reduceat(other_book.astype(np.int64), starts).tolist()
+        edges = run_edges[order][starts].tolist()
+        side_key = group[starts] * 2 + (index[starts] > 0)  # sorted: each group's bids, then its asks
+        bounds = np.searchsorted(side_key, np.arange(2 * ngroups + 1)).tolist()
+        for g in range(ngroups):
+            for side in (BID, ASK):
+                a, b = bounds[2 * g + side], bounds[2 * g + side + 1]
+                if a < b:
+                    out[g][side][0].update(zip(edges[a:b], volumes[a:b]))
+                    out[g][side][1].update(zip(edges[a:b], counts[a:b]))
+        return out

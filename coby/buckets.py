@@ -244,9 +244,10 @@ class AggregationEngine:
         if not groups:
             return
         snaps = [self._books[key] for _, group, _ in groups for key in group]
-        frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps])
+        frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps],
+                          [g for g, (_, keys, _) in enumerate(groups) for _key in keys])
         cols_iter = iter(zip(frame.books, frame.bucket_volumes()))
-        for symbol, group, state in groups:
+        for (symbol, group, state), consolidated in zip(groups, frame.group_volumes(len(groups))):
             stale = state[1]
             size = self.bucket_size(symbol)
             venues, cols, totals = [], [], []
@@ -260,26 +261,22 @@ class AggregationEngine:
                                      book_metrics(c, *book_totals)))
                 cols.append(c)
                 totals.append(book_totals)
-            agg = self._symbol_aggregate(symbol, venues, cols, totals, stale, now)
+            agg = self._symbol_aggregate(symbol, consolidated, cols, totals, stale, now)
             self._symbols[symbol] = (*state, tuple(venues), agg)
 
-    def _symbol_aggregate(self, symbol: str, group: list[_Venue], cols: list[BookColumns],
-                          totals: list[tuple[float, float]], stale: tuple[str, ...],
+    def _symbol_aggregate(self, symbol: str,
+                          consolidated: tuple[tuple[dict[float, float], dict[float, int]],
+                                              tuple[dict[float, float], dict[float, int]]],
+                          cols: list[BookColumns], totals: list[tuple[float, float]], stale: tuple[str, ...],
                           now: datetime) -> _SymbolAggregate:
-        """The consolidated figures of one symbol."""
-        cons: tuple[dict[float, float], dict[float, float]] = ({}, {})
-        counts: tuple[dict[float, int], dict[float, int]] = ({}, {})
-        for v in group:
-            for side_vol, merged, n in ((v.buckets.bid_buckets, cons[0], counts[0]),
-                                        (v.buckets.ask_buckets, cons[1], counts[1])):
-                for edge, vol in side_vol.items():
-                    merged[edge] = merged.get(edge, 0.0) + vol
-                    n[edge] = n.get(edge, 0) + 1
+        """The consolidated figures of one symbol (``consolidated``: its buckets summed over the
+        venues, with venue counts, from ``BookFrame.group_volumes``)."""
+        (bid_vol, bid_counts), (ask_vol, ask_counts) = consolidated
         book = consolidate(symbol, now, cols, self.consolidated_depth, stale)
         buckets = PriceBuckets(
             symbol=symbol, timestamp=now, bucket_size=self.bucket_size(symbol),
-            bid_buckets=dict(sorted(cons[0].items(), reverse=True)), ask_buckets=dict(sorted(cons[1].items())),
-            exchange=None, bid_exchange_counts=counts[0], ask_exchange_counts=counts[1])
+            bid_buckets=bid_vol, ask_buckets=ask_vol,
+            exchange=None, bid_exchange_counts=bid_counts, ask_exchange_counts=ask_counts)
         imbalance = consolidated_imbalance(
             cols, totals,
             (book.bids[0].price, book.bids[0].size) if book.bids else None,

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from operator import ne, sub
 from typing import Sequence
 
 import numpy as np
@@ -58,15 +59,16 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
     level_sizes = sizes[kept].tolist()
     level_prices = prices[kept[starts]].tolist()
     ends = [*starts[1:], stop]
-    out = []
-    for price, a, b in zip(level_prices, starts, ends):
-        shares = dict(zip(venue_of[a:b], level_sizes[a:b]))
-        if len(shares) != b - a:  # a venue lists the price twice: it keeps both sizes
-            shares = {}
+    spans = list(map(slice, starts, ends))
+    # per merged level, a dict of the venues' sizes - built with map, not a Python loop per level
+    shares = list(map(dict, map(zip, map(venue_of.__getitem__, spans), map(level_sizes.__getitem__, spans))))
+    if any(map(ne, map(len, shares), map(sub, ends, starts))):  # a venue lists a price twice: it keeps both sizes
+        for k, (a, b) in enumerate(zip(starts, ends)):
+            merged: dict[str, float] = {}
             for venue, size in zip(venue_of[a:b], level_sizes[a:b]):
-                shares[venue] = shares.get(venue, 0.0) + size
-        out.append(_level(price, sum(shares.values()), shares))
-    return tuple(out)
+                merged[venue] = merged.get(venue, 0.0) + size
+            shares[k] = merged
+    return tuple(map(_level, level_prices, map(sum, map(dict.values, shares)), shares))
 
 
 def holder(level: ConsolidatedLevel) -> str:

@@ -358,6 +358,36 @@ def test_consolidated_volume_equals_the_sum_over_venues(books, size):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(btc=venue_books(), eth=venue_books(symbol="ETH-USDT"), sizes=st.tuples(st.sampled_from(BUCKETS),
+       st.sampled_from(BUCKETS)), shuffle=st.randoms(use_true_random=False))
+def test_consolidated_buckets_of_several_symbols_in_one_frame(btc, eth, sizes, shuffle):
+    """One tick sums the buckets of every symbol at once (one sort of all the frame's runs): each
+    symbol's consolidated buckets and venue counts equal its venues' buckets added up, with other
+    widths and a venue whose levels are out of order (two runs of one bucket count one venue)."""
+    messy = btc[0]
+    bids, asks = list(messy.bids), list(messy.asks)
+    shuffle.shuffle(bids)
+    shuffle.shuffle(asks)
+    btc = [OrderBookSnapshot(messy.symbol, messy.exchange, messy.timestamp, tuple(bids), tuple(asks)), *btc[1:]]
+    eng = engine(bucket_size={"BTC": sizes[0], "ETH": sizes[1]})
+    for b in btc + eth:
+        eng.update_book(b)
+    result = eng.tick(NOW)
+    for symbol, books in (("BTC-USDT", btc), ("ETH-USDT", eth)):
+        cons = result.buckets[symbol]
+        for side in ("bid", "ask"):
+            venue = [reference_buckets(b.bids if side == "bid" else b.asks, side, eng.bucket_size(symbol))
+                     for b in books]
+            got, counts = getattr(cons, f"{side}_buckets"), getattr(cons, f"{side}_exchange_counts")
+            keys = set().union(*venue)
+            assert got.keys() == keys == counts.keys()
+            assert list(got) == sorted(keys, reverse=side == "bid")  # best bucket first
+            for k in keys:
+                assert close(got[k], sum(v.get(k, 0.0) for v in venue))
+                assert counts[k] == sum(k in v for v in venue)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(books=venue_books(), scale=st.sampled_from(["linear", "log"]))
 def test_intensities_lie_in_unit_interval_and_the_largest_is_one(books, scale):
     """Every heatmap intensity is in [0, 1]; the largest bucket's is exactly 1."""

@@ -12,7 +12,7 @@ from coby.db import open_storage
 from coby.db.tables import TRADES
 from coby.metrics import ROWS_DUPLICATE
 from coby.models import (
-    ConnectionEvent, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor, utc_from_ms,
+    ConnectionEvent, Levels, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor, utc_from_ms,
 )
 from tests.conftest import make_settings
 from tests.netproxy import TcpProxy
@@ -47,7 +47,7 @@ async def test_round_trip_of_every_kind(storage):
     assert await storage.get_trades("BTC-USDT", limit=100) == trades
     [snap] = await storage.get_snapshots("BTC-USDT")
     depth = storage.settings.snapshot_depth
-    assert snap.bids == book(1).bids[:depth] and snap.asks == book(1).asks[:depth]
+    assert snap.bids == book(1).bids[:depth] and snap.asks == book(1).asks[:depth] and type(snap.bids) is Levels
     assert snap.sequence_id == 1001 and snap.timestamp == book(1).timestamp
     [got_bar] = await storage.get_ohlcv("BTC-USDT", "1m")
     assert got_bar == OHLCVBar(**{**{f: getattr(bar, f) for f in bar.__dataclass_fields__}, "closed": True})

@@ -23,8 +23,8 @@ The tick
 --------
 ``update_book`` keeps the latest snapshot per (venue, symbol) - a dict store, nothing else.
 ``tick(now)`` puts every fresh book whose snapshot changed since the last tick into one
-``BookFrame`` (polars columns over all those books at once) and returns, for every symbol:
-per-venue and consolidated buckets, the consolidated heatmap (also recorded in the rolling
+``BookFrame`` (one price and one size column over all those books at once) and returns, for
+every symbol: per-venue and consolidated buckets, the consolidated heatmap (also recorded in the rolling
 ``HeatmapSeries``), per-venue and consolidated imbalances, per-venue ``OrderBookMetrics`` and the
 consolidated book. A symbol none of whose books changed (and whose stale venues are the same) is
 re-stamped, not recomputed; a symbol with any change has all its fresh books recomputed in the

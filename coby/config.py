@@ -2,7 +2,9 @@
 
 Precedence, lowest first: the defaults below < a TOML file (``--config FILE``) <
 the environment < CLI flags. ``Settings.load`` builds one frozen object from
-those sources; it is passed down explicitly and never read from a global.
+those sources; it is passed down explicitly and never read from a global. Reading
+the TOML file and coercing raw values to each setting's type is done in
+``coby.settings_sources``.
 
 An invalid value raises ``ConfigError`` naming the setting; the CLI prints that
 one line and exits with code 2.
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from coby.errors import ConfigError
+from coby.settings_sources import coerce, read_toml
 
 EXCHANGES: tuple[str, ...] = (
     "binance", "coinbase", "kraken", "bybit", "okx", "htx", "kucoin", "gate", "bitfinex", "mexc",
@@ -358,18 +360,8 @@ def mask_url(url: str) -> str:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    # A [coby] table is accepted as well as top-level keys.
-    if isinstance(raw.get("coby"), dict):
-        raw = {**{k: v for k, v in raw.items() if k != "coby"}, **raw["coby"]}
     out = {}
-    for key, value in raw.items():
+    for key, value in read_toml(path).items():
         if key not in _FIELDS:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
         out[key] = _parse(_FIELDS[key], value, source=f"config file {path}")
@@ -378,89 +370,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse(f: dataclasses.Field, value: Any, source: str) -> Any:
     """Coerce a raw value (string from env/CLI, or a TOML value) to the field's type."""
-    hint = _HINTS[f.name]
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    optional = origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args
-    if optional:
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
-            return None
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in {"1", "true", "yes", "on"}:
-                return True
-            if s in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError("expected true or false")
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError("expected an integer")
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            out = float(value)
-            if not math.isfinite(out):
-                raise ValueError("expected a finite number")
-            return out
-        if hint is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError("expected a string")
-            return str(value)
-        if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            items = [str(i).strip() for i in items if str(i).strip()]
-            if f.name == "exchanges":
-                items = [EXCHANGE_ALIASES.get(i.lower(), i.lower()) for i in items]
-            elif f.name == "symbols":
-                items = [i.upper().replace("/", "-") for i in items]
-            return tuple(dict.fromkeys(items))
-        if origin is dict and args[1] is not float:  # dict[str, str] / dict[str, dict[str, str]]
-            return _parse_str_table(value, nested=typing.get_origin(args[1]) is dict)
-        if origin is dict:
-            if isinstance(value, str):  # "BTC=10,ETH=1"
-                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    raise ValueError("expected KEY=VALUE pairs separated by commas")
-                value = {k.strip(): v.strip() for k, v in pairs}
-            if not isinstance(value, dict):
-                raise ValueError("expected a table of KEY = number")
-            return {str(k): float(v) for k, v in value.items()}
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid setting {f.name}={value!r} from {source}: {e}") from None
-    raise ConfigError(f"setting {f.name}: unsupported type {hint!r}")  # pragma: no cover - programming error
+    return coerce(f.name, _HINTS[f.name], value, source, _CANONICAL_ITEM.get(f.name))
 
 
-def _parse_str_table(value: Any, nested: bool) -> dict[str, Any]:
-    """``KEY=VALUE,...`` (nested: ``OUTER:KEY=VALUE,...``) or a TOML table -> dict of strings."""
-    if isinstance(value, str):
-        out: dict[str, Any] = {}
-        for item in (p.strip() for p in value.split(",")):
-            if not item:
-                continue
-            key, eq, val = item.partition("=")
-            if not eq:
-                raise ValueError("expected KEY=VALUE pairs separated by commas")
-            if nested:
-                outer, colon, key = key.partition(":")
-                if not colon:
-                    raise ValueError("expected VENUE:KEY=VALUE pairs separated by commas")
-                out.setdefault(outer.strip(), {})[key.strip()] = val.strip()
-            else:
-                out[key.strip()] = val.strip()
-        return out
-    if not isinstance(value, dict):
-        raise ValueError("expected a table")
-    if nested:
-        if not all(isinstance(v, dict) for v in value.values()):
-            raise ValueError("expected a table of tables")
-        return {str(k): {str(kk): str(vv) for kk, vv in v.items()} for k, v in value.items()}
-    return {str(k): str(v) for k, v in value.items()}
-
+# How one item of a list setting is spelt canonically (before duplicates are dropped).
+_CANONICAL_ITEM: dict[str, Callable[[str], str]] = {
+    "exchanges": lambda i: EXCHANGE_ALIASES.get(i.lower(), i.lower()),
+    "symbols": lambda i: i.upper().replace("/", "-"),
+}
 
 _HINTS = typing.get_type_hints(Settings)

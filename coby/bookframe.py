@@ -71,12 +71,11 @@ class BookColumns:
     """One book of a ``BookFrame``: its snapshot's columns, best level first on each side (bids
     descending, asks ascending); once the frame is bucketed, also each side's bucket runs."""
 
-    __slots__ = ("snapshot", "_sides", "_bounds", "_runs")
+    __slots__ = ("snapshot", "_sides", "_runs")
 
-    def __init__(self, snapshot: OrderBookSnapshot, bounds: tuple[tuple[int, int], tuple[int, int]]) -> None:
+    def __init__(self, snapshot: OrderBookSnapshot) -> None:
         self.snapshot = snapshot
         self._sides = (snapshot.bids, snapshot.asks)
-        self._bounds = bounds  # ((bid rows start, stop), (ask rows start, stop)) in the frame
         # per side, once bucketed: (level after each bucket's run, volume up to and with that run)
         self._runs: list[tuple[list[int], list[float]] | None] = [None, None]
 
@@ -136,10 +135,7 @@ class BookFrame:
         self.starts = [0, *accumulate(self.lengths)][:-1] if sides else []
         self.price = np.frombuffer(b"".join([levels.prices for levels in sides]), dtype=np.float64)
         self.size = np.frombuffer(b"".join([levels.sizes for levels in sides]), dtype=np.float64)
-        n, starts, lengths = len(snapshots), self.starts, self.lengths
-        self.books = tuple([
-            BookColumns(snap, ((starts[i], starts[i] + lengths[i]), (starts[n + i], starts[n + i] + lengths[n + i])))
-            for i, snap in enumerate(snapshots)])
+        self.books = tuple([BookColumns(snap) for snap in snapshots])
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def bucket_volumes(self) -> list[tuple[dict[float, float], dict[float, float]]]:

@@ -4,7 +4,8 @@ Client -> server (JSON text): ``{"op": "subscribe" | "unsubscribe", "channels": 
 and ``{"op": "ping"}``. Server -> client: the pipeline's envelopes, byte for byte
 (``{"channel", "type": "update", "seq", "ts", "received", "data"}``), a ``"type": "snapshot"``
 envelope first on every channel that has a stored state, and control messages
-(``subscribed``, ``unsubscribed``, ``pong``, ``error``). docs/api.md is the reference.
+(``subscribed``, ``unsubscribed``, ``pong``, ``error``). docs/api.md is the reference. Requests
+are decoded and checked, channel names made canonical, in ``coby.ws_requests``.
 
 Shape: a ``coby.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own
 bus) out to its clients. Each message is framed once; a client that keeps up (nothing
@@ -30,37 +31,19 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from coby.api import DAEMON_KEY, ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
+from coby.api import DAEMON_KEY, ApiError
 from coby.codec import dumps
 from coby.config import Settings
 from coby.hub import CLOSE_GOING_AWAY, Feed, Hub, stored_state  # Hub: also coby.ws.Hub for replay
 from coby.metrics import WS_CLIENTS, WS_DISCONNECTS, WS_MESSAGES, WS_REFUSED
 from coby.models import utcnow
+from coby.ws_requests import RequestError, parse_request
 
 log = structlog.get_logger("coby.ws")
 
 CLOSE_SLOW_CONSUMER = 4008  # fell more than ws_queue_size messages behind on a queued channel
 MAX_MESSAGE = 64 * 1024
 HIGH_WATER = 64 * 1024  # a client's unsent bytes above which messages wait in its queues, not the socket's
-def parse_channel(settings: Settings, name: Any) -> str:
-    """A channel name checked against the configured venues, symbols and timeframes, in canonical form."""
-    if not isinstance(name, str) or len(name) > 200:
-        raise ApiError(400, "a channel is a string such as trades:BTC-USDT")
-    kind, *parts = name.split(":")
-    try:
-        if kind == "book" and len(parts) == 2:
-            return f"book:{valid_exchange(settings, parts[0])}:{valid_symbol(settings, parts[1])}"
-        if kind in ("consolidated", "heatmap", "metrics", "trades") and len(parts) == 1:
-            return f"{kind}:{valid_symbol(settings, parts[0])}"
-        if kind == "ohlcv" and len(parts) == 2:
-            return f"ohlcv:{valid_symbol(settings, parts[0])}:{valid_timeframe(parts[1])}"
-        if kind in ("status", "gap", "replay") and not parts:  # gap, replay: carried by replay sessions
-            return kind
-    except ApiError as e:
-        raise ApiError(400, f"channel {name[:60]!r}: {e.message}") from None
-    raise ApiError(400, f"unknown channel {name[:60]!r}; use book:EXCHANGE:SYMBOL, consolidated:SYMBOL, "
-                        f"heatmap:SYMBOL, metrics:SYMBOL, trades:SYMBOL, ohlcv:SYMBOL:TIMEFRAME "
-                        f"({'|'.join(TIMEFRAMES)}), status, or on a replay gap and replay")
 
 
 class Client:
@@ -168,34 +151,17 @@ class Client:
 
     async def handle(self, text: str) -> None:
         try:
-            req = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            self.reply({"type": "error", "error": "invalid JSON"})
+            req = parse_request(self.settings, text)
+        except RequestError as e:
+            self.reply(e.reply)
             return
-        if not isinstance(req, dict):
-            self.reply({"type": "error", "error": "expected a JSON object such as {\"op\": \"subscribe\", ...}"})
+        if req.op == "ping":
+            self.reply({"type": "pong", "id": req.id, "time": utcnow()})
             return
-        rid = req.get("id")
-        if not (rid is None or isinstance(rid, int) and not isinstance(rid, bool) or
-                isinstance(rid, str) and len(rid) <= 100):
-            rid = None
-        op = req.get("op")
         try:
-            if op in ("subscribe", "unsubscribe"):
-                channels = req.get("channels")
-                if not isinstance(channels, list) or not channels:
-                    raise ApiError(400, "channels must be a non-empty list of channel names")
-                if len(channels) > self.settings.ws_max_subscriptions:
-                    raise ApiError(400, f"too many channels in one request (ws_max_subscriptions="
-                                        f"{self.settings.ws_max_subscriptions})")
-                names = list(dict.fromkeys(parse_channel(self.settings, c) for c in channels))
-                await (self.subscribe(names, rid) if op == "subscribe" else self.unsubscribe(names, rid))
-            elif op == "ping":
-                self.reply({"type": "pong", "id": rid, "time": utcnow()})
-            else:
-                raise ApiError(400, f"unknown op {str(op)[:40]!r}; use subscribe, unsubscribe or ping")
+            await (self.subscribe if req.op == "subscribe" else self.unsubscribe)(req.channels, req.id)
         except ApiError as e:
-            self.reply({"type": "error", "error": e.message, "op": op if isinstance(op, str) else None, "id": rid})
+            self.reply(req.error(e.message))
 
     async def subscribe(self, names: list[str], rid: Any) -> None:
         new = [n for n in names if n not in self.feeds]

@@ -5,7 +5,8 @@ a *stream*: a task looping on one ccxt watch, normalising what it returns
 (:mod:`coby.normalize`) and emitting it to the callbacks. Streams of a symbol
 share a *feed*: one ccxt client (its connections), so recovering one symbol never
 touches the others; up to ``max_connections_per_exchange`` feeds per venue, then
-symbols share them.
+symbols share them. The feeds and their clients are owned by a
+:class:`~coby.feeds.FeedPool`; this module decides when a feed is recycled.
 
 Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
 :mod:`coby.venues`):
@@ -48,7 +49,7 @@ import structlog
 
 from coby.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
 from coby.errors import BookOutOfSync, ExchangeError, PermanentExchangeError, StaleFeed, TemporaryExchangeError
-from coby.feeds import BOOK, TRADES, Callbacks, Feed, Stream
+from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream
 from coby.markets import MarketCatalog
 from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
@@ -78,7 +79,7 @@ class ExchangeConnector:
         self.exchange = exchange
         self.settings = settings
         self.venue = VENUES[exchange]
-        self._clock, self._sleep, self._factory = clock, sleep, client_factory
+        self._clock, self._sleep = clock, sleep
         self._rng = rng or random.Random()
         self.processor = processor or DataProcessor.from_settings(settings)
         self.symbol_map = symbol_map or SymbolMap(settings.symbol_map)
@@ -89,10 +90,10 @@ class ExchangeConnector:
         self._emit = Callbacks(exchange, settings.reject_log_interval)
         if on_event is not None:
             self.add_data_callback(on_event)
-        self._feeds: list[Feed] = []
+        self._pool = FeedPool(exchange, self.venue, self.catalog, settings.max_connections_per_exchange,
+                              client_factory, self._base_url, self._frame_failed)
         self._streams: dict[tuple[str, str], Stream] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing: set[asyncio.Task[Any]] = set()
         self._connected = self._stopped = False
         self._messages = self._reconnects = 0
         self._error: str | None = None
@@ -141,10 +142,7 @@ class ExchangeConnector:
             if st.live:
                 st.live = False
                 await self._event(ConnectionEventKind.DISCONNECTED, st.symbol, f"{st.kind}: stopped")
-        clients = [f.client for f in self._feeds if f.client is not None]
-        for f in self._feeds:
-            f.client = None
-        await asyncio.gather(*(self._close_client(c) for c in clients), *self._closing, return_exceptions=True)
+        await self._pool.aclose()
         CIRCUIT_OPEN.labels(self.exchange).set(0)
         self._log.info("connector_stopped")
 
@@ -182,7 +180,7 @@ class ExchangeConnector:
         if (kind, symbol) in self._streams:
             return
         await self.connect()
-        feed = self._feed_for(symbol)
+        feed = self._pool.feed_for(symbol)
         st = Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
         feed.streams.append(st)
@@ -207,22 +205,6 @@ class ExchangeConnector:
         st.watching, st.interrupt = False, None
         self._start(st, st.backoff.next_delay())
 
-    def _feed_for(self, symbol: str) -> Feed:
-        for feed in self._feeds:
-            if any(s.symbol == symbol for s in feed.streams):
-                return feed
-        if len(self._feeds) < self.settings.max_connections_per_exchange:
-            feed = Feed(len(self._feeds), self.venue)
-            self._feeds.append(feed)
-        else:
-            feed = min(self._feeds, key=lambda f: len({s.symbol for s in f.streams}))
-        market = self.catalog.market(symbol)
-        feed.markets.update(self.catalog.markets_for([symbol]))
-        feed.symbol_by_id[market.id] = symbol
-        if feed.client is not None:  # a live client learns the new market
-            feed.client.set_markets(list(feed.markets.values()))
-        return feed
-
     async def _run(self, st: Stream) -> None:
         with structlog.contextvars.bound_contextvars(exchange=self.exchange, symbol=st.symbol, stream=st.kind):
             while True:
@@ -230,7 +212,7 @@ class ExchangeConnector:
                 feed = st.feed
                 st.gen, st.attempt_at, st.interrupt = feed.gen, self._clock(), None
                 try:
-                    client = self._client(feed)
+                    client = self._pool.client(feed)
                     if st.kind == BOOK:
                         await self._books(st, client)
                     else:
@@ -360,7 +342,7 @@ class ExchangeConnector:
             rewatch = (self.venue.book_recovery == "rewatch" and not local and not isinstance(err, StaleFeed)) or \
                 (st.kind == TRADES and self.venue.trades_own_connection and not isinstance(err, StaleFeed))
             if not rewatch:
-                self._recycle(feed, err)
+                self._pool.recycle(feed, err)
             await self._record_failure(st)
         return True
 
@@ -370,15 +352,15 @@ class ExchangeConnector:
             st.live, st.cause = False, err
             await self._event(ConnectionEventKind.STALE, st.symbol, f"{st.kind}: {err}")
         if st.gen == st.feed.gen:
-            self._recycle(st.feed, err)
+            self._pool.recycle(st.feed, err)
             await self._record_failure(st)
 
     async def _record_failure(self, st: Stream) -> None:
         if self._breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
             CIRCUIT_OPEN.labels(self.exchange).set(1)
             self._log.warning("circuit_open", failures=self._breaker.threshold, cooldown=self._breaker.cooldown)
-            for feed in self._feeds:
-                self._recycle(feed, TemporaryExchangeError(self.exchange, "circuit open"))
+            for feed in self._pool.feeds:
+                self._pool.recycle(feed, TemporaryExchangeError(self.exchange, "circuit open"))
             await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, self._error or "")
 
     async def _gate(self, st: Stream) -> None:
@@ -389,38 +371,7 @@ class ExchangeConnector:
                 return
             await self._sleep(min(wait, 1.0))
 
-    # ---------------------------------------------------------------- feeds
-
-    def _client(self, feed: Feed) -> Any:
-        def build() -> Any:
-            # markets as the catalog knows them now: real ones once a background refresh succeeded
-            symbols = {s.symbol for s in feed.streams}
-            feed.markets = self.catalog.markets_for(symbols)
-            feed.symbol_by_id = {self.catalog.market(sym).id: sym for sym in symbols}
-            return self._factory(self.exchange, feed.markets, self._base_url)
-
-        return feed.open_client(build, self._frame_failed)
-
-    def _recycle(self, feed: Feed, err: ExchangeError) -> None:
-        """Drop the feed's ccxt client (closed in the background) and interrupt its streams."""
-        old = feed.drop_client()
-        if old is not None:
-            task = asyncio.ensure_future(self._close_client(old))
-            self._closing.add(task)  # awaited, not cancelled, by disconnect(): a close must finish
-            task.add_done_callback(self._closing.discard)
-        current = asyncio.current_task()
-        for st in feed.streams:
-            # one interrupt per attempt: a second cancel() would outlive the uncancel() and kill the stream
-            if st.watching and st.interrupt is None and st.task is not None and st.task is not current \
-                    and not st.task.done():
-                st.interrupt = err
-                st.task.cancel()
-
-    async def _close_client(self, client: Any) -> None:
-        try:
-            await asyncio.wait_for(client.close(), 10.0)
-        except Exception as exc:  # noqa: BLE001 - a client that fails to close is dropped anyway
-            self._log.debug("client_close_failed", error=repr(exc))
+    # ---------------------------------------------------------- frame guard
 
     def _frame_failed(self, feed: Feed, gen: int, ws: Any, exc: Exception) -> None:
         if feed.gen != gen:

@@ -1,4 +1,5 @@
-"""The units a connector is made of: feeds (one ccxt client each, guarded) and streams (one watch loop each).
+"""The units a connector is made of: feeds (one ccxt client each, guarded), the pool that owns a venue's
+feeds, and streams (one watch loop each).
 
 A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
 
@@ -11,6 +12,12 @@ A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
 
 ``gen`` counts the feed's clients: anything belonging to an older client (a late
 frame, a failure caused by our own recycle) is recognised and ignored.
+
+A :class:`FeedPool` holds a connector's feeds (up to ``max_connections_per_exchange``,
+then symbols share them) and their clients' lifecycle: built on first use, recycled
+(closed in the background, watchers interrupted) when the connector's failure policy
+says so, and all closed by ``aclose()``. When to recycle is the connector's decision
+(:mod:`coby.exchanges`), never the pool's.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import Any
 
 import structlog
 
+from coby.errors import ExchangeError
+from coby.markets import MarketCatalog
 from coby.models import OrderBookSnapshot
 from coby.resilience import Backoff
 from coby.venues import Venue
@@ -131,6 +140,74 @@ class Feed:
                 return inner(ws, message)
 
             setattr(ex, name, checked)  # looked up on the instance when ccxt creates a connection
+
+
+class FeedPool:
+    """A venue's feeds and their ccxt clients: which feed serves a symbol, its current client, recycling, closing."""
+
+    def __init__(self, exchange: str, venue: Venue, catalog: MarketCatalog, max_feeds: int,
+                 factory: Callable[..., Any], base_url: str | None, on_frame_error: FrameErrorHandler) -> None:
+        self.exchange, self.venue, self.catalog, self.max_feeds = exchange, venue, catalog, max_feeds
+        self._factory, self._base_url, self._on_frame_error = factory, base_url, on_frame_error
+        self.feeds: list[Feed] = []
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._log = log.bind(exchange=exchange)
+
+    def feed_for(self, symbol: str) -> Feed:
+        """The feed that serves ``symbol``: the one that already does, a new one, or the least loaded."""
+        for feed in self.feeds:
+            if any(s.symbol == symbol for s in feed.streams):
+                return feed
+        if len(self.feeds) < self.max_feeds:
+            feed = Feed(len(self.feeds), self.venue)
+            self.feeds.append(feed)
+        else:
+            feed = min(self.feeds, key=lambda f: len({s.symbol for s in f.streams}))
+        market = self.catalog.market(symbol)
+        feed.markets.update(self.catalog.markets_for([symbol]))
+        feed.symbol_by_id[market.id] = symbol
+        if feed.client is not None:  # a live client learns the new market
+            feed.client.set_markets(list(feed.markets.values()))
+        return feed
+
+    def client(self, feed: Feed) -> Any:
+        """The feed's current ccxt client, built (and guarded) if it has none."""
+        def build() -> Any:
+            # markets as the catalog knows them now: real ones once a background refresh succeeded
+            symbols = {s.symbol for s in feed.streams}
+            feed.markets = self.catalog.markets_for(symbols)
+            feed.symbol_by_id = {self.catalog.market(sym).id: sym for sym in symbols}
+            return self._factory(self.exchange, feed.markets, self._base_url)
+
+        return feed.open_client(build, self._on_frame_error)
+
+    def recycle(self, feed: Feed, err: ExchangeError) -> None:
+        """Drop the feed's ccxt client (closed in the background) and interrupt its streams."""
+        old = feed.drop_client()
+        if old is not None:
+            task = asyncio.ensure_future(self._close_client(old))
+            self._closing.add(task)  # awaited, not cancelled, by aclose(): a close must finish
+            task.add_done_callback(self._closing.discard)
+        current = asyncio.current_task()
+        for st in feed.streams:
+            # one interrupt per attempt: a second cancel() would outlive the uncancel() and kill the stream
+            if st.watching and st.interrupt is None and st.task is not None and st.task is not current \
+                    and not st.task.done():
+                st.interrupt = err
+                st.task.cancel()
+
+    async def aclose(self) -> None:
+        """Close every current client and await the closes already under way (call once the streams are stopped)."""
+        clients = [f.client for f in self.feeds if f.client is not None]
+        for f in self.feeds:
+            f.client = None
+        await asyncio.gather(*(self._close_client(c) for c in clients), *self._closing, return_exceptions=True)
+
+    async def _close_client(self, client: Any) -> None:
+        try:
+            await asyncio.wait_for(client.close(), 10.0)
+        except Exception as exc:  # noqa: BLE001 - a client that fails to close is dropped anyway
+            self._log.debug("client_close_failed", error=repr(exc))
 
 
 BOOK, TRADES = "book", "trades"  # the kinds of Stream

@@ -1,6 +1,7 @@
 """coby's data model: the events that flow through the spine, and the aggregates made of them.
 
-Every class is a frozen, slotted dataclass. Timestamps are timezone-aware UTC
+Every class is a frozen, slotted dataclass, except ``Levels``: one side of a book held as
+two columns, which reads as a sequence of ``PriceLevel``. Timestamps are timezone-aware UTC
 ``datetime`` objects; ``timestamp`` is the exchange's time, ``received_at`` is
 coby's own receive time (``None`` where it is not known, e.g. rows read back
 from storage that predate it).
@@ -144,8 +145,8 @@ class Levels(Sequence[PriceLevel]):
             return len(other) == len(self) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
-    def __hash__(self) -> int:
-        return hash((self.prices.tobytes(), self.sizes.tobytes(), self.counts))
+    def __hash__(self) -> int:  # equal to a tuple of the same PriceLevels, so hashes must agree with it
+        return hash(tuple(self))
 
     def __repr__(self) -> str:
         return f"Levels({self.pairs()!r})"

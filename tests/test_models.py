@@ -22,7 +22,7 @@ def test_levels_read_as_price_levels():
     assert len(levels) == 3 and bool(levels) and not Levels()
     assert levels[0] == as_tuple[0] and levels[-1] == as_tuple[-1] and list(levels) == list(as_tuple)
     assert isinstance(levels[1:], Levels) and levels[1:] == as_tuple[1:] and levels[:0] == ()
-    assert levels == as_tuple and as_tuple == levels and levels == list(as_tuple)
+    assert levels == as_tuple and as_tuple == levels and levels == list(as_tuple) and hash(levels) == hash(as_tuple)
     assert levels != as_tuple[:2] and levels != Levels([100.0, 99.5, 99.0], [1.0, 2.0, 4.0])
     assert PriceLevel(99.5, 2.0) in levels and levels.index(PriceLevel(99.0, 3.0)) == 2
     with pytest.raises(IndexError):

@@ -34,10 +34,10 @@ All of it runs in C: no Python code per level.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from array import array
 from operator import itemgetter
 from typing import Any
 

@@ -187,15 +187,13 @@ class BookFrame:
             run_edges = np.array([abs(i) * u / PRICE_SCALE for i, u in zip(run_index.tolist(), run_units.tolist())])
         self._runs = (run_index, run_volumes, run_edges, np.repeat(np.arange(nseg), runs_per_seg))
         edges, volumes = run_edges.tolist(), run_volumes.tolist()
-        run_ends = run_starts.tolist()[1:]
-        run_ends.append(n)
+        # each run's end as a level number within its book side (the row after it, less the side's first row)
+        ends = (np.append(run_starts[1:], n) - np.repeat(seg_starts, runs_per_seg)).tolist()
         for seg in range(nseg):
             a, b = first_run[seg], first_run[seg + 1]
             if a == b:
                 continue
-            start = self.starts[seg]
-            self.books[seg % nbooks]._runs[seg // nbooks] = (
-                [end - start for end in run_ends[a:b]], list(accumulate(volumes[a:b])))
+            self.books[seg % nbooks]._runs[seg // nbooks] = (ends[a:b], list(accumulate(volumes[a:b])))
             side_out = out[seg % nbooks][seg // nbooks]
             side_out.update(zip(edges[a:b], volumes[a:b]))
             if len(side_out) != b - a:  # a bucket seen twice: the book's levels are out of order

@@ -27,8 +27,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from datetime import datetime
+from itertools import repeat
 
-from coby.models import HeatmapData, HeatmapPoint, PriceBuckets, to_ms
+from coby.models import HeatmapData, HeatmapPoint, PriceBuckets, constructor, to_ms
+
+_point = constructor(HeatmapPoint)
 
 SCALES = ("linear", "log")
 
@@ -74,16 +77,14 @@ class HeatmapSeries:
 
     def build(self, buckets: PriceBuckets, timestamp: datetime | None = None) -> HeatmapData:
         """One heatmap from one set of buckets (a venue's, or consolidated with venue counts)."""
-        prices = [*buckets.bid_buckets, *buckets.ask_buckets]
-        volumes = [*buckets.bid_buckets.values(), *buckets.ask_buckets.values()]
+        bids, asks = buckets.bid_buckets, buckets.ask_buckets
+        prices = [*bids, *asks]
+        volumes = [*bids.values(), *asks.values()]
         levels = intensities(volumes, self.scale, self.dynamic_range)
-        nbid = len(buckets.bid_buckets)
-        bid_counts, ask_counts = buckets.bid_exchange_counts, buckets.ask_exchange_counts
-        points = tuple(
-            HeatmapPoint(price=p, volume=v, intensity=i, side="bid" if n < nbid else "ask",
-                         exchange_count=(bid_counts if n < nbid else ask_counts).get(p, 1))
-            for n, (p, v, i) in enumerate(zip(prices, volumes, levels))
-        )
+        sides = [*repeat("bid", len(bids)), *repeat("ask", len(asks))]
+        counts = [*map(buckets.bid_exchange_counts.get, bids, repeat(1)),
+                  *map(buckets.ask_exchange_counts.get, asks, repeat(1))]
+        points = tuple(map(_point, prices, volumes, levels, sides, counts))  # one per bucket: no per-field lookups
         return HeatmapData(symbol=buckets.symbol, timestamp=timestamp or buckets.timestamp,
                            bucket_size=buckets.bucket_size, data=points)
 

@@ -76,7 +76,7 @@ class PriceLevel:
 
 
 _make_level = constructor(PriceLevel)
-_price, _size, _count = itemgetter(0), itemgetter(1), itemgetter(2)
+_price, _size = itemgetter(0), itemgetter(1)
 
 
 class Levels(Sequence[PriceLevel]):

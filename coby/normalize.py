@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -232,7 +232,7 @@ class DataProcessor:
             return "empty_book", f"{len(bids)} bids, {len(asks)} asks"
         if not levels_checked:
             for side in (bids, asks):
-                bad = _out_of_range(side)
+                bad = _out_of_range(side.prices, side.sizes)
                 if bad is not None:
                     return "range", bad
         best_bid, best_ask = bids.prices[0], asks.prices[0]
@@ -316,16 +316,15 @@ def _convert(side: Any, limit: int) -> Levels:
         levels = Levels(array("d", prices), array("d", sizes), tuple(map(int, map(_count, top))) if counted else None)
     except (TypeError, IndexError, KeyError, ValueError, OverflowError):
         raise ValidationError("schema", _first_bad(top)) from None
-    # on the lists, before conversion: min and sum over a list read its floats without boxing them
-    if prices and not (0.0 < min(prices) and sum(prices) < _INF and 0.0 < min(sizes) and sum(sizes) < _INF):
-        raise ValidationError("range", _out_of_range(levels) or "level out of range")
+    bad = _out_of_range(prices, sizes)  # on the lists: min and sum read list floats without boxing them
+    if bad is not None:
+        raise ValidationError("range", bad)
     return levels
 
 
-def _out_of_range(levels: Levels) -> str | None:
+def _out_of_range(prices: Sequence[float], sizes: Sequence[float]) -> str | None:
     """None if every price and size is positive and finite, else the first bad level. ``min`` is
     0 or less if any value is (or NaN if the first is); ``sum`` is inf or NaN if any value is."""
-    prices, sizes = levels.prices, levels.sizes
     if not prices or (0.0 < min(prices) and sum(prices) < _INF and 0.0 < min(sizes) and sum(sizes) < _INF):
         return None
     for p, s in zip(prices, sizes):

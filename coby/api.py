@@ -267,12 +267,18 @@ async def status(request: web.Request) -> web.Response:
         "ok": True,
         "version": __version__,
         "uptime_s": round(now_wall - daemon.started_at, 1),
-        "storage": {"kind": storage.kind, "mode": storage.mode, "healthy": storage.buffer.healthy,
-                    "pending_rows": storage.buffer.pending()},
+        "storage": _storage_status(storage),
         "cache": {"kind": cache.kind, "connected": cache.connected},
         "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},
         "exchanges": venues,
     })
+
+
+def _storage_status(storage: Any) -> dict:
+    buf = storage.buffer
+    ok, why = storage.ready()
+    return {"kind": storage.kind, "mode": storage.mode, "state": buf.state, "healthy": ok, "error": why,
+            "pending_rows": buf.pending(), "journal_bytes": buf.journal_bytes(), "lost_rows": buf.lost_rows}
 
 
 async def symbols(request: web.Request) -> web.Response:

@@ -132,13 +132,18 @@ class Settings:
                             ("COBY_DATA_DIR",))
     batch_write_size: int = setting(1000, "Rows per table that trigger a flush of the write buffer.",
                                     ("COBY_BATCH_WRITE_SIZE",), _positive)
-    data_buffer_size: int = setting(10000, "Rows per table the write buffer holds before buffer_full_policy applies.",
+    data_buffer_size: int = setting(10000, "Rows per table the write path holds in memory once journalled (more "
+                                    "wait on disk only, in data_dir/journal, and are read back from there).",
                                     ("COBY_DATA_BUFFER_SIZE",), _positive)
-    flush_interval: float = setting(1.0, "Seconds between flushes of the write buffer.", ("COBY_FLUSH_INTERVAL",),
-                                    _positive)
-    buffer_full_policy: str = setting("spill", "When the write buffer is full: 'spill' appends rows to a file in "
-                                      "data_dir/spill and loads them once the database keeps up; 'drop' drops the "
-                                      "newest rows. Both are counted in coby_storage_overflow_rows_total.",
+    flush_interval: float = setting(1.0, "Seconds within which an accepted row is journalled and fsynced on local "
+                                    "disk (a kill -9 loses at most this much); also the write path's idle wait.",
+                                    ("COBY_FLUSH_INTERVAL",), _positive)
+    journal_alert_bytes: int = setting(512 * 1024 * 1024, "Journal bytes not yet in the database above which "
+                                       "/ready says storage is behind (the journal itself keeps growing while "
+                                       "the disk has room).", ("COBY_JOURNAL_ALERT_BYTES",), _positive)
+    buffer_full_policy: str = setting("spill", "Deprecated, has no effect: every row is journalled on disk "
+                                      "(data_dir/journal) until the database has it. Accepted so that older "
+                                      "configurations still load.",
                                       ("COBY_BUFFER_FULL_POLICY",), _choice("spill", "drop"))
     retention_days: float = setting(0.0, "TimescaleDB retention: drop chunks older than this many days (0: keep all).",
                                     ("COBY_RETENTION_DAYS",), _non_negative)

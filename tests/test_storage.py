@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from coby.db import open_storage
 from coby.db.tables import TRADES
+from coby.errors import StorageUnavailable
 from coby.metrics import ROWS_DUPLICATE
 from coby.models import (
     ConnectionEvent, Levels, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor, utc_from_ms,
@@ -172,8 +174,9 @@ async def test_postgres_rejects_only_the_bad_rows(pg_url, tmp_path):
     assert '"bad"' in rejected
 
 
-async def test_database_outage_keeps_rows_and_spills_overflow(pg_url, tmp_path):
-    """PostgreSQL unreachable: rows stay buffered, overflow is spilled to disk; after recovery all are stored."""
+async def test_database_outage_keeps_rows_in_the_journal(pg_url, tmp_path):
+    """PostgreSQL unreachable: rows are journalled on disk (more than the memory holds); once it is back
+    every row is stored and the journal is emptied."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()
     url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = make_settings(tmp_path, db_url=url, batch_write_size=100, data_buffer_size=500)
@@ -183,22 +186,29 @@ async def test_database_outage_keeps_rows_and_spills_overflow(pg_url, tmp_path):
         await st.fetch("TRUNCATE trade_events", [])
         proxy.cut()
         await st.store_trades([trade(i) for i in range(800)])
-        with pytest.raises(Exception):
+        with pytest.raises(StorageUnavailable):
             await st.flush()
-        assert st.buffer.pending() == 500
-        spill = Path(settings.data_dir) / "spill" / "trade_events.jsonl"
-        assert spill.exists()
+        assert st.buffer.state == "down"
+        assert st.buffer.pending() == 800
+        assert st.buffer.journal_bytes() > 0
+        assert st.ready() == (False, st.ready()[1]) and "database down" in st.ready()[1]
         proxy.restore()
-        await st.flush()
+        for _ in range(100):  # the writer probes every 0.5 s
+            try:
+                await st.flush()
+                break
+            except StorageUnavailable:
+                await asyncio.sleep(0.1)
         assert len(await st.get_trades("BTC-USDT", limit=2000)) == 800
-        assert not spill.exists()
+        assert st.buffer.journal_bytes() == 0 and st.buffer.pending() == 0
+        assert st.ready() == (True, None)
     finally:
         await st.aclose()
         await proxy.aclose()
 
 
-async def test_shutdown_during_outage_spills_and_next_start_loads(pg_url, tmp_path):
-    """aclose() with the database down spills what is buffered; the next start stores it."""
+async def test_shutdown_during_outage_keeps_the_journal_and_next_start_writes_it(pg_url, tmp_path):
+    """aclose() with the database down keeps the rows in the journal; the next start stores them."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()
     url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = make_settings(tmp_path, db_url=url, shutdown_timeout=2.0, flush_interval=30.0)
@@ -208,6 +218,7 @@ async def test_shutdown_during_outage_spills_and_next_start_loads(pg_url, tmp_pa
     proxy.cut()
     await st.store_trades([trade(i) for i in range(120)])
     await st.aclose()
+    assert not (Path(settings.data_dir) / "rejected").exists()
     proxy.restore()
     st2 = open_storage(settings, url)
     await st2.start()

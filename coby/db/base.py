@@ -56,6 +56,7 @@ class Storage(abc.ABC):
         try:
             await self.prepare()
         except StorageUnavailable as e:
+            self.buffer.mark_down(str(e))
             log.warning("storage_down_at_start", error=str(e), hint="rows are journalled in data_dir/journal "
                         "and written once the database answers")
         self.buffer.start()

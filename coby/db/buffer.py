@@ -279,6 +279,11 @@ class WriteBuffer:
         STORAGE_UP.set(1)
         return True
 
+    def mark_down(self, error: str) -> None:
+        """The database did not answer at start (said by the storage, which logs it)."""
+        self.state, self.error = "down", error
+        STORAGE_UP.set(0)
+
     def _down(self, error: str) -> None:
         if self.state != "down":
             log.warning("storage_down", error=error, backlog_bytes=self.journal_bytes())

@@ -98,8 +98,8 @@ class PostgresStorage(Storage):
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
-        await asyncio.get_running_loop().run_in_executor(self._wthread, self._close_writer)
-        self._wthread.shutdown(wait=False)
+        if self._wconn is not None:  # the writer connection lives on its thread; closed there
+            await asyncio.get_running_loop().run_in_executor(self._wthread, self._close_writer)
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -137,6 +137,10 @@ class PostgresStorage(Storage):
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
 
     # --- the writer's connection (its own thread) ----------------------------------------------
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._wthread.shutdown(wait=False)
+
     async def prepare_writer(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._wthread, self._writer_conn)
 

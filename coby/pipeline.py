@@ -18,6 +18,11 @@ when it changes). Stored heatmaps come from a second engine (the *recorder*) fed
 snapshots, at epoch-aligned ``heatmap_interval`` boundaries: see ``_record``. Time comes from ``clock``: wall time live, the events'
 own time in replay (``advance_to``), so replay produces the aggregates the live run did.
 
+Throttles (book publishing, snapshot storage) measure intervals on ``monotonic``, coby's own
+monotonic clock, live - never on a venue's timestamps, which may go backwards (binance's REST
+book is stamped with local time, the WebSocket books after it with the venue's earlier time),
+and never on the wall clock, which may be stepped. In a replay they run on the events' time.
+
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
 "ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.
 """
@@ -74,11 +79,13 @@ class Publisher:
 
 class Pipeline:
     def __init__(self, settings: Settings, storage: Any, bus: MemoryCache, *, replay_id: str | None = None,
-                 clock: Callable[[], float] = time.time, run_timers: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, run_timers: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.storage = storage  # None in replay: history is read, not written
         self.publisher = Publisher(bus, replay_id)
         self.clock = clock
+        self.monotonic = monotonic  # live throttles; replay throttles on event time
         self.run_timers = run_timers
         self._last_stored: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task] = []
@@ -141,15 +148,14 @@ class Pipeline:
         # The book channel carries at most one state per book_publish_interval (the newest; the
         # rest wait, marked dirty, for the next interval or tick): encoding 2 x book_depth levels
         # per venue update would cost more than ccxt's own parsing of it.
-        t = b.timestamp.timestamp() if self.replay else self.clock()
+        t = b.timestamp.timestamp() if self.replay else self.monotonic()
         if t - self._last_published.get(key, float("-inf")) >= self.settings.book_publish_interval:
             await self._publish_book(b, t)
         else:
             self._dirty[key] = b
         if self.storage is not None:
-            now = b.timestamp.timestamp()
-            if now - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
-                self._last_stored[key] = now
+            if t - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
+                self._last_stored[key] = t
                 await self.storage.store_orderbook(b)
                 depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
                 self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
@@ -174,8 +180,9 @@ class Pipeline:
     async def tick(self, now: float) -> None:
         """One aggregation tick at ``now`` (seconds since the epoch)."""
         ts = utc_from_ms(now * 1000)
+        t = now if self.replay else self.monotonic()
         for b in list(self._dirty.values()):
-            await self._publish_book(b, now)
+            await self._publish_book(b, t)
         result = self.engine.tick(ts)
         for symbol, book in result.books.items():
             await self.publisher.publish(f"consolidated:{symbol}", book, ts, ts, latest=("consolidated", symbol))

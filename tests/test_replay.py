@@ -466,10 +466,11 @@ class Recorder(Collector):
 async def _record_live_run(storage: Any, settings: Any, seconds: int) -> None:
     """What `coby run` does with these events: the pipeline stores trades, snapshots and, on its
     ticks, closed OHLCV bars and heatmaps; at shutdown the bars still open. Ticks here fall on
-    aggregate_interval boundaries."""
+    aggregate_interval boundaries; coby's local clock keeps pace with the events."""
     from coby.pipeline import Pipeline
 
-    pipeline = Pipeline(settings, storage, MemoryCache(), run_timers=False)
+    local = [0.0]
+    pipeline = Pipeline(settings, storage, MemoryCache(), run_timers=False, monotonic=lambda: local[0])
     await pipeline.start()
     events: list[Any] = []
     for k, venue in enumerate(VENUES):
@@ -483,6 +484,7 @@ async def _record_live_run(storage: Any, settings: Any, seconds: int) -> None:
         while t_next <= e.timestamp.timestamp():
             await pipeline.tick(t_next)
             t_next += step
+        local[0] = e.timestamp.timestamp()
         await pipeline.on_event(e)
     while t_next <= T0.timestamp() + seconds:
         await pipeline.tick(t_next)

@@ -165,6 +165,13 @@ class Settings:
                                            ("COBY_BOOK_PUBLISH_INTERVAL",), _non_negative)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
                                  ("COBY_OHLCV_GRACE",), _non_negative)
+    ohlcv_repair_window: float = setting(600.0, "Seconds behind the close horizon within which a trade older than "
+                                         "its open OHLCV bar (a venue's snapshot of recent trades, trades missed "
+                                         "in a reconnect) is folded into its closed bars, stored again and "
+                                         "re-published; older ones are counted in coby_ohlcv_late_trades_total "
+                                         "(0: never repair). Closed bars of the window are kept in memory: about "
+                                         "0.5 kB per venue, symbol and second with trades.",
+                                         ("COBY_OHLCV_REPAIR_WINDOW",), _non_negative)
     # --- connectors --------------------------------------------------------------------------
     max_connections_per_exchange: int = setting(5, "ccxt clients per venue: symbols are spread over at most this many (one per symbol by default, so one symbol's recovery never touches another's); each client opens one or two connections.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)

@@ -117,6 +117,11 @@ def _schemas() -> dict[str, Any]:
         "age_s": {"type": ["number", "null"], "description": "seconds since the last message"},
         "messages": {"type": "integer"},
         "messages_per_s": {"type": ["number", "null"], "description": "over the last ~10 s; null at start-up"},
+        "ohlcv_late_trades": {"type": "integer", "minimum": 0,
+                              "description": "trades left out of OHLCV (older than their open bar, beyond "
+                                             "ohlcv_repair_window); stored all the same"},
+        "ohlcv_repaired_trades": {"type": "integer", "minimum": 0,
+                                  "description": "trades older than their open bar folded into their closed bars"},
         "reconnects": {"type": "integer"},
         "rejects": {"type": "object", "additionalProperties": {"type": "integer"},
                     "description": "items rejected by validation, by reason"},

@@ -14,7 +14,8 @@ Every ``aggregate_interval`` the tick runs the engine over all books at once and
 consolidated book, heatmap and metrics per symbol (the freshest books, top ``book_depth``
 levels); closes OHLCV bars whose time is up (stored, per venue and consolidated; the
 consolidated ones also published on ``ohlcv:{symbol}:{timeframe}``, with the open bar re-published
-when it changes). Stored heatmaps come from a second engine (the *recorder*) fed only the stored
+when it changes) and stores again, and re-publishes, the closed bars that late trades were folded
+into (``ohlcv_repair_window``; trades older than that are counted in ``/metrics`` and status). Stored heatmaps come from a second engine (the *recorder*) fed only the stored
 snapshots, at epoch-aligned ``heatmap_interval`` boundaries: see ``_record``. Time comes from ``clock``: wall time live, the events'
 own time in replay (``advance_to``), so replay produces the aggregates the live run did.
 
@@ -42,6 +43,7 @@ import structlog
 
 from coby.cache import MemoryCache
 from coby.config import Settings
+from coby.metrics import OHLCV_LATE, OHLCV_REPAIRED
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
 from coby.ohlcv import OHLCVBuilder
 
@@ -91,7 +93,8 @@ class Pipeline:
         self._tasks: list[asyncio.Task] = []
         self.engine = _make_engine(settings)
         self.recorder = _make_engine(settings)  # sees only the stored snapshots: see _record
-        self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace)
+        self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace, repair_window=settings.ohlcv_repair_window,
+                                  on_late=None if replay_id is not None else _count_late)
         self._pending_stored: list[OrderBookSnapshot] = []
         self._record_slot: int | None = None
         self._bar_sigs: dict[tuple[str, str], tuple] = {}
@@ -134,7 +137,7 @@ class Pipeline:
             if self.storage is not None:
                 await self.storage.store_trade(event)
             await self.publisher.publish(f"trades:{event.symbol}", event, event.timestamp, event.received_at)
-            self.ohlcv.add(event)  # a trade for an already closed bar is counted there (late_trades), not applied
+            self.ohlcv.add(event)  # older than its open bar: repaired into its closed bars, or counted
         elif isinstance(event, OrderBookSnapshot):
             await self._on_book(event)
         elif isinstance(event, ConnectionEvent):
@@ -198,6 +201,8 @@ class Pipeline:
         await self._record(now)
         for bar in self.ohlcv.advance(ts):
             await self._publish_bar(bar)
+        for bar in self.ohlcv.take_repaired():  # closed bars late trades changed: stored again (upsert)
+            await self._publish_bar(bar, latest=False)
         for bar in self.ohlcv.open_bars(consolidated_only=True):
             if self._bar_changed(bar):
                 await self._publish_bar(bar)
@@ -239,12 +244,18 @@ class Pipeline:
         """Replay: run the aggregation tick at event time ``ts``."""
         await self.tick(ts.timestamp())
 
-    async def _publish_bar(self, bar: OHLCVBar) -> None:
+    async def _publish_bar(self, bar: OHLCVBar, latest: bool = True) -> None:
+        """Publish a consolidated bar (a repaired one is re-sent, but is not the latest) and store a closed one."""
         if bar.exchange is None:  # the channel carries the consolidated bars; venues' bars are in storage
             await self.publisher.publish(f"ohlcv:{bar.symbol}:{bar.timeframe}", bar, bar.timestamp, None,
-                                         latest=(f"ohlcv:{bar.timeframe}", bar.symbol))
+                                         latest=(f"ohlcv:{bar.timeframe}", bar.symbol) if latest else None)
         if bar.closed and self.storage is not None:
             await self.storage.store_ohlcv(bar)
+
+
+def _count_late(exchange: str, repaired: bool) -> None:
+    """Live only: a replay meets no late trade (it merges stored trades in time order)."""
+    (OHLCV_REPAIRED if repaired else OHLCV_LATE).labels(exchange).inc()
 
 
 def _make_engine(settings: Settings) -> Any:

@@ -22,7 +22,9 @@ own time in replay (``advance_to``), so replay produces the aggregates the live 
 Throttles (book publishing, snapshot storage) measure intervals on ``monotonic``, coby's own
 monotonic clock, live - never on a venue's timestamps, which may go backwards (binance's REST
 book is stamped with local time, the WebSocket books after it with the venue's earlier time),
-and never on the wall clock, which may be stepped. In a replay they run on the events' time.
+and never on the wall clock, which may be stepped. In a replay they run on the events' time. The
+live engine likewise judges a book's staleness by its receive time (coby's clock), the recorder and
+a replay by event time.
 
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
 "ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.
@@ -91,8 +93,9 @@ class Pipeline:
         self.run_timers = run_timers
         self._last_stored: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task] = []
-        self.engine = _make_engine(settings)
-        self.recorder = _make_engine(settings)  # sees only the stored snapshots: see _record
+        # live, staleness is read on coby's clock (receive times); in replay and the recorder, on event time
+        self.engine = _make_engine(settings, "event" if replay_id is not None else "received")
+        self.recorder = _make_engine(settings, "event")  # sees only the stored snapshots: see _record
         self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace, repair_window=settings.ohlcv_repair_window,
                                   on_late=None if replay_id is not None else _count_late)
         self._pending_stored: list[OrderBookSnapshot] = []
@@ -258,7 +261,8 @@ def _count_late(exchange: str, repaired: bool) -> None:
     (OHLCV_REPAIRED if repaired else OHLCV_LATE).labels(exchange).inc()
 
 
-def _make_engine(settings: Settings) -> Any:
+def _make_engine(settings: Settings, stale_by: str) -> Any:
     from coby.buckets import AggregationEngine
     from coby.heatmap import HeatmapSeries
-    return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval))
+    return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval),
+                                           stale_by=stale_by)

@@ -1,10 +1,10 @@
 """The JSON form of coby's models: one encoding for the cache, the API, spill files and the client.
 
 ``dumps(obj)`` gives compact JSON bytes (orjson; datetimes as RFC 3339 UTC strings,
-dict keys such as bucket prices as strings, book levels as ``[price, size]`` pairs for every venue,
-a venue's order counts per level, when it sends them, in ``bid_counts`` / ``ask_counts``). ``to_dict`` gives the same as Python
-objects. ``from_dict(cls, data)`` rebuilds a model from that form, so a client gets
-back the very dataclasses the daemon uses.
+dict keys such as bucket prices as strings, book levels as ``[price, size]`` pairs for every
+venue, a venue's order counts per level, when it sends them, in ``bid_counts`` / ``ask_counts``).
+``to_dict`` gives the same as Python objects. ``from_dict(cls, data)`` rebuilds a model from that
+form, so a client gets back the very dataclasses the daemon uses.
 """
 
 from __future__ import annotations

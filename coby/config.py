@@ -194,9 +194,10 @@ class Settings:
     simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), _port)
     exchange_urls: dict[str, str] = setting({}, "Base URL per venue (key '*': every venue) of a server speaking the "
                                             "venues' protocols; env or flag: *=http://127.0.0.1:8765,"
-                                            "binance=http://... or {\"*\": \"http://127.0.0.1:8765\"}; each venue's "
-                                            "endpoints become BASE/<venue>/... (the simulator's layout). With simulate, "
-                                            "'*' defaults to http://127.0.0.1:<simulator_port>. Markets are then preset.",
+                                            "binance=http://... or {\"*\": \"http://127.0.0.1:8765\"}; each "
+                                            "venue's endpoints become BASE/<venue>/... (the simulator's layout). "
+                                            "With simulate, '*' defaults to http://127.0.0.1:<simulator_port>. "
+                                            "Markets are then preset.",
                                             ("COBY_EXCHANGE_URLS",), _exchange_urls)
     symbol_map: dict[str, dict[str, str]] = setting({}, "Per-venue market for a canonical symbol, overriding "
                                                     "BASE/QUOTE, e.g. {coinbase = {\"BTC-USDT\" = \"BTC/USD\"}}; "

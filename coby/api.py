@@ -247,6 +247,7 @@ async def status(request: web.Request) -> web.Response:
     rates = request.app[RATES_KEY]
     now_wall, now_mono = time.time(), time.monotonic()
     venues = {}
+    ohlcv = daemon.pipeline.ohlcv if getattr(daemon, "pipeline", None) is not None else None
     for name, conn in daemon.connectors.items():
         st = conn.get_connection_status()
         last = st.last_message_at
@@ -261,6 +262,8 @@ async def status(request: web.Request) -> web.Response:
             "rejects": dict(st.rejects),
             "circuit": st.circuit,
             "error": st.error,
+            "ohlcv_late_trades": ohlcv.late_by_exchange.get(name, 0) if ohlcv is not None else 0,
+            "ohlcv_repaired_trades": ohlcv.repaired_by_exchange.get(name, 0) if ohlcv is not None else 0,
         }
     storage, cache = daemon.storage, daemon.cache
     return json_response({

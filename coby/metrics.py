@@ -24,6 +24,11 @@ BOOK_AGE = Gauge("coby_book_age_seconds", "Seconds since the last book update.",
 CIRCUIT_OPEN = Gauge("coby_circuit_open", "1 while a venue's circuit breaker is open.", ["exchange"],
                      registry=REGISTRY)
 
+OHLCV_LATE = Counter("coby_ohlcv_late_trades_total", "Trades left out of OHLCV bars: older than their open bar "
+                     "and beyond ohlcv_repair_window (they are stored all the same).", ["exchange"], registry=REGISTRY)
+OHLCV_REPAIRED = Counter("coby_ohlcv_repaired_trades_total", "Trades older than their open OHLCV bar folded into "
+                         "their closed bars (within ohlcv_repair_window).", ["exchange"], registry=REGISTRY)
+
 # --- storage --------------------------------------------------------------------------------
 ROWS_WRITTEN = Counter("coby_storage_rows_written_total", "Rows written to the database.", ["table"],
                        registry=REGISTRY)

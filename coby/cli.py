@@ -85,6 +85,8 @@ def run(
     from coby.daemon import run as run_daemon
     try:
         code = asyncio.run(run_daemon(settings))
+    except ConfigError as e:
+        _fail(str(e), 2)
     except StorageError as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:

@@ -425,3 +425,84 @@ async def test_kill_9_loses_at_most_flush_interval(pg_url, tmp_path, proxy, outa
           f"all within {max((t_kill - t for t in lost.values()), default=0):.2f} s of the kill")
     assert not late, f"{len(late)} trades lost that arrived more than flush_interval before the kill"
     assert len(seen) - len(lost) > 10
+
+
+async def test_daemon_starts_and_serves_with_the_database_down(pg_url, tmp_path, proxy):
+    """With PostgreSQL unreachable at start, the daemon starts at once, publishes live trades, and says
+    storage is down in /api/v1/status, /ready (503, with the reason) and /metrics; once the database
+    answers, every trade it published meanwhile is stored, once."""
+    import aiohttp
+    import orjson
+
+    from coby.daemon import Daemon
+    from tests.conftest import free_port
+    _clear_binance(pg_url)
+    proxy.cut()
+    settings = make_settings(tmp_path, db_url=via(proxy, pg_url), simulate=True, simulator_port=0,
+                             api_port=free_port(), exchanges="binance", symbols="BTC-USDT", flush_interval=0.2)
+    d = Daemon(settings)
+    t0 = time.monotonic()
+    await d.start()
+    started_in = time.monotonic() - t0
+    sub = d.cache.subscribe("trades:BTC-USDT", maxsize=100_000)
+    base = f"http://127.0.0.1:{d.api_port}"
+    try:
+        await asyncio.sleep(4)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/api/v1/status") as r:
+                storage = (await r.json())["storage"]
+            async with s.get(f"{base}/ready") as r:
+                ready_status, ready = r.status, await r.json()
+            async with s.get(f"{base}/metrics") as r:
+                metrics = await r.text()
+        assert storage["state"] == "down" and storage["healthy"] is False and storage["journal_bytes"] > 0
+        assert ready_status == 503 and "database down" in ready["storage_error"]
+        assert "coby_storage_up 0.0" in metrics
+        proxy.restore()
+        await asyncio.sleep(2)
+        published = set()
+        while not sub.queue.empty():
+            _, payload = sub.queue.get_nowait()
+            data = orjson.loads(payload)["data"]
+            published.add(f'{data["trade_id"]}@{data["timestamp"]}')
+    finally:
+        await d.stop()
+    assert started_in < 10
+    assert len(published) > 5
+    stored = _stored_btc(pg_url)
+    assert all(n == 1 for n in stored.values())
+    assert published <= set(stored)
+
+
+async def test_sqlite_on_a_full_disk_keeps_its_real_error_and_the_rows(tmp_path, small_disk):
+    """SQLite's disk fills up (the journal's has room): writes fail with SQLite's own message ('database
+    or disk is full', not a failed ROLLBACK), /ready says so, the rows wait in the journal, and all of
+    them are stored once space is freed."""
+    db = small_disk / "coby.sqlite3"
+    url = f"sqlite:///{db}"
+    st = open_storage(make_settings(tmp_path, db_url=url, flush_interval=0.1), url)
+    await st.start()
+    try:
+        await st.store_trades([trade(i) for i in range(100)])
+        await flushed(st)
+        filler = small_disk / "filler"
+        with filler.open("wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        await st.store_trades([trade(i) for i in range(100, 20_100)])
+        for _ in range(100):
+            if not st.ready()[0]:
+                break
+            await asyncio.sleep(0.05)
+        ok, why = st.ready()
+        assert not ok and "database or disk is full" in why, why
+        filler.unlink()
+        await flushed(st)
+        ids = [t.trade_id for t in await st.get_trades("DUR-USDT", limit=50_000)]
+    finally:
+        await st.aclose()
+    assert len(ids) == len(set(ids)) == 20_100

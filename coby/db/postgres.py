@@ -25,7 +25,7 @@ from coby.db.base import Storage
 from coby.db.migrations import CREATE_TABLE, load_migrations
 from coby.db.tables import FLOAT, INT, JSON, TABLES, TEXT, TS, Table, dedupe_last
 from coby.db.timescale import setup_timescale
-from coby.errors import StorageError, StorageRefused, StorageUnavailable
+from coby.errors import ConfigError, StorageRefused, StorageUnavailable
 
 log = structlog.get_logger("coby.storage")
 
@@ -75,9 +75,12 @@ class PostgresStorage(Storage):
 
     def check_url(self) -> None:
         try:
-            conninfo_to_dict(self.url)
+            params = conninfo_to_dict(self.url)
+            for port in str(params.get("port") or "5432").split(","):
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise psycopg.ProgrammingError(f"invalid port {port!r}")
         except psycopg.ProgrammingError as e:
-            raise StorageError(f"invalid database URL {_safe(self.url)}: {str(e).strip()}") from e
+            raise ConfigError(f"invalid setting db_url={_safe(self.url)}: {str(e).strip()}") from e
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
         if self._pool is not None:

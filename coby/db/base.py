@@ -65,11 +65,11 @@ class Storage(abc.ABC):
     async def prepare(self) -> None:
         """Connect and apply the migrations if not done yet; cheap once done. StorageUnavailable while
         the database does not answer."""
+        await self.prepare_writer()  # the probe: a direct connection, no pool churn while the database is down
         if not self._prepared:
             await self.connect()
             await self.setup_database_schema()
             self._prepared = True
-        await self.prepare_writer()
 
     async def prepare_writer(self) -> None:
         """Backends with a writer connection of their own make sure it is open."""

@@ -45,6 +45,7 @@ log = structlog.get_logger("coby.storage")
 
 PROBE_INTERVAL = 0.5      # seconds between attempts while the database is down
 MIN_WRITE_BATCH = 10_000  # rows per database batch when a backlog drains
+MAX_WAITING = 200_000     # rows per table waiting for a stalled journal before they are counted lost
 LOG_EVERY = 10.0          # seconds: at most one log line per (table, reason) of lost rows
 
 
@@ -74,6 +75,8 @@ class WriteBuffer:
         self._hold = settings.data_buffer_size
         self._interval = settings.flush_interval
         self._write_rows = max(settings.batch_write_size, MIN_WRITE_BATCH)
+        # rows waiting for the journal while its disk does not answer (a hung fsync): beyond, counted lost
+        self._max_waiting = max(10 * settings.data_buffer_size, MAX_WAITING)
         self._dir = Path(settings.data_dir)
         self._alert_bytes = settings.journal_alert_bytes
         self._lanes: dict[Table, _Lane] = {}
@@ -90,6 +93,7 @@ class WriteBuffer:
         self.error: str | None = None
         self.journal_error: str | None = None
         self.lost_rows = 0
+        self._gauges_at = 0.0
 
     # --- status --------------------------------------------------------------------------------
     @property
@@ -120,19 +124,28 @@ class WriteBuffer:
         lane = self._lanes.get(table) or self._lane(table)
         if lane is None:
             return False
-        lane.waiting.append(row)
-        if len(lane.waiting) >= self._batch:
+        waiting = lane.waiting
+        if len(waiting) >= self._batch:
             self._journal_wake.set()
+            if len(waiting) >= self._max_waiting:  # the journal's disk stalls: memory stays bounded
+                self._lose(table, 1, "journal_stalled")
+                return False
+        waiting.append(row)
         return True
 
     def add_many(self, table: Table, rows: list[tuple]) -> bool:
         lane = self._lanes.get(table) or self._lane(table)
         if lane is None:
             return False
+        room = max(0, self._max_waiting - len(lane.waiting))
+        complete = room >= len(rows)
+        if not complete:
+            self._lose(table, len(rows) - room, "journal_stalled")
+            rows = rows[:room]
         lane.waiting.extend(rows)
         if len(lane.waiting) >= self._batch:
             self._journal_wake.set()
-        return True
+        return complete
 
     def _lane(self, table: Table) -> _Lane | None:
         if self._closed or not self._opened:
@@ -257,6 +270,9 @@ class WriteBuffer:
                     break
             async with self._progress:
                 self._progress.notify_all()
+            if time.monotonic() - self._gauges_at >= 1.0:
+                self._gauges_at = time.monotonic()
+                self.update_gauges()
             if not wrote and self.state == "up":
                 await self._wait_writer(max(self._interval, 0.05))
             elif self.state != "up":
@@ -322,9 +338,13 @@ class WriteBuffer:
         lane.read = end
         lane.unwritten = max(0, lane.unwritten - len(rows))
         await asyncio.get_running_loop().run_in_executor(self._thread, journal.commit, end)
-        JOURNAL_BYTES.labels(journal.table.name).set(journal.backlog_bytes())
-        BUFFER_DEPTH.labels(journal.table.name).set(lane.held_rows + len(lane.waiting))
         return True
+
+    def update_gauges(self) -> None:
+        """The journal and buffer gauges (the writer calls it at most once a second)."""
+        for table, lane in self._lanes.items():
+            JOURNAL_BYTES.labels(table.name).set(lane.journal.backlog_bytes())
+            BUFFER_DEPTH.labels(table.name).set(lane.held_rows + len(lane.waiting))
 
     async def _write(self, table: Table, rows: list[tuple]) -> None:
         """Write one batch; isolate the rows the database refuses. StorageUnavailable propagates."""

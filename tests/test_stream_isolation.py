@@ -138,6 +138,31 @@ async def test_book_failures_never_cost_a_trade(tmp_path: Path) -> None:
         await sim.aclose()
 
 
+async def test_trade_failures_never_touch_the_book(tmp_path: Path) -> None:
+    """The other way round: htx and gate, trade connections dropped three times; the trades resync each time
+    and the book stream never reports a gap."""
+    sim = Simulator(exchanges=SPLIT, symbols=(SYMBOL,), port=0, rate=25.0, seed=13)
+    await sim.start()
+    rec = Recorder()
+    conns = {v: ExchangeConnector(v, connector_settings(tmp_path, sim.url), rec) for v in SPLIT}
+    try:
+        for c in conns.values():
+            await c.subscribe_orderbook(SYMBOL)
+            await c.subscribe_trades(SYMBOL)
+        await poll(lambda: [v for v in SPLIT if len(rec.of(v, OrderBookSnapshot)) < 3 or len(rec.trade_ids(v)) < 3],
+                   30.0, "books and trades")
+        for i in range(3):
+            await asyncio.gather(*(sim.inject(v, "drop_trades") for v in SPLIT))
+            await poll(lambda: [v for v in SPLIT if len(rec.events(v, "resynced", "trades")) <= i],
+                       20.0, f"trade failure {i + 1} recovered")
+        for v in SPLIT:
+            book_events = [e.event for e in rec.of(v, ConnectionEvent) if e.detail.startswith("book")]
+            assert book_events == ["connected"], (v, book_events)
+    finally:
+        await asyncio.gather(*(c.disconnect() for c in conns.values()))
+        await sim.aclose()
+
+
 async def test_quiet_trades_venue_is_connected_and_ready(tmp_path: Path) -> None:
     """A daemon on markets whose books flow but whose trades never come (illiquid): each venue is 'connected'
     and /ready is 200 from the first books on, through several trade_stale_after periods, and the book is

@@ -56,7 +56,7 @@ import structlog
 from coby.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
 from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, QuietTrades, StaleFeed,
                          TemporaryExchangeError)
-from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream
+from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream, venue_state
 from coby.markets import MarketCatalog
 from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
@@ -155,27 +155,13 @@ class ExchangeConnector:
         self._log.info("connector_stopped")
 
     def get_connection_status(self) -> ConnectionStatus:
-        """The venue's state from its streams: connected while every symbol has a stream that flows (its book
-        live, or its trades: quiet trades are no gap); else the worst of the symbols that have none."""
+        """The venue's state from its streams (:func:`~coby.feeds.venue_state`); its circuits per stream kind."""
         streams = [s for s in self._streams.values() if s.failed is None]
-        flowing = {s.symbol for s in streams if s.live}
-        dark = [s for s in streams if s.symbol not in flowing]
-        circuits = {kind: b.state.value for kind, b in self._breakers.items()}
-        if self._stopped:
-            state = ConnectionState.STOPPED
-        elif streams and not dark:
-            state = ConnectionState.CONNECTED
-        elif any(self._breakers[s.kind].state is not CircuitState.CLOSED for s in dark):
-            state = ConnectionState.CIRCUIT_OPEN
-        elif any(isinstance(s.cause, StaleFeed) for s in dark):
-            state = ConnectionState.STALE
-        elif dark and not any(s.ever for s in dark):
-            state = ConnectionState.CONNECTING
-        else:
-            state = ConnectionState.DISCONNECTED
+        state = ConnectionState.STOPPED if self._stopped else venue_state(streams, self._breakers)
         last = max((s.last_progress for s in self._streams.values()), default=float("-inf"))
         last_at = None if last == float("-inf") else \
             datetime.fromtimestamp(time.time() - (self._clock() - last), UTC)
+        circuits = {kind: b.state.value for kind, b in self._breakers.items()}
         worst = next((c for c in (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value) if c in circuits.values()),
                      CircuitState.CLOSED.value)
         return ConnectionStatus(self.exchange, state, last_at, self._messages, self._reconnects,

@@ -36,8 +36,9 @@ import structlog
 
 from coby.errors import ExchangeError
 from coby.markets import MarketCatalog
-from coby.models import OrderBookSnapshot
-from coby.resilience import Backoff
+from coby.errors import StaleFeed
+from coby.models import ConnectionState, OrderBookSnapshot
+from coby.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.venues import Venue
 
 log = structlog.get_logger("coby.exchanges")
@@ -240,3 +241,19 @@ class Stream:
         self.raw: Any = None  # ccxt's (live, mutated in place) book held back by book_emit_interval
         self.pending = False
         self.next_emit = float("-inf")
+
+
+def venue_state(streams: list[Stream], breakers: dict[str, CircuitBreaker]) -> ConnectionState:
+    """A venue's state from its (not permanently failed) streams: connected while every symbol has a stream
+    that flows (its book, or its trades: quiet trades are no gap); else the worst of the symbols with none."""
+    flowing = {s.symbol for s in streams if s.live}
+    dark = [s for s in streams if s.symbol not in flowing]
+    if streams and not dark:
+        return ConnectionState.CONNECTED
+    if any(breakers[s.kind].state is not CircuitState.CLOSED for s in dark):
+        return ConnectionState.CIRCUIT_OPEN
+    if any(isinstance(s.cause, StaleFeed) for s in dark):
+        return ConnectionState.STALE
+    if dark and not any(s.ever for s in dark):
+        return ConnectionState.CONNECTING
+    return ConnectionState.DISCONNECTED

@@ -247,6 +247,7 @@ async def status(request: web.Request) -> web.Response:
     rates = request.app[RATES_KEY]
     now_wall, now_mono = time.time(), time.monotonic()
     venues = {}
+    ohlcv = daemon.pipeline.ohlcv if getattr(daemon, "pipeline", None) is not None else None
     for name, conn in daemon.connectors.items():
         st = conn.get_connection_status()
         last = st.last_message_at
@@ -262,18 +263,26 @@ async def status(request: web.Request) -> web.Response:
             "circuit": st.circuit,
             "circuits": dict(st.circuits),
             "error": st.error,
+            "ohlcv_late_trades": ohlcv.late_by_exchange.get(name, 0) if ohlcv is not None else 0,
+            "ohlcv_repaired_trades": ohlcv.repaired_by_exchange.get(name, 0) if ohlcv is not None else 0,
         }
     storage, cache = daemon.storage, daemon.cache
     return json_response({
         "ok": True,
         "version": __version__,
         "uptime_s": round(now_wall - daemon.started_at, 1),
-        "storage": {"kind": storage.kind, "mode": storage.mode, "healthy": storage.buffer.healthy,
-                    "pending_rows": storage.buffer.pending()},
+        "storage": _storage_status(storage),
         "cache": {"kind": cache.kind, "connected": cache.connected},
         "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},
         "exchanges": venues,
     })
+
+
+def _storage_status(storage: Any) -> dict:
+    buf = storage.buffer
+    ok, why = storage.ready()
+    return {"kind": storage.kind, "mode": storage.mode, "state": buf.state, "healthy": ok, "error": why,
+            "pending_rows": buf.pending(), "journal_bytes": buf.journal_bytes(), "lost_rows": buf.lost_rows}
 
 
 async def symbols(request: web.Request) -> web.Response:

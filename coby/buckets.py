@@ -31,9 +31,12 @@ re-stamped, not recomputed; a symbol with any change has all its fresh books rec
 frame, since its consolidated mid, and so every venue's share of the depth bands, moves with any
 one of them. The frame's level lists live for that tick only: the engine keeps results.
 
-A book is *stale* when its exchange timestamp or its receive time is more than ``stale_after``
-seconds before ``now``: stale books are left out of everything in the tick, and named in the
-symbol's ``ConsolidatedOrderBook.stale_exchanges``.
+A book is *stale* when it is more than ``stale_after`` seconds older than ``now``, measured on
+the clock ``now`` comes from, never a venue's clock against coby's (a venue whose clock lags ours
+by more than ``stale_after`` would otherwise be left out for good): live (``stale_by="received"``)
+by its receive time, on coby's clock; in an event-time engine (``stale_by="event"``: a replay, the
+recorder of stored heatmaps) by the snapshot's own timestamp. Stale books are left out of
+everything in the tick, and named in the symbol's ``ConsolidatedOrderBook.stale_exchanges``.
 
 Timestamps: a venue's figures carry its snapshot's timestamp; consolidated figures carry ``now``.
 The engine imports nothing downstream (no storage, cache or HTTP): it returns model objects.
@@ -137,13 +140,18 @@ class AggregationEngine:
     symbol or base asset); ``stale_after``: seconds; ``depth_bands``: fractions of mid for the depth
     imbalances; ``consolidated_depth``: levels per side of the consolidated book (None: all);
     ``heatmaps``: how heatmaps are scaled, kept and sampled for storage; ``clock``: the time
-    ``tick()`` and ``aggregate_across_exchanges()`` use when not given ``now`` (a replay passes its own).
+    ``tick()`` and ``aggregate_across_exchanges()`` use when not given ``now`` (a replay passes its own);
+    ``stale_by``: which time of a book staleness reads - ``"received"`` (coby's receive time, the
+    timestamp for a book without one) when ``now`` is coby's clock, ``"event"`` when it is event time.
     """
 
     def __init__(self, *, bucket_size: Callable[[str], float] | Mapping[str, float] | None = None,
                  stale_after: float = 10.0, depth_bands: Sequence[float] = DEPTH_BANDS,
                  consolidated_depth: int | None = 100, heatmaps: HeatmapSeries | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, stale_by: str = "received") -> None:
+        if stale_by not in ("received", "event"):
+            raise ValueError(f"stale_by must be 'received' or 'event', got {stale_by!r}")
+        self._by_receipt = stale_by == "received"
         if not stale_after > 0:
             raise ValueError(f"stale_after must be > 0, got {stale_after!r}")
         if consolidated_depth is not None and consolidated_depth < 1:
@@ -331,7 +339,7 @@ class AggregationEngine:
         for (exchange, sym), snap in self._books.items():
             if symbol is not None and sym != symbol:
                 continue
-            seen = snap.timestamp if snap.received_at is None else min(snap.timestamp, snap.received_at)
+            seen = snap.received_at if self._by_receipt and snap.received_at is not None else snap.timestamp
             if seen < horizon:
                 stale.setdefault(sym, []).append(exchange)
             else:

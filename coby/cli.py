@@ -178,8 +178,9 @@ def _status_table(body: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     st, cache = body.get("storage", {}), body.get("cache", {})
     lines.append("")
-    lines.append(f"storage {st.get('kind')} ({st.get('mode')}), {'healthy' if st.get('healthy') else 'UNHEALTHY'}, "
-                 f"{st.get('pending_rows')} rows pending; cache {cache.get('kind')} "
+    lines.append(f"storage {st.get('kind')} ({st.get('mode')}), {'healthy' if st.get('healthy') else 'UNHEALTHY'}"
+                 f"{'' if st.get('healthy') else ' (' + str(st.get('error')) + ')'}, {st.get('pending_rows')} rows "
+                 f"pending, journal {st.get('journal_bytes', 0)} bytes; cache {cache.get('kind')} "
                  f"{'connected' if cache.get('connected') else 'DISCONNECTED'}; uptime {body.get('uptime_s')} s; "
                  f"{body.get('api', {}).get('ws_clients', 0)} WebSocket clients")
     return "\n".join(lines)

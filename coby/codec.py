@@ -1,9 +1,10 @@
 """The JSON form of coby's models: one encoding for the cache, the API, spill files and the client.
 
 ``dumps(obj)`` gives compact JSON bytes (orjson; datetimes as RFC 3339 UTC strings,
-dict keys such as bucket prices as strings, book levels as ``[price, size]`` pairs). ``to_dict`` gives the same as Python
-objects. ``from_dict(cls, data)`` rebuilds a model from that form, so a client gets
-back the very dataclasses the daemon uses.
+dict keys such as bucket prices as strings, book levels as ``[price, size]`` pairs for every
+venue, a venue's order counts per level, when it sends them, in ``bid_counts`` / ``ask_counts``).
+``to_dict`` gives the same as Python objects. ``from_dict(cls, data)`` rebuilds a model from that
+form, so a client gets back the very dataclasses the daemon uses.
 """
 
 from __future__ import annotations
@@ -35,16 +36,21 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 
 def _default(obj: Any) -> Any:
-    """Models as JSON: a book level as ``[price, size]`` (``[price, size, count]`` when the venue
-    sends counts) - compact, the form every venue uses, and ten times faster to encode than an
-    object per level; every other model as an object of its fields."""
+    """Models as JSON: a book level as ``[price, size]`` for every venue - one shape, compact, and
+    ten times faster to encode than an object per level. A venue that sends order counts per level
+    (bitfinex) has them in a book's optional ``bid_counts`` / ``ask_counts`` (one per level), not
+    in the level. Every other model as an object of its fields."""
     cls = type(obj)
     if cls is models.OrderBookSnapshot:  # the hot one: one callback per book, not per level
-        return {"symbol": obj.symbol, "exchange": obj.exchange, "timestamp": obj.timestamp,
-                "bids": obj.bids.pairs(), "asks": obj.asks.pairs(),
-                "sequence_id": obj.sequence_id, "received_at": obj.received_at}
+        bids, asks = obj.bids, obj.asks
+        out = {"symbol": obj.symbol, "exchange": obj.exchange, "timestamp": obj.timestamp,
+               "bids": bids.pairs(), "asks": asks.pairs(),
+               "sequence_id": obj.sequence_id, "received_at": obj.received_at}
+        if bids.counts is not None or asks.counts is not None:
+            out["bid_counts"], out["ask_counts"] = bids.count_list(), asks.count_list()
+        return out
     if cls is models.PriceLevel:
-        return (obj.price, obj.size) if obj.count is None else (obj.price, obj.size, obj.count)
+        return (obj.price, obj.size)
     if cls is models.Levels:
         return obj.pairs()
     if dataclasses.is_dataclass(obj):
@@ -108,4 +114,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = _hints(cls)
     kwargs = {f.name: _convert(hints[f.name], data[f.name])
               for f in dataclasses.fields(cls) if f.name in data}  # type: ignore[arg-type]
+    if cls is models.OrderBookSnapshot:
+        for side, counts in (("bids", data.get("bid_counts")), ("asks", data.get("ask_counts"))):
+            if counts and side in kwargs:
+                kwargs[side] = models.Levels(kwargs[side].prices, kwargs[side].sizes, counts)
     return cls(**kwargs)

@@ -132,13 +132,18 @@ class Settings:
                             ("COBY_DATA_DIR",))
     batch_write_size: int = setting(1000, "Rows per table that trigger a flush of the write buffer.",
                                     ("COBY_BATCH_WRITE_SIZE",), _positive)
-    data_buffer_size: int = setting(10000, "Rows per table the write buffer holds before buffer_full_policy applies.",
+    data_buffer_size: int = setting(10000, "Rows per table the write path holds in memory once journalled (more "
+                                    "wait on disk only, in data_dir/journal, and are read back from there).",
                                     ("COBY_DATA_BUFFER_SIZE",), _positive)
-    flush_interval: float = setting(1.0, "Seconds between flushes of the write buffer.", ("COBY_FLUSH_INTERVAL",),
-                                    _positive)
-    buffer_full_policy: str = setting("spill", "When the write buffer is full: 'spill' appends rows to a file in "
-                                      "data_dir/spill and loads them once the database keeps up; 'drop' drops the "
-                                      "newest rows. Both are counted in coby_storage_overflow_rows_total.",
+    flush_interval: float = setting(1.0, "Seconds within which an accepted row is journalled and fsynced on local "
+                                    "disk (a kill -9 loses at most this much); also the write path's idle wait.",
+                                    ("COBY_FLUSH_INTERVAL",), _positive)
+    journal_alert_bytes: int = setting(512 * 1024 * 1024, "Journal bytes not yet in the database above which "
+                                       "/ready says storage is behind (the journal itself keeps growing while "
+                                       "the disk has room).", ("COBY_JOURNAL_ALERT_BYTES",), _positive)
+    buffer_full_policy: str = setting("spill", "Deprecated, has no effect: every row is journalled on disk "
+                                      "(data_dir/journal) until the database has it. Accepted so that older "
+                                      "configurations still load.",
                                       ("COBY_BUFFER_FULL_POLICY",), _choice("spill", "drop"))
     retention_days: float = setting(0.0, "TimescaleDB retention: drop chunks older than this many days (0: keep all).",
                                     ("COBY_RETENTION_DAYS",), _non_negative)
@@ -151,7 +156,8 @@ class Settings:
     redis_port: int = setting(6379, "Redis port.", ("REDIS_PORT",), _port)
     # --- aggregation -------------------------------------------------------------------------
     bucket_sizes: dict[str, float] = setting({"BTC": 10.0, "ETH": 1.0}, "Price bucket width per base asset (or per "
-                                             "canonical symbol), in quote currency.", (), _bucket_sizes)
+                                             "canonical symbol), in quote currency. Env or flag: BTC=10,ETH=1 or "
+                                             "{\"BTC\": 10, \"ETH\": 1}.", ("COBY_BUCKET_SIZES",), _bucket_sizes)
     default_bucket_size: float = setting(1.0, "Bucket width for symbols not in bucket_sizes.",
                                          ("COBY_DEFAULT_BUCKET_SIZE",), _positive)
     aggregate_interval: float = setting(0.5, "Seconds between aggregation ticks (buckets, heatmap, imbalance, "
@@ -164,8 +170,18 @@ class Settings:
                                            ("COBY_BOOK_PUBLISH_INTERVAL",), _non_negative)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
                                  ("COBY_OHLCV_GRACE",), _non_negative)
+    ohlcv_repair_window: float = setting(600.0, "Seconds behind the close horizon within which a trade older than "
+                                         "its open OHLCV bar (a venue's snapshot of recent trades, trades missed "
+                                         "in a reconnect) is folded into its closed bars, stored again and "
+                                         "re-published; older ones are counted in coby_ohlcv_late_trades_total "
+                                         "(0: never repair). Closed bars of the window are kept in memory: about "
+                                         "0.5 kB per venue, symbol and second with trades.",
+                                         ("COBY_OHLCV_REPAIR_WINDOW",), _non_negative)
     # --- connectors --------------------------------------------------------------------------
-    max_connections_per_exchange: int = setting(5, "ccxt clients per venue and stream kind (books, trades: never on one client): symbols are spread over at most this many (one per symbol by default, so one symbol's recovery never touches another's); each client opens one or two connections.",
+    max_connections_per_exchange: int = setting(5, "ccxt clients per venue and stream kind (books, trades: never on "
+                                                "one client): symbols are spread over at most this many (one per "
+                                                "symbol by default, so one symbol's recovery never touches "
+                                                "another's); each client opens one or two connections.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
     snapshot_interval: float = setting(1.0, "Seconds between stored book snapshots per (venue, symbol).",
                                        ("COBY_SNAPSHOT_INTERVAL",), _positive)
@@ -185,14 +201,18 @@ class Settings:
                              ("COBY_SIMULATE",))
     simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), _port)
     exchange_urls: dict[str, str] = setting({}, "Base URL per venue (key '*': every venue) of a server speaking the "
-                                            "venues' protocols, e.g. {\"*\": \"http://127.0.0.1:8765\"}; each venue's "
-                                            "endpoints become BASE/<venue>/... (the simulator's layout). With simulate, "
-                                            "'*' defaults to http://127.0.0.1:<simulator_port>. Markets are then preset.",
+                                            "venues' protocols; env or flag: *=http://127.0.0.1:8765,"
+                                            "binance=http://... or {\"*\": \"http://127.0.0.1:8765\"}; each "
+                                            "venue's endpoints become BASE/<venue>/... (the simulator's layout). "
+                                            "With simulate, '*' defaults to http://127.0.0.1:<simulator_port>. "
+                                            "Markets are then preset.",
                                             ("COBY_EXCHANGE_URLS",), _exchange_urls)
     symbol_map: dict[str, dict[str, str]] = setting({}, "Per-venue market for a canonical symbol, overriding "
                                                     "BASE/QUOTE, e.g. {coinbase = {\"BTC-USDT\" = \"BTC/USD\"}}; "
-                                                    "a venue id may follow the symbol after a vertical bar. Env: "
-                                                    "venue:CANONICAL=SYMBOL,... See docs/symbols.md.",
+                                                    "a venue id may follow the symbol after a vertical bar. "
+                                                    "Env or flag: "
+                                                    "venue:CANONICAL=SYMBOL,... or {\"venue\": {\"CANONICAL\": "
+                                                    "\"SYMBOL\"}}. See docs/symbols.md.",
                                                     ("COBY_SYMBOL_MAP",), _symbol_map)
     book_emit_interval: float = setting(0.05, "Seconds between two states of one book a connector hands on (0: "
                                         "every update). The newest state wins; a held-back one follows within "

@@ -19,6 +19,11 @@ class StorageUnavailable(StorageError):
     """The database cannot be reached right now (transient: retry with backoff)."""
 
 
+class StorageRefused(StorageError):
+    """The database refused a batch for its content (a value out of range, a constraint): the bad rows
+    are isolated and set aside. Never raised for connection, timeout, pool or shutdown trouble."""
+
+
 class CacheError(CobyError):
     """The cache failed an operation."""
 

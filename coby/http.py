@@ -130,13 +130,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Ready: storage answers and at least one venue is connected (a process without connectors,
-    serving from storage and Redis only, needs storage alone)."""
+    """Ready: storage can write (database up, journal writable and not too far behind) and at least one
+    venue is connected (a process without connectors, serving from storage and Redis only, needs
+    storage alone). The body says why not."""
     daemon = request.app[DAEMON_KEY]
-    storage_ok = await daemon.storage.ping()
+    storage_ok, why = daemon.storage.ready()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
     ok = storage_ok and (bool(live) or not daemon.connectors)
-    return json_response({"ok": ok, "storage": storage_ok, "live_exchanges": live}, 200 if ok else 503)
+    body = {"ok": ok, "storage": storage_ok, "live_exchanges": live}
+    if why is not None:
+        body["storage_error"] = why
+    return json_response(body, 200 if ok else 503)
 
 
 def _state(conn: Any) -> str:

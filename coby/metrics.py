@@ -24,14 +24,28 @@ BOOK_AGE = Gauge("coby_book_age_seconds", "Seconds since the last book update.",
 CIRCUIT_OPEN = Gauge("coby_circuit_open", "1 while a venue's circuit breaker is open.", ["exchange"],
                      registry=REGISTRY)
 
+OHLCV_LATE = Counter("coby_ohlcv_late_trades_total", "Trades left out of OHLCV bars: older than their open bar "
+                     "and beyond ohlcv_repair_window (they are stored all the same).", ["exchange"], registry=REGISTRY)
+OHLCV_REPAIRED = Counter("coby_ohlcv_repaired_trades_total", "Trades older than their open OHLCV bar folded into "
+                         "their closed bars (within ohlcv_repair_window).", ["exchange"], registry=REGISTRY)
+
 # --- storage --------------------------------------------------------------------------------
 ROWS_WRITTEN = Counter("coby_storage_rows_written_total", "Rows written to the database.", ["table"],
                        registry=REGISTRY)
 ROWS_DUPLICATE = Counter("coby_storage_rows_duplicate_total", "Rows skipped because an identical key was stored.",
                          ["table"], registry=REGISTRY)
-OVERFLOW = Counter("coby_storage_overflow_rows_total", "Rows that met a full write buffer, by policy outcome "
-                   "(spilled to disk, dropped).", ["table", "outcome"], registry=REGISTRY)
-BUFFER_DEPTH = Gauge("coby_storage_buffer_rows", "Rows waiting in the write buffer.", ["table"], registry=REGISTRY)
+OVERFLOW = Counter("coby_storage_overflow_rows_total", "Rows set aside by the write path, by outcome (rejected: "
+                   "refused by the database for their content, kept in data_dir/rejected).", ["table", "outcome"],
+                   registry=REGISTRY)
+BUFFER_DEPTH = Gauge("coby_storage_buffer_rows", "Rows accepted and held in memory (waiting for the journal, or "
+                     "journalled and waiting for the database).", ["table"], registry=REGISTRY)
+LOST_ROWS = Counter("coby_storage_lost_rows_total", "Rows accepted but never journalled (disk full, I/O error, "
+                    "closed), by reason: these are lost.", ["table", "reason"], registry=REGISTRY)
+JOURNAL_BYTES = Gauge("coby_storage_journal_bytes", "Journal bytes on local disk not yet committed by the database.",
+                      ["table"], registry=REGISTRY)
+JOURNAL_SKIPPED = Counter("coby_storage_journal_skipped_bytes_total", "Corrupt or torn journal bytes skipped "
+                          "when reading the journal back.", ["table"], registry=REGISTRY)
+STORAGE_UP = Gauge("coby_storage_up", "1 while the database accepts writes, 0 while it is down.", registry=REGISTRY)
 FLUSH_FAILURES = Counter("coby_storage_flush_failures_total", "Failed flush attempts (rows kept, retried).",
                          ["table"], registry=REGISTRY)
 WRITE_LATENCY = Histogram("coby_storage_flush_seconds", "Time to flush one batch.", ["table"], registry=REGISTRY,

@@ -117,10 +117,13 @@ class Levels(Sequence[PriceLevel]):
         return cls(map(_price, rows), map(_size, rows), counts)
 
     def pairs(self) -> list[tuple]:
-        """``[(price, size), ...]`` (``(price, size, count)`` with counts): the wire and storage form."""
-        if self.counts is None:
-            return list(zip(self.prices.tolist(), self.sizes.tolist()))
-        return list(zip(self.prices.tolist(), self.sizes.tolist(), self.counts))
+        """``[(price, size), ...]``: the wire and storage form, the same for every venue (counts, when
+        the venue sends them, travel apart: ``count_list``)."""
+        return list(zip(self.prices.tolist(), self.sizes.tolist()))
+
+    def count_list(self) -> list[int | None]:
+        """The order count of each level (None each for a venue that sends none)."""
+        return list(self.counts) if self.counts is not None else [None] * len(self.prices)
 
     def __len__(self) -> int:
         return len(self.prices)

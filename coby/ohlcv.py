@@ -18,10 +18,22 @@ Closing, lateness and gaps
   (``closed=True``), whether or not any later trade has arrived: a bar closes on its time
   boundary plus the grace window, driven by the clock (a replay passes its own ``now``).
 * A trade that arrives late, while its bar is still open (within ``grace`` of the bar's end),
-  updates it. A trade whose bar has already been closed is **not applied** to any timeframe -
-  that keeps every timeframe built from the same trades - and is counted in ``late_trades``
-  (and per venue in ``late_by_exchange``); ``add`` returns False for it. Lateness is judged
-  against the finest timeframe, whose bars close first.
+  updates it. Lateness is judged against the finest timeframe, whose bars close first.
+* A trade older than that - its finest bar already closed; real venues send such trades: a
+  snapshot of recent trades on subscribe (coinbase, bitfinex), trades missed during a reconnect -
+  is **repaired** in when it lies within ``repair_window`` seconds of the close horizon
+  (``now - grace``) and not before the builder's first horizon: it is folded into every bar
+  containing it, of every timeframe, per venue and consolidated - the closed ones are kept in
+  memory for the window (a bar with no trade yet is made) - and each closed bar it changed is
+  returned once more, ``closed=True``, by the next ``take_repaired()`` (to be stored again by
+  upsert and re-published); the open ones simply include it. Counted in ``repaired_trades`` /
+  ``repaired_by_exchange``. Bars before the builder's first horizon are never remade: they may
+  have been stored by an earlier process with trades this one never saw.
+* Any other late trade is **not applied** to any timeframe - that keeps every timeframe built
+  from the same trades - and is counted in ``late_trades`` (and per venue in
+  ``late_by_exchange``); ``add`` returns False for it. ``on_late(exchange, repaired)``, when
+  given, is called for every trade older than its open bar (the pipeline counts them in
+  ``/metrics``).
 * An interval with no trades emits **no bar**. A flat bar would claim a price nobody traded at and
   would paper over a feed gap (which coby records explicitly); a consumer wanting a continuous
   series forward-fills the previous close.
@@ -76,6 +88,24 @@ class _Bar:
         self.buy = buy
         self.sell = sell
 
+    def take(self, price: float, ts: int, seq: int, size: float, buy: bool) -> None:
+        """Fold in one trade (``add``'s hot path does the same inline)."""
+        if ts >= self.close_ts:
+            self.close, self.close_ts, self.close_seq = price, ts, seq
+        elif ts < self.open_ts:
+            self.open, self.open_ts, self.open_seq = price, ts, seq
+        if price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
+        self.volume += size
+        self.notional += price * size
+        self.count += 1
+        if buy:
+            self.buy += size
+        else:
+            self.sell += size
+
     def copy(self) -> "_Bar":
         new = _Bar.__new__(_Bar)
         for name in _Bar.__slots__:
@@ -114,18 +144,23 @@ class OHLCVBuilder:
     """Builds OHLCV bars from ``TradeEvent``s (see the module docstring).
 
     ``timeframes``: names from ``TIMEFRAMES``; ``grace``: seconds a bar stays open after its end
-    for late trades; ``per_venue`` / ``consolidated``: which series to build; ``clock``: the time
-    ``advance()`` uses when not given ``now``.
+    for late trades; ``repair_window``: seconds behind the close horizon within which older trades
+    are folded into their closed bars (0: never); ``per_venue`` / ``consolidated``: which series to
+    build; ``clock``: the time ``advance()`` uses when not given ``now``; ``on_late``: called with
+    (exchange, repaired) for each trade older than its open bar.
     """
 
     def __init__(self, *, timeframes: Sequence[str] = tuple(TIMEFRAMES), grace: float = 2.0,
-                 per_venue: bool = True, consolidated: bool = True,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 repair_window: float = 0.0, per_venue: bool = True, consolidated: bool = True,
+                 clock: Callable[[], datetime] = utcnow,
+                 on_late: Callable[[str, bool], None] | None = None) -> None:
         unknown = [tf for tf in timeframes if tf not in TIMEFRAMES]
         if unknown or not timeframes:
             raise ValueError(f"unknown timeframe(s) {unknown}; use some of {', '.join(TIMEFRAMES)}")
         if not grace >= 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace!r}")
+        if not repair_window >= 0:
+            raise ValueError(f"repair_window must be >= 0 seconds, got {repair_window!r}")
         if not (per_venue or consolidated):
             raise ValueError("build per-venue bars, consolidated bars or both")
         self._timeframes = sorted((TIMEFRAMES[tf], tf) for tf in dict.fromkeys(timeframes))
@@ -143,6 +178,14 @@ class OHLCVBuilder:
         self._coarse: dict[_BarKey, _Bar] = {}  # open coarser bars (and nothing else), from closed finest ones
         self.late_trades = 0
         self.late_by_exchange: dict[str, int] = {}
+        self.repair_ms = round(repair_window * 1000)
+        self._on_late = on_late
+        self._origin: int | None = None  # the first close horizon: bars before it are never remade
+        self._repair_from = -_NEVER  # older trades are left out: none are repaired until the first advance
+        self._recent: dict[_BarKey, _Bar] = {}  # closed bars still within the repair window, by end
+        self._repaired: dict[_BarKey, _Bar] = {}  # closed bars changed since take_repaired()
+        self.repaired_trades = 0
+        self.repaired_by_exchange: dict[str, int] = {}
 
     @property
     def timeframes(self) -> tuple[str, ...]:
@@ -152,9 +195,7 @@ class OHLCVBuilder:
         """Take one trade; False (and counted) if its bar has already closed."""
         ts = round(trade.timestamp.timestamp() * 1000)  # = to_ms (the same float), without a call: hot path
         if ts < self._accept_from:
-            self.late_trades += 1
-            self.late_by_exchange[trade.exchange] = self.late_by_exchange.get(trade.exchange, 0) + 1
-            return False
+            return self._late(trade, ts)
         seq = self._seq = self._seq + 1
         key = (trade.symbol, trade.exchange, ts - ts % self._finest)
         bar = self._fine.get(key)
@@ -179,6 +220,50 @@ class OHLCVBuilder:
             bar.sell += size
         return True
 
+    def _late(self, trade: TradeEvent, ts: int) -> bool:
+        """A trade older than its open bar: repaired in (True) or counted and left out (False)."""
+        exchange = trade.exchange
+        repaired = ts >= self._repair_from
+        if repaired:
+            self._repair(trade, ts)
+            self.repaired_trades += 1
+            self.repaired_by_exchange[exchange] = self.repaired_by_exchange.get(exchange, 0) + 1
+        else:
+            self.late_trades += 1
+            self.late_by_exchange[exchange] = self.late_by_exchange.get(exchange, 0) + 1
+        if self._on_late is not None:
+            self._on_late(exchange, repaired)
+        return repaired
+
+    def _repair(self, trade: TradeEvent, ts: int) -> None:
+        """Fold a late trade into every bar containing it: closed ones (kept for the window, marked
+        for ``take_repaired``) and open coarser ones (its finest bar is closed, by lateness)."""
+        seq = self._seq = self._seq + 1
+        price, size, buy, symbol = trade.price, trade.size, trade.side == "buy", trade.symbol
+        series = ((trade.exchange,) if self.per_venue else ()) + ((None,) if self.consolidated else ())
+        closed_ms = self._closed_ms
+        for tf, _ in self._timeframes:
+            start = ts - ts % tf
+            for exchange in series:
+                key = (tf, symbol, exchange, start)
+                bars = self._recent if start + tf <= closed_ms else self._coarse
+                bar = bars.get(key)
+                if bar is None:
+                    bars[key] = bar = _Bar(price, ts, seq, size, *((size, 0.0) if buy else (0.0, size)))
+                else:
+                    bar.take(price, ts, seq, size, buy)
+                if bars is self._recent:
+                    self._repaired[key] = bar
+
+    def take_repaired(self) -> list[OHLCVBar]:
+        """The closed bars late trades changed since the last call, as they stand now (``closed=True``),
+        ordered by end time, timeframe, symbol and venue (consolidated first)."""
+        if not self._repaired:
+            return []
+        done, self._repaired = self._repaired, {}
+        keys = sorted(done, key=lambda k: (k[3] + k[0], k[0], k[1], "" if k[2] is None else "~" + k[2]))
+        return [self._bar(key, done[key], closed=True) for key in keys]
+
     def add_many(self, trades: Iterable[TradeEvent]) -> int:
         """Take many trades; returns how many were accepted."""
         return sum(self.add(t) for t in trades)
@@ -200,7 +285,24 @@ class OHLCVBuilder:
             done.append((key, self._coarse.pop(key)))
         done.sort(key=lambda kb: (kb[0][3] + kb[0][0], kb[0][0], kb[0][1],
                                   "" if kb[0][2] is None else "~" + kb[0][2]))
+        if self.repair_ms:
+            self._keep_recent(done, closed_ms)
         return [self._bar(key, bar, closed=True) for key, bar in done]
+
+    def _keep_recent(self, done: list[tuple[_BarKey, _Bar]], closed_ms: int) -> None:
+        """Keep closed bars for the repair window: the oldest first, so the expired ones leave from
+        the front (a bar a repair made late sits a little longer)."""
+        if self._origin is None:
+            self._origin = self._accept_from
+        horizon = closed_ms - self.repair_ms
+        self._repair_from = max(self._origin, horizon)
+        recent = self._recent
+        recent.update(done)
+        while recent:
+            key = next(iter(recent))
+            if key[3] + key[0] > horizon:
+                break
+            del recent[key]
 
     def open_bars(self, *, consolidated_only: bool = False) -> list[OHLCVBar]:
         """The bars still open, as they stand (``closed=False``): for live display.

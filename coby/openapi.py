@@ -66,9 +66,9 @@ def type_schema(hint: Any) -> dict[str, Any]:
 
 
 def model_schema(cls: type) -> dict[str, Any]:
-    if cls is models.PriceLevel:  # coby.codec encodes a level as a pair (a triple with a count)
-        return {"type": "array", "description": "A book level: [price, size], or [price, size, count].",
-                "items": {"type": "number"}, "minItems": 2, "maxItems": 3}
+    if cls is models.PriceLevel:  # coby.codec encodes a level as a pair, for every venue
+        return {"type": "array", "description": "A book level: [price, size].",
+                "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
     doc = (cls.__doc__ or "").strip().split("\n")[0]
@@ -100,10 +100,14 @@ def _history(items_key: str, item: str, **extra: Any) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     out = {cls.__name__: model_schema(cls) for cls in EXPOSED}
-    # coby.codec writes a book level as a pair, the form the venues use (a triple when they send counts)
-    out["PriceLevel"] = {"type": "array", "description": "[price, size] or [price, size, order count]",
-                         "prefixItems": [{"type": "number"}, {"type": "number"}, {"type": "integer"}],
-                         "minItems": 2, "maxItems": 3, "items": False}
+    # coby.codec writes a book level as a pair for every venue; order counts (bitfinex) travel apart
+    out["PriceLevel"] = {"type": "array", "description": "[price, size]",
+                         "prefixItems": [{"type": "number"}, {"type": "number"}],
+                         "minItems": 2, "maxItems": 2, "items": False}
+    counts = {"type": "array", "items": {"type": ["integer", "null"]},
+              "description": "order count per level, in the order of the levels; only from venues that send "
+                             "counts (bitfinex)"}
+    out["OrderBookSnapshot"]["properties"].update(bid_counts=counts, ask_counts=counts)
     out["Error"] = _obj({"ok": {"type": "boolean", "const": False}, "error": {"type": "string"},
                          "status": {"type": "integer"}})
     venue = _obj({
@@ -113,6 +117,11 @@ def _schemas() -> dict[str, Any]:
         "age_s": {"type": ["number", "null"], "description": "seconds since the last message"},
         "messages": {"type": "integer"},
         "messages_per_s": {"type": ["number", "null"], "description": "over the last ~10 s; null at start-up"},
+        "ohlcv_late_trades": {"type": "integer", "minimum": 0,
+                              "description": "trades left out of OHLCV (older than their open bar, beyond "
+                                             "ohlcv_repair_window); stored all the same"},
+        "ohlcv_repaired_trades": {"type": "integer", "minimum": 0,
+                                  "description": "trades older than their open bar folded into their closed bars"},
         "reconnects": {"type": "integer"},
         "rejects": {"type": "object", "additionalProperties": {"type": "integer"},
                     "description": "items rejected by validation, by reason"},

@@ -14,9 +14,17 @@ Every ``aggregate_interval`` the tick runs the engine over all books at once and
 consolidated book, heatmap and metrics per symbol (the freshest books, top ``book_depth``
 levels); closes OHLCV bars whose time is up (stored, per venue and consolidated; the
 consolidated ones also published on ``ohlcv:{symbol}:{timeframe}``, with the open bar re-published
-when it changes). Stored heatmaps come from a second engine (the *recorder*) fed only the stored
+when it changes) and stores again, and re-publishes, the closed bars that late trades were folded
+into (``ohlcv_repair_window``; trades older than that are counted in ``/metrics`` and status). Stored heatmaps come from a second engine (the *recorder*) fed only the stored
 snapshots, at epoch-aligned ``heatmap_interval`` boundaries: see ``_record``. Time comes from ``clock``: wall time live, the events'
 own time in replay (``advance_to``), so replay produces the aggregates the live run did.
+
+Throttles (book publishing, snapshot storage) measure intervals on ``monotonic``, coby's own
+monotonic clock, live - never on a venue's timestamps, which may go backwards (binance's REST
+book is stamped with local time, the WebSocket books after it with the venue's earlier time),
+and never on the wall clock, which may be stepped. In a replay they run on the events' time. The
+live engine likewise judges a book's staleness by its receive time (coby's clock), the recorder and
+a replay by event time.
 
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
 "ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.
@@ -37,6 +45,7 @@ import structlog
 
 from coby.cache import MemoryCache
 from coby.config import Settings
+from coby.metrics import OHLCV_LATE, OHLCV_REPAIRED
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
 from coby.ohlcv import OHLCVBuilder
 
@@ -74,17 +83,21 @@ class Publisher:
 
 class Pipeline:
     def __init__(self, settings: Settings, storage: Any, bus: MemoryCache, *, replay_id: str | None = None,
-                 clock: Callable[[], float] = time.time, run_timers: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, run_timers: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.storage = storage  # None in replay: history is read, not written
         self.publisher = Publisher(bus, replay_id)
         self.clock = clock
+        self.monotonic = monotonic  # live throttles; replay throttles on event time
         self.run_timers = run_timers
         self._last_stored: dict[tuple[str, str], float] = {}
         self._tasks: list[asyncio.Task] = []
-        self.engine = _make_engine(settings)
-        self.recorder = _make_engine(settings)  # sees only the stored snapshots: see _record
-        self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace)
+        # live, staleness is read on coby's clock (receive times); in replay and the recorder, on event time
+        self.engine = _make_engine(settings, "event" if replay_id is not None else "received")
+        self.recorder = _make_engine(settings, "event")  # sees only the stored snapshots: see _record
+        self.ohlcv = OHLCVBuilder(grace=settings.ohlcv_grace, repair_window=settings.ohlcv_repair_window,
+                                  on_late=None if replay_id is not None else _count_late)
         self._pending_stored: list[OrderBookSnapshot] = []
         self._record_slot: int | None = None
         self._bar_sigs: dict[tuple[str, str], tuple] = {}
@@ -127,7 +140,7 @@ class Pipeline:
             if self.storage is not None:
                 await self.storage.store_trade(event)
             await self.publisher.publish(f"trades:{event.symbol}", event, event.timestamp, event.received_at)
-            self.ohlcv.add(event)  # a trade for an already closed bar is counted there (late_trades), not applied
+            self.ohlcv.add(event)  # older than its open bar: repaired into its closed bars, or counted
         elif isinstance(event, OrderBookSnapshot):
             await self._on_book(event)
         elif isinstance(event, ConnectionEvent):
@@ -141,15 +154,14 @@ class Pipeline:
         # The book channel carries at most one state per book_publish_interval (the newest; the
         # rest wait, marked dirty, for the next interval or tick): encoding 2 x book_depth levels
         # per venue update would cost more than ccxt's own parsing of it.
-        t = b.timestamp.timestamp() if self.replay else self.clock()
+        t = b.timestamp.timestamp() if self.replay else self.monotonic()
         if t - self._last_published.get(key, float("-inf")) >= self.settings.book_publish_interval:
             await self._publish_book(b, t)
         else:
             self._dirty[key] = b
         if self.storage is not None:
-            now = b.timestamp.timestamp()
-            if now - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
-                self._last_stored[key] = now
+            if t - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
+                self._last_stored[key] = t
                 await self.storage.store_orderbook(b)
                 depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
                 self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
@@ -174,8 +186,9 @@ class Pipeline:
     async def tick(self, now: float) -> None:
         """One aggregation tick at ``now`` (seconds since the epoch)."""
         ts = utc_from_ms(now * 1000)
+        t = now if self.replay else self.monotonic()
         for b in list(self._dirty.values()):
-            await self._publish_book(b, now)
+            await self._publish_book(b, t)
         result = self.engine.tick(ts)
         for symbol, book in result.books.items():
             await self.publisher.publish(f"consolidated:{symbol}", book, ts, ts, latest=("consolidated", symbol))
@@ -191,6 +204,8 @@ class Pipeline:
         await self._record(now)
         for bar in self.ohlcv.advance(ts):
             await self._publish_bar(bar)
+        for bar in self.ohlcv.take_repaired():  # closed bars late trades changed: stored again (upsert)
+            await self._publish_bar(bar, latest=False)
         for bar in self.ohlcv.open_bars(consolidated_only=True):
             if self._bar_changed(bar):
                 await self._publish_bar(bar)
@@ -232,15 +247,22 @@ class Pipeline:
         """Replay: run the aggregation tick at event time ``ts``."""
         await self.tick(ts.timestamp())
 
-    async def _publish_bar(self, bar: OHLCVBar) -> None:
+    async def _publish_bar(self, bar: OHLCVBar, latest: bool = True) -> None:
+        """Publish a consolidated bar (a repaired one is re-sent, but is not the latest) and store a closed one."""
         if bar.exchange is None:  # the channel carries the consolidated bars; venues' bars are in storage
             await self.publisher.publish(f"ohlcv:{bar.symbol}:{bar.timeframe}", bar, bar.timestamp, None,
-                                         latest=(f"ohlcv:{bar.timeframe}", bar.symbol))
+                                         latest=(f"ohlcv:{bar.timeframe}", bar.symbol) if latest else None)
         if bar.closed and self.storage is not None:
             await self.storage.store_ohlcv(bar)
 
 
-def _make_engine(settings: Settings) -> Any:
+def _count_late(exchange: str, repaired: bool) -> None:
+    """Live only: a replay meets no late trade (it merges stored trades in time order)."""
+    (OHLCV_REPAIRED if repaired else OHLCV_LATE).labels(exchange).inc()
+
+
+def _make_engine(settings: Settings, stale_by: str) -> Any:
     from coby.buckets import AggregationEngine
     from coby.heatmap import HeatmapSeries
-    return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval))
+    return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval),
+                                           stale_by=stale_by)

@@ -10,6 +10,7 @@ this module, never the reverse.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 import typing
@@ -78,44 +79,67 @@ def coerce(name: str, hint: Any, value: Any, source: str,
             if canonical_item is not None:
                 items = [canonical_item(i) for i in items]
             return tuple(dict.fromkeys(items))
-        if origin is dict and args[1] is not float:  # dict[str, str] / dict[str, dict[str, str]]
-            return _parse_str_table(value, nested=typing.get_origin(args[1]) is dict)
         if origin is dict:
-            if isinstance(value, str):  # "BTC=10,ETH=1"
-                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    raise ValueError("expected KEY=VALUE pairs separated by commas")
-                value = {k.strip(): v.strip() for k, v in pairs}
-            if not isinstance(value, dict):
-                raise ValueError("expected a table of KEY = number")
-            return {str(k): float(v) for k, v in value.items()}
+            nested = typing.get_origin(args[1]) is dict
+            return _parse_map(value, nested=nested, number=args[1] is float)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting {name}={value!r} from {source}: {e}") from None
     raise ConfigError(f"setting {name}: unsupported type {hint!r}")  # pragma: no cover - programming error
 
 
-def _parse_str_table(value: Any, nested: bool) -> dict[str, Any]:
-    """``KEY=VALUE,...`` (nested: ``OUTER:KEY=VALUE,...``) or a TOML table -> dict of strings."""
+def _parse_map(value: Any, nested: bool, number: bool) -> dict[str, Any]:
+    """A map setting from any source: a TOML table, a JSON object (``{"*": "http://..."}``), or
+    ``KEY=VALUE,...`` pairs (nested: ``OUTER:KEY=VALUE,...``). Values are strings, or numbers
+    when ``number``; nested maps are tables of such strings."""
     if isinstance(value, str):
-        out: dict[str, Any] = {}
-        for item in (p.strip() for p in value.split(",")):
-            if not item:
-                continue
-            key, eq, val = item.partition("=")
-            if not eq:
-                raise ValueError("expected KEY=VALUE pairs separated by commas")
-            if nested:
-                outer, colon, key = key.partition(":")
-                if not colon:
-                    raise ValueError("expected VENUE:KEY=VALUE pairs separated by commas")
-                out.setdefault(outer.strip(), {})[key.strip()] = val.strip()
-            else:
-                out[key.strip()] = val.strip()
-        return out
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON ({e.msg} at character {e.pos}); use a JSON object or "
+                                 "KEY=VALUE pairs separated by commas") from None
+        else:
+            value = _parse_pairs(text, nested)
     if not isinstance(value, dict):
-        raise ValueError("expected a table")
-    if nested:
-        if not all(isinstance(v, dict) for v in value.values()):
-            raise ValueError("expected a table of tables")
-        return {str(k): {str(kk): str(vv) for kk, vv in v.items()} for k, v in value.items()}
-    return {str(k): str(v) for k, v in value.items()}
+        raise ValueError("expected a JSON object or a table, or KEY=VALUE pairs separated by commas")
+    if not nested:
+        return {str(k): _map_value(k, v, number) for k, v in value.items()}
+    out: dict[str, Any] = {}
+    for k, inner in value.items():
+        if not isinstance(inner, dict):
+            raise ValueError(f"value for {k!r} must be a table of KEY = VALUE, got {inner!r}")
+        out[str(k)] = {str(kk): _map_value(kk, vv, number) for kk, vv in inner.items()}
+    return out
+
+
+def _map_value(key: Any, v: Any, number: bool) -> Any:
+    if number:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError(f"value for {key!r} must be a number, got {v!r}")
+        try:
+            return float(v)
+        except ValueError:
+            raise ValueError(f"value for {key!r} must be a number, got {v!r}") from None
+    if not isinstance(v, str):
+        raise ValueError(f"value for {key!r} must be a string, got {v!r}")
+    return v
+
+
+def _parse_pairs(text: str, nested: bool) -> dict[str, Any]:
+    """``KEY=VALUE,...`` (nested: ``OUTER:KEY=VALUE,...``); a value may itself contain ``=``."""
+    out: dict[str, Any] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r}: expected KEY=VALUE pairs separated by commas, or a JSON object")
+        if nested:
+            outer, colon, key = key.partition(":")
+            if not colon:
+                raise ValueError(f"{item!r}: expected VENUE:KEY=VALUE pairs separated by commas, or a JSON object")
+            out.setdefault(outer.strip(), {})[key.strip()] = val.strip()
+        else:
+            out[key.strip()] = val.strip()
+    return out

@@ -92,6 +92,7 @@ def db_url(backend: str, pg_url: str, tmp_path: Path) -> str:
 async def storage(db_url: str, tmp_path: Path):
     st = open_storage(make_settings(tmp_path, db_url=db_url), db_url)
     await st.start()
+    await st.flush()  # the writer is up before the test starts (its first log line is not in the test's output)
     yield st
     await st.aclose()
 
@@ -101,6 +102,7 @@ async def pg(tmp_path: Path, pg_url: str):
     """Real PostgreSQL storage, for tests whose subject is not storage (the storage contract runs on both)."""
     st = open_storage(make_settings(tmp_path, db_url=pg_url), pg_url)
     await st.start()
+    await st.flush()
     yield st
     await st.aclose()
 

@@ -61,9 +61,20 @@ async def get(client, url, status=200, schemas: Schemas | None = None, template:
 
 async def test_health_ready_and_status(tmp_path, storage, cache):
     """/health is alive; /ready needs storage and a live venue; status gives each venue's state, age of its last
-    message, messages/s, reconnects, rejects by reason and circuit state."""
+    message, messages/s, reconnects, rejects by reason, circuit state and trades left out of / repaired into
+    OHLCV bars."""
+    from coby.models import TradeEvent
+    from coby.pipeline import Pipeline
+
     conns = venues()
     host = Host(settings(tmp_path), storage, cache, conns)
+    host.pipeline = Pipeline(host.settings, None, cache, run_timers=False)
+    now = utcnow()
+    host.pipeline.ohlcv.advance(now - timedelta(minutes=5))  # started 5 minutes ago
+    host.pipeline.ohlcv.advance(now)
+    for minutes in (1, 1, 120):  # two within the repair window, one beyond it
+        ts = now - timedelta(minutes=minutes)
+        host.pipeline.ohlcv.add(TradeEvent("BTC-USDT", "binance", ts, 30000.0, 1.0, "buy", str(minutes), ts))
     async with serving(host) as client:
         doc = await get(client, "/api/v1/openapi.json")
         schemas = Schemas(doc)
@@ -86,6 +97,7 @@ async def test_health_ready_and_status(tmp_path, storage, cache):
         b, o = status["exchanges"]["binance"], status["exchanges"]["okx"]
         assert b["state"] == "connected" and 0 <= b["age_s"] < 60 and b["messages_per_s"] > 0
         assert b["reconnects"] == 2 and b["rejects"] == {"crossed_book": 3} and b["circuit"] == "closed"
+        assert (b["ohlcv_late_trades"], b["ohlcv_repaired_trades"], o["ohlcv_late_trades"]) == (1, 2, 0)
         assert o["state"] == "circuit_open" and o["circuit"] == "open" and o["age_s"] is None and o["error"]
         assert status["storage"]["kind"] == storage.kind and status["cache"]["kind"] == cache.kind
         assert status["api"]["ws_clients"] == 0

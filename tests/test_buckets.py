@@ -466,3 +466,20 @@ def test_depth_imbalances_equal_plain_sums_over_the_levels_in_each_band(books, s
     if bids and asks:
         mid = (max(bids) + min(asks)) / 2
         assert all(close(cons[band], reference_imbalance(books, mid, band)) for band in bands)
+
+
+def test_staleness_is_judged_on_one_clock_never_a_venue_clock_against_ours():
+    """Live (stale_by='received') a book is fresh while coby received it within stale_after, however far
+    the venue's clock lags ours (here 30 s); an event-time engine (a replay, the recorder of stored
+    heatmaps, whose `now` is event time) judges the snapshot's own time."""
+    lagging = book("okx", [(100.6, 9.0)], [(100.7, 9.0)], age=30.0, received_age=0.5)
+    live = engine(stale_after=5.0)
+    live.update_book(lagging)
+    assert live.tick(NOW).books["BTC-USDT"].exchanges == ("okx",)
+    assert live.tick(NOW + timedelta(seconds=6)).books["BTC-USDT"].stale_exchanges == ("okx",)
+    replayed = engine(stale_after=5.0, stale_by="event")
+    replayed.update_book(lagging)
+    assert replayed.tick(NOW - timedelta(seconds=28)).books["BTC-USDT"].exchanges == ("okx",)
+    assert replayed.tick(NOW).books["BTC-USDT"].stale_exchanges == ("okx",)
+    with pytest.raises(ValueError, match="stale_by"):
+        engine(stale_by="exchange")

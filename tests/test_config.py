@@ -88,3 +88,50 @@ def test_every_setting_is_documented_in_the_readme():
         for var in env:
             assert f"`{var}`" in readme, var
         assert help_
+
+
+@pytest.mark.parametrize("name, env_var, pairs, json_form, toml, expected", [
+    ("exchange_urls", "COBY_EXCHANGE_URLS", "*=http://127.0.0.1:8765,binance=https://b.example/x?a=b",
+     '{"*": "http://127.0.0.1:8765", "binance": "https://b.example/x?a=b"}',
+     '[exchange_urls]\n"*" = "http://127.0.0.1:8765"\nbinance = "https://b.example/x?a=b"\n',
+     {"*": "http://127.0.0.1:8765", "binance": "https://b.example/x?a=b"}),
+    ("symbol_map", "COBY_SYMBOL_MAP", "coinbase:BTC-USDT=BTC/USD,kraken:ETH-USDT=ETH/USD|XETHZUSD",
+     '{"coinbase": {"BTC-USDT": "BTC/USD"}, "kraken": {"ETH-USDT": "ETH/USD|XETHZUSD"}}',
+     '[symbol_map.coinbase]\n"BTC-USDT" = "BTC/USD"\n[symbol_map.kraken]\n"ETH-USDT" = "ETH/USD|XETHZUSD"\n',
+     {"coinbase": {"BTC-USDT": "BTC/USD"}, "kraken": {"ETH-USDT": "ETH/USD|XETHZUSD"}}),
+    ("bucket_sizes", "COBY_BUCKET_SIZES", "BTC=10,PEPE-USDT=0.000001",
+     '{"BTC": 10, "PEPE-USDT": 0.000001}', '[bucket_sizes]\nBTC = 10\n"PEPE-USDT" = 0.000001\n',
+     {"BTC": 10.0, "PEPE-USDT": 0.000001}),
+])
+def test_map_settings_accept_pairs_and_json_from_every_source(tmp_path, name, env_var, pairs, json_form, toml,
+                                                              expected):
+    """Every map-valued setting takes KEY=VALUE pairs or a JSON object, from the environment, a flag or
+    the TOML file (as a table, or as either string form), and all forms give the same value."""
+    cfg = tmp_path / "coby.toml"
+    cfg.write_text(toml)
+    assert getattr(Settings.load(cfg, env={}), name) == expected
+    for text in (pairs, json_form, "  " + json_form + "\n"):
+        assert getattr(Settings.load(env={env_var: text}), name) == expected, text
+        assert getattr(Settings.load(env={}, **{name: text}), name) == expected, text
+        cfg.write_text(f"{name} = '{text.strip()}'\n")
+        assert getattr(Settings.load(cfg, env={}), name) == expected, text
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("exchange_urls", '{"*": "http://x"', "not valid JSON"),
+    ("exchange_urls", '["http://x"]', "JSON object"),
+    ("exchange_urls", '{"*": 5}', "'*'"),
+    ("exchange_urls", "http://x", "KEY=VALUE"),
+    ("exchange_urls", "*=ftp://x", "http://"),
+    ("symbol_map", '{"coinbase": "BTC/USD"}', "coinbase"),
+    ("symbol_map", "BTC-USDT=BTC/USD", "VENUE:"),
+    ("bucket_sizes", '{"BTC": "ten"}', "BTC"),
+    ("bucket_sizes", "BTC=-1", "BTC"),
+    ("bucket_sizes", "BTC", "KEY=VALUE"),
+])
+def test_malformed_map_settings_are_one_clear_error(name, text, needle):
+    """A malformed map names the setting and what is wrong, on one line (the CLI exits 2 with it)."""
+    with pytest.raises(ConfigError) as e:
+        Settings.load(env={}, **{name: text})
+    msg = str(e.value)
+    assert name in msg and needle in msg and "\n" not in msg, msg

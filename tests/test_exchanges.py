@@ -20,6 +20,7 @@ import ccxt
 import pytest
 import pytest_asyncio
 
+from coby import codec
 from coby.config import Settings
 from coby.errors import BookOutOfSync, PermanentExchangeError, RateLimited, TemporaryExchangeError
 from coby.exchanges import ExchangeConnector, translate_ccxt_error
@@ -428,6 +429,27 @@ async def test_books_equal_the_true_book_when_frozen(live):
     sim, conns, rec = live
     await poll(lambda: flowing(rec, 0, VENUES), timeout=60.0, what="books")
     await frozen_books_match(sim, conns, VENUES)
+
+
+@pytestmark_sim
+async def test_every_venue_book_has_one_level_shape_in_the_json_form(live):
+    """The JSON form of the cache, the API and the WebSocket gives every venue's levels as [price, size] -
+    bitfinex too, whose ccxt levels are [price, size, count]. bitfinex's order counts go in the optional
+    bid_counts / ask_counts fields (absent for venues without counts), and decoding gives the book back."""
+    sim, conns, rec = live
+    await poll(lambda: flowing(rec, 0, VENUES), timeout=60.0, what="books")
+    for v in VENUES:
+        for sym in SYMBOLS:
+            book = conns[v].latest_book(sym)
+            d = codec.loads(codec.dumps(book))
+            assert d["bids"] and d["asks"], v
+            assert {len(level) for level in d["bids"] + d["asks"]} == {2}, v
+            assert codec.from_dict(OrderBookSnapshot, d) == book, v
+            if v == "bitfinex":
+                assert len(d["bid_counts"]) == len(d["bids"]) and len(d["ask_counts"]) == len(d["asks"])
+                assert all(type(c) is int and c >= 1 for c in d["bid_counts"] + d["ask_counts"])
+            else:
+                assert "bid_counts" not in d and "ask_counts" not in d, v
 
 
 @pytestmark_sim

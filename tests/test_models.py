@@ -37,10 +37,12 @@ def test_levels_are_columns_of_doubles():
     assert levels.pairs() == [(100.0, 1.0), (99.5, 2.0)]
 
 
-def test_counts_are_kept_and_all_none_counts_are_dropped():
+def test_counts_are_kept_apart_and_all_none_counts_are_dropped():
+    """Order counts (bitfinex) are kept beside the levels; the wire form stays [price, size]."""
     counted = Levels.of([(100.0, 1.0, 3), (99.0, 2.0, 1)])
     assert counted.counts == (3, 1) and counted[1] == PriceLevel(99.0, 2.0, 1)
-    assert counted.pairs() == [(100.0, 1.0, 3), (99.0, 2.0, 1)] and counted[:1].counts == (3,)
+    assert counted.pairs() == [(100.0, 1.0), (99.0, 2.0)] and counted[:1].counts == (3,)
+    assert counted.count_list() == [3, 1] and Levels.of([(1.0, 1.0)]).count_list() == [None]
     assert Levels.of([PriceLevel(1.0, 1.0), PriceLevel(0.5, 1.0)]).counts is None
 
 
@@ -70,7 +72,8 @@ def test_levels_survive_pickle_and_json():
     snap = OrderBookSnapshot("BTC-USDT", "bitfinex", T0, Levels.of([(100.0, 1.0, 2)]), Levels([101.0], [0.25]))
     assert pickle.loads(pickle.dumps(snap)) == snap
     data = codec.to_dict(snap)
-    assert data["bids"] == [[100.0, 1.0, 2]] and data["asks"] == [[101.0, 0.25]]
+    assert data["bids"] == [[100.0, 1.0]] and data["asks"] == [[101.0, 0.25]]
+    assert (data["bid_counts"], data["ask_counts"]) == ([2], [None])
     back = codec.from_dict(OrderBookSnapshot, data)
     assert back == snap and type(back.bids) is Levels
     assert codec.to_dict(snap.asks) == [[101.0, 0.25]]

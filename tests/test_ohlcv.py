@@ -67,6 +67,57 @@ def test_trade_later_than_grace_is_counted_and_applied_nowhere():
     assert {(b.exchange, b.high, b.volume) for b in minute} == {("binance", 100.0, 1.0), (None, 100.0, 1.0)}
 
 
+def test_trades_minutes_late_are_folded_into_their_closed_bars_within_the_repair_window():
+    """Trades minutes older than the open bar (a venue's snapshot of recent trades on subscribe) are
+    folded into their closed bars of every timeframe, per venue and consolidated, when within the
+    repair window: take_repaired() returns each changed bar once, as it now stands; the open hour
+    includes them. Trades before the window are counted late and applied nowhere."""
+    late = []
+    builder = OHLCVBuilder(timeframes=["1s", "1m", "1h"], grace=2.0, repair_window=600,
+                           on_late=lambda ex, repaired: late.append((ex, repaired)))
+    builder.add(trade(1.5, 100.0))
+    builder.advance(at(5))  # the first horizon
+    builder.add(trade(70.25, 101.0, size=2.0))
+    closed = builder.advance(at(400))
+    assert {(b.timeframe, b.exchange, b.volume) for b in closed} >= {("1m", "binance", 1.0), ("1m", "binance", 2.0)}
+    # 3-4 minutes late: into the 1s and 1m bars already closed, and the open hour
+    assert builder.add(trade(70.5, 99.0, size=4.0, side="sell", exchange="coinbase")) is True
+    assert builder.add(trade(70.75, 102.0, size=8.0, exchange="binance")) is True
+    assert builder.add(trade(180.0, 98.0, size=16.0, exchange="coinbase")) is True
+    repaired = {(b.timeframe, b.exchange, b.timestamp): b for b in builder.take_repaired()}
+    assert builder.take_repaired() == []  # each change returned once
+    assert all(b.closed for b in repaired.values())
+    minute = repaired[("1m", None, at(60))]
+    assert (minute.open, minute.high, minute.low, minute.close, minute.volume, minute.trade_count) == \
+        (101.0, 102.0, 99.0, 102.0, 14.0, 3)
+    assert (minute.buy_volume, minute.sell_volume) == (10.0, 4.0)
+    assert repaired[("1m", "binance", at(60))].volume == 10.0
+    assert repaired[("1m", "coinbase", at(60))].volume == 4.0
+    assert repaired[("1s", "coinbase", at(180))].volume == 16.0  # a second with no trade until now
+    assert ("1h", None, T0) not in repaired  # the hour is still open: it simply includes them
+    (hour,) = [b for b in builder.open_bars() if b.timeframe == "1h" and b.exchange is None]
+    assert (hour.volume, hour.trade_count, hour.low) == (31.0, 5, 98.0)
+    # beyond the window (and before the first horizon): counted, applied nowhere
+    builder.advance(at(1000))
+    assert builder.add(trade(100.0, 1.0, exchange="coinbase")) is False
+    assert builder.take_repaired() == []
+    assert (builder.repaired_trades, builder.repaired_by_exchange) == (3, {"coinbase": 2, "binance": 1})
+    assert (builder.late_trades, builder.late_by_exchange) == (1, {"coinbase": 1})
+    assert late == [("coinbase", True), ("binance", True), ("coinbase", True), ("coinbase", False)]
+    (hour,) = [b for b in builder.advance(at(3700)) if b.timeframe == "1h" and b.exchange is None]
+    assert (hour.volume, hour.trade_count) == (31.0, 5)
+
+
+def test_trades_before_the_first_horizon_are_never_repaired():
+    """A bar from before the builder's first close horizon may have been stored by an earlier process
+    with trades this one never saw: a late trade for it is counted, not made into a bar."""
+    builder = OHLCVBuilder(timeframes=["1s", "1m"], grace=1.0, repair_window=3600)
+    builder.advance(at(300))
+    assert builder.add(trade(250.0, 100.0)) is False and builder.late_trades == 1
+    builder.advance(at(310))
+    assert builder.add(trade(305.0, 100.0)) is True and builder.repaired_trades == 1
+
+
 def test_empty_intervals_emit_no_bar():
     """Seconds without trades produce no 1s bar: the series has gaps, not invented flat bars."""
     builder = OHLCVBuilder(timeframes=["1s"], grace=0.0, consolidated=False)
@@ -207,6 +258,35 @@ def test_every_timeframe_equals_a_reference_over_the_accepted_trades(ops, grace_
     assert builder.late_trades + len(accepted) == total
     assert len(as_dict(emitted)) == len(emitted)  # no bar emitted twice
     assert_equal_to_reference(emitted, want)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(trade_ops, trade_ops, advance_ops), max_size=60), grace_ms=st.integers(0, 5000),
+       window_ms=st.sampled_from([1000, 60_000, 1_800_000]), base_ms=st.sampled_from([0, 86_400_000 - 1]))
+def test_with_repair_the_last_version_of_every_bar_equals_the_reference(ops, grace_ms, window_ms, base_ms):
+    """With a repair window, whatever the arrival order: the last version of each bar emitted (closed,
+    then repaired) equals a plain-Python OHLCV over exactly the trades add() accepted - now including
+    those repaired in - and every trade is accepted or counted late, once."""
+    base = T0 - timedelta(days=1) + timedelta(milliseconds=base_ms)
+    builder = OHLCVBuilder(grace=grace_ms / 1000, repair_window=window_ms / 1000)
+    accepted, final, total = [], {}, 0
+    clock = base
+    for op in ops:
+        if op[0] == "trade":
+            _, ms, price, size, side, exchange, symbol = op
+            t = TradeEvent(symbol=symbol, exchange=exchange, timestamp=base + timedelta(milliseconds=ms),
+                           price=price / 10, size=size / 100, side=side, trade_id=str(total))
+            total += 1
+            if builder.add(t):
+                accepted.append((len(accepted), t))
+        else:
+            clock = max(clock, base + timedelta(milliseconds=op[1]))
+            for b in builder.advance(clock) + builder.take_repaired():
+                final[(b.timeframe, b.symbol, b.exchange, to_ms(b.timestamp))] = b
+    for b in builder.advance(base + timedelta(days=3)) + builder.take_repaired():
+        final[(b.timeframe, b.symbol, b.exchange, to_ms(b.timestamp))] = b
+    assert builder.late_trades + builder.repaired_trades + (len(accepted) - builder.repaired_trades) == total
+    assert_equal_to_reference(list(final.values()), reference_bars(accepted, TIMEFRAMES))
 
 
 def as_dict(bars) -> dict:

@@ -466,10 +466,11 @@ class Recorder(Collector):
 async def _record_live_run(storage: Any, settings: Any, seconds: int) -> None:
     """What `coby run` does with these events: the pipeline stores trades, snapshots and, on its
     ticks, closed OHLCV bars and heatmaps; at shutdown the bars still open. Ticks here fall on
-    aggregate_interval boundaries."""
+    aggregate_interval boundaries; coby's local clock keeps pace with the events."""
     from coby.pipeline import Pipeline
 
-    pipeline = Pipeline(settings, storage, MemoryCache(), run_timers=False)
+    local = [0.0]
+    pipeline = Pipeline(settings, storage, MemoryCache(), run_timers=False, monotonic=lambda: local[0])
     await pipeline.start()
     events: list[Any] = []
     for k, venue in enumerate(VENUES):
@@ -483,6 +484,7 @@ async def _record_live_run(storage: Any, settings: Any, seconds: int) -> None:
         while t_next <= e.timestamp.timestamp():
             await pipeline.tick(t_next)
             t_next += step
+        local[0] = e.timestamp.timestamp()
         await pipeline.on_event(e)
     while t_next <= T0.timestamp() + seconds:
         await pipeline.tick(t_next)
@@ -530,6 +532,74 @@ async def test_replay_of_a_recorded_live_run_reproduces_the_stored_heatmaps(stor
     sink = await _replay_into(storage, s, 30)
     assert live and sorted(await storage.rows(HEATMAP, None, None, limit=100_000)) == live
     assert {(h.timestamp, h.symbol) for h in sink.heatmaps} == {(r[1], r[0]) for r in live}
+
+
+def _late_snapshot_run(window_start: float) -> list[tuple[float, Any]]:
+    """(arrival second, trade): binance trades every second for 5 minutes; at 240 s coinbase subscribes
+    and sends its 30 recent trades, stamped from ``window_start`` s on (minutes old). Prices in halves
+    and sizes in eighths, so every sum is exact in any order."""
+    out: list[tuple[float, Any]] = []
+    for i in range(300):
+        ts = T0 + ms(1000 * i + 250)
+        out.append((i + 0.25, TradeEvent("BTC-USDT", "binance", ts, 30000.0 + 0.5 * (i % 7), 0.125 * (1 + i % 4),
+                                         "buy" if i % 3 else "sell", f"b{i}", ts)))
+    for i in range(30):
+        ts = T0 + ms(1000 * window_start + 2000 * i + 500)
+        out.append((240.0, TradeEvent("BTC-USDT", "coinbase", ts, 29990.0 + 0.5 * (i % 5), 0.25 * (1 + i % 3),
+                                      "sell" if i % 2 else "buy", f"c{i}", ts)))
+    return sorted(out, key=lambda x: x[0])
+
+
+async def _live_run_with_arrivals(storage: Any, settings: Any, arrivals: list[tuple[float, Any]], seconds: int) -> Any:
+    """A live pipeline fed trades at their arrival seconds (ticks every aggregate_interval, as `coby run`)."""
+    from coby.pipeline import Pipeline
+
+    pipeline = Pipeline(settings, storage, MemoryCache(), run_timers=False)
+    step, t = settings.aggregate_interval, 0.0
+    for arrival, event in arrivals:
+        while t <= arrival:
+            await pipeline.tick(T0.timestamp() + t)
+            t += step
+        await pipeline.on_event(event)
+    while t <= seconds:
+        await pipeline.tick(T0.timestamp() + t)
+        t += step
+    await pipeline.aclose()
+    await storage.flush()
+    return pipeline
+
+
+async def test_trades_minutes_late_are_folded_into_the_stored_bars_as_a_replay_computes_them(storage, tmp_path):
+    """coinbase's snapshot of its recent trades arrives 30-90 s after they happened (well past the OHLCV
+    grace): the live run folds them into their closed bars, stores those again (upsert) and re-publishes
+    the consolidated ones; every stored bar then equals what a replay of the stored trades computes."""
+    from coby.db.tables import OHLCV
+
+    s = settings_for(tmp_path, storage, exchanges="binance,coinbase", ohlcv_repair_window=120)
+    pipeline = await _live_run_with_arrivals(storage, s, _late_snapshot_run(150), 300)
+    assert (pipeline.ohlcv.repaired_trades, pipeline.ohlcv.late_trades) == (30, 0)
+    live = sorted(await storage.rows(OHLCV, None, None, limit=100_000))
+    assert {r[1] for r in live if r[3] == "1m"} == {"binance", "coinbase", "consolidated"}
+    sink = await _replay_into(storage, s, 300)
+    assert sink.ohlcv and sorted(await storage.rows(OHLCV, None, None, limit=100_000)) == live
+
+
+async def test_trades_beyond_the_repair_window_are_counted_and_left_out(storage, tmp_path):
+    """Trades older than ohlcv_repair_window behind the close horizon are stored but left out of every bar:
+    counted per venue by the builder (the status API) and in coby_ohlcv_late_trades_total."""
+    from coby.metrics import OHLCV_LATE
+
+    before = OHLCV_LATE.labels("coinbase")._value.get()
+    s = settings_for(tmp_path, storage, exchanges="binance,coinbase", ohlcv_repair_window=60)
+    pipeline = await _live_run_with_arrivals(storage, s, _late_snapshot_run(150), 300)
+    # at 240 s the close horizon is 238 s, the window reaches back to 178 s: the 14 trades stamped
+    # 150.5-176.5 s are left out, the 16 stamped 178.5-208.5 s repaired in
+    assert pipeline.ohlcv.late_by_exchange == {"coinbase": 14}
+    assert pipeline.ohlcv.repaired_by_exchange == {"coinbase": 16}
+    assert OHLCV_LATE.labels("coinbase")._value.get() - before == 14
+    assert len(await storage.get_trades("BTC-USDT", exchange="coinbase", limit=100)) == 30
+    bars = await storage.get_ohlcv("BTC-USDT", "1m", exchange="coinbase")
+    assert sum(b.trade_count for b in bars) == 16
 
 
 # --- CLI -----------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import psycopg
 import pytest
 
 from coby.db import open_storage
+from coby.db.migrations import load_migrations
 from coby.db.tables import TRADES
+from coby.errors import StorageUnavailable
 from coby.metrics import ROWS_DUPLICATE
 from coby.models import (
     ConnectionEvent, Levels, OHLCVBar, OrderBookSnapshot, PriceLevel, TradeEvent, constructor, utc_from_ms,
@@ -126,7 +130,7 @@ async def test_migrations_are_idempotent(storage, db_url):
     await storage.setup_database_schema()
     await storage.setup_database_schema()
     rows = await storage.fetch("SELECT version FROM schema_migrations", [])
-    assert [r[0] for r in rows] == [1]
+    assert [r[0] for r in rows] == [m.version for m in load_migrations("postgres" if "postgres" in db_url else "sqlite")]
     assert len(await storage.get_trades("BTC-USDT")) == 1
 
 
@@ -160,11 +164,11 @@ async def test_historical_and_latest_data(storage):
 
 
 async def test_postgres_rejects_only_the_bad_rows(pg_url, tmp_path):
-    """A value the database refuses (price beyond DECIMAL(20,8)) goes to the rejected file; the rest is stored."""
+    """A value the database refuses (a side longer than VARCHAR(4)) goes to the rejected file; the rest is stored."""
     settings = make_settings(tmp_path, db_url=pg_url)
     async with open_storage(settings, pg_url) as st:
         await st.fetch("TRUNCATE trade_events", [])
-        bad = TradeEvent("BTC-USDT", "binance", T0, 1e15, 1.0, "buy", "bad", T0)
+        bad = TradeEvent("BTC-USDT", "binance", T0, 30000.0, 1.0, "sideways", "bad", T0)
         await st.store_trades([trade(1), bad, trade(2), trade(3)])
         await st.flush()
         assert [t.trade_id for t in await st.get_trades("BTC-USDT")] == ["1", "2", "3"]
@@ -172,8 +176,9 @@ async def test_postgres_rejects_only_the_bad_rows(pg_url, tmp_path):
     assert '"bad"' in rejected
 
 
-async def test_database_outage_keeps_rows_and_spills_overflow(pg_url, tmp_path):
-    """PostgreSQL unreachable: rows stay buffered, overflow is spilled to disk; after recovery all are stored."""
+async def test_database_outage_keeps_rows_in_the_journal(pg_url, tmp_path):
+    """PostgreSQL unreachable: rows are journalled on disk (more than the memory holds); once it is back
+    every row is stored and the journal is emptied."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()
     url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = make_settings(tmp_path, db_url=url, batch_write_size=100, data_buffer_size=500)
@@ -183,22 +188,29 @@ async def test_database_outage_keeps_rows_and_spills_overflow(pg_url, tmp_path):
         await st.fetch("TRUNCATE trade_events", [])
         proxy.cut()
         await st.store_trades([trade(i) for i in range(800)])
-        with pytest.raises(Exception):
+        with pytest.raises(StorageUnavailable):
             await st.flush()
-        assert st.buffer.pending() == 500
-        spill = Path(settings.data_dir) / "spill" / "trade_events.jsonl"
-        assert spill.exists()
+        assert st.buffer.state == "down"
+        assert st.buffer.pending() == 800
+        assert st.buffer.journal_bytes() > 0
+        assert st.ready() == (False, st.ready()[1]) and "database down" in st.ready()[1]
         proxy.restore()
-        await st.flush()
+        for _ in range(100):  # the writer probes every 0.5 s
+            try:
+                await st.flush()
+                break
+            except StorageUnavailable:
+                await asyncio.sleep(0.1)
         assert len(await st.get_trades("BTC-USDT", limit=2000)) == 800
-        assert not spill.exists()
+        assert st.buffer.journal_bytes() == 0 and st.buffer.pending() == 0
+        assert st.ready() == (True, None)
     finally:
         await st.aclose()
         await proxy.aclose()
 
 
-async def test_shutdown_during_outage_spills_and_next_start_loads(pg_url, tmp_path):
-    """aclose() with the database down spills what is buffered; the next start stores it."""
+async def test_shutdown_during_outage_keeps_the_journal_and_next_start_writes_it(pg_url, tmp_path):
+    """aclose() with the database down keeps the rows in the journal; the next start stores them."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()
     url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = make_settings(tmp_path, db_url=url, shutdown_timeout=2.0, flush_interval=30.0)
@@ -208,6 +220,7 @@ async def test_shutdown_during_outage_spills_and_next_start_loads(pg_url, tmp_pa
     proxy.cut()
     await st.store_trades([trade(i) for i in range(120)])
     await st.aclose()
+    assert not (Path(settings.data_dir) / "rejected").exists()
     proxy.restore()
     st2 = open_storage(settings, url)
     await st2.start()
@@ -225,3 +238,119 @@ async def test_postgres_mode_is_reported(pg_url, tmp_path):
             idx = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s",
                                               (TRADES.name,))}
         assert "trade_events_symbol_ts" in idx
+
+
+async def test_low_priced_instruments_round_trip_exactly(storage):
+    """A symbol priced ~0.0003 (tick 1e-8) with heatmap buckets of 0.001 and 0.000001 at the same instant,
+    a 123,456,789.5-unit trade and a mid price between two 1e-8 ticks: every number comes back as
+    stored, and the two bucket sizes' rows do not collide in the primary key (DECIMAL(10,2) stored
+    both sizes as 0.00)."""
+    from coby.buckets import bucket_price
+    from coby.db.tables import HEATMAP, SNAPSHOTS
+    from coby.models import HeatmapData, HeatmapPoint
+
+    prices = [0.00030001 + k * 1e-8 for k in range(40)]
+    heatmaps = []
+    for size in (0.001, 0.000001):
+        cells = sorted({bucket_price(p, "bid", size) for p in prices} | {bucket_price(p, "ask", size) for p in prices})
+        points = tuple(HeatmapPoint(price, 1234567.125 + i, 0.5, side, 2)
+                       for i, price in enumerate(cells) for side in ("bid", "ask"))
+        heatmaps.append(HeatmapData("PEPE-USDT", T0, size, points))
+    for h in heatmaps:
+        await storage.store_heatmap(h)
+    tr = TradeEvent("PEPE-USDT", "binance", T0, 0.00030001, 123456789.5, "buy", "1", T0)
+    await storage.store_trade(tr)
+    snap = OrderBookSnapshot("PEPE-USDT", "binance", T0, (PriceLevel(0.00030001, 123456789.5),),
+                             (PriceLevel(0.00030002, 1e8),), 7, T0)
+    await storage.store_orderbook(snap)
+    bar = OHLCVBar("PEPE-USDT", "binance", "1m", T0, 0.00030001, 0.00030009, 0.00029999, 0.00030002,
+                   123456789.5, 3, 0.000300012345678, 100000000.25, 23456789.25)
+    await storage.store_ohlcv(bar)
+    await storage.flush()
+
+    rows = await storage.rows(HEATMAP, None, None, limit=10_000)
+    want = sorted((h.symbol, h.timestamp, h.bucket_size, p.price, p.volume, p.side, p.exchange_count)
+                  for h in heatmaps for p in h.data)
+    assert sorted(rows) == want
+    assert {r[2] for r in rows} == {0.001, 0.000001}
+    assert await storage.get_trades("PEPE-USDT") == [tr]
+    [row] = await storage.rows(SNAPSHOTS, None, None)
+    assert row[6:10] == ((0.00030001 + 0.00030002) / 2, 0.00030002 - 0.00030001, 123456789.5, 1e8)
+    [got] = await storage.get_ohlcv("PEPE-USDT", "1m", exchange="binance")
+    assert got == OHLCVBar(**{**{f: getattr(bar, f) for f in bar.__dataclass_fields__}, "closed": True})
+
+
+def _upgrade_targets() -> list:
+    targets = ["postgresql"]
+    if os.environ.get("COBY_TEST_TIMESCALE"):  # e.g. the WASM TimescaleDB of /work/shared/tools/timescale
+        targets.append("timescaledb")
+    return targets
+
+
+@pytest.fixture(params=_upgrade_targets())
+def empty_pg(request) -> str:
+    """An empty PostgreSQL database of its own (or the TimescaleDB server of COBY_TEST_TIMESCALE, emptied)."""
+    from tests.conftest import PG_ADMIN, TABLES, _with_db
+
+    if request.param == "timescaledb":
+        url = os.environ["COBY_TEST_TIMESCALE"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DEALLOCATE ALL")  # the WASM server keeps one session across client connections
+            for table in ("schema_migrations", *TABLES):  # one at a time: hypertables are dropped alone
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+        yield url
+        return
+    name = f"coby_upgrade_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(PG_ADMIN, name)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_database_at_migration_1_is_upgraded_to_exact_numbers(empty_pg, tmp_path, monkeypatch):
+    """A database made by migration 0001 (with TimescaleDB: hypertables, compression on, chunks
+    compressed) holding rows is upgraded by 0002: every numeric column becomes double precision, the
+    rows are kept, compression is on again afterwards, and small bucket sizes are then stored exactly.
+    The TimescaleDB case runs when COBY_TEST_TIMESCALE names a server (e.g. the WASM TimescaleDB of
+    /work/shared/tools/timescale: it refuses ALTER ... TYPE while compression is on)."""
+    from coby.db import postgres
+    from coby.db.postgres import PostgresStorage
+    from coby.db.timescale import HYPERTABLES
+
+    s = make_settings(tmp_path, db_url=empty_pg, db_pool_size=1)
+    first = load_migrations("postgres")[:1]
+    monkeypatch.setattr(postgres, "load_migrations", lambda backend: first)
+    st = PostgresStorage(s, empty_pg)
+    await st.connect()
+    try:
+        await st.setup_database_schema()
+        async with st.pool.connection() as conn:  # plain INSERTs: the WASM server has no COPY
+            await conn.execute("INSERT INTO heatmap_data VALUES ('BTC-USDT', %s, 10, 30000, 1.5, 'bid', 2), "
+                               "('BTC-USDT', %s, 10, 30010, 2.25, 'ask', 1)", (T0, T0))
+            await conn.execute("INSERT INTO trade_events (symbol, exchange, timestamp, price, size, side, trade_id) "
+                               "VALUES ('BTC-USDT', 'okx', %s, 30000.5, 0.125, 'buy', '1')", (T0,))
+            if st.mode == "timescaledb":
+                await conn.execute("SELECT compress_chunk(c) FROM show_chunks('heatmap_data') c")
+        monkeypatch.undo()
+        await st.setup_database_schema()
+        types = await st.fetch("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                               "WHERE table_schema = current_schema() AND data_type IN ('numeric', 'double precision')",
+                               ())
+        assert {t for _, _, t in types} == {"double precision"} and len(types) == 17
+        assert [r[0] for r in await st.fetch("SELECT version FROM schema_migrations ORDER BY 1", ())] == [1, 2]
+        assert sorted(await st.fetch("SELECT bucket_size, price_bucket, volume FROM heatmap_data", ())) == \
+            [(10.0, 30000.0, 1.5), (10.0, 30010.0, 2.25)]
+        assert await st.fetch("SELECT price, size FROM trade_events", ()) == [(30000.5, 0.125)]
+        if st.mode == "timescaledb":
+            rows = await st.fetch("SELECT hypertable_name::text FROM timescaledb_information.hypertables "
+                                  "WHERE compression_enabled ORDER BY 1", ())
+            assert [r[0] for r in rows] == sorted(HYPERTABLES)
+        async with st.pool.connection() as conn:
+            await conn.execute("INSERT INTO heatmap_data VALUES ('PEPE-USDT', %s, 0.001, 0.001, 5, 'ask', 1), "
+                               "('PEPE-USDT', %s, 0.000001, 0.000301, 5, 'ask', 1)", (T0, T0))
+        assert sorted(await st.fetch("SELECT bucket_size, price_bucket FROM heatmap_data WHERE symbol = 'PEPE-USDT'",
+                                     ())) == [(0.000001, 0.000301), (0.001, 0.001)]
+    finally:
+        await st.disconnect()

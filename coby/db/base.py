@@ -1,6 +1,6 @@
 """The storage interface (the design's StorageManager) and what both backends share.
 
-Writes go through a ``WriteBuffer`` (batched, bounded, never losing a row); reads
+Writes go through a ``WriteBuffer`` (journalled on local disk, then batched to the database); reads
 are built here once from the table specs and run by the backend, so PostgreSQL and
 SQLite answer the same questions with the same SQL shape. Range iterators read in
 bounded chunks with keyset pagination (memory does not grow with the range) and
@@ -15,15 +15,20 @@ import heapq
 from datetime import datetime
 from typing import Any, AsyncIterator, Iterable, Sequence
 
+import structlog
+
 from coby.config import Settings
 from coby.db.buffer import WriteBuffer
 from coby.db.tables import (
     CONNECTION_EVENTS, CONSOLIDATED, HEATMAP, OHLCV, SNAPSHOTS, TRADES, Table, connection_event_row, heatmap_rows,
     ohlcv_row, snapshot_row, trade_row, trades_from_rows,
 )
+from coby.errors import StorageUnavailable
 from coby.models import (
     ConnectionEvent, HeatmapData, OHLCVBar, OrderBookSnapshot, TradeEvent, ensure_utc,
 )
+
+log = structlog.get_logger("coby.storage")
 
 MAX_PAGE = 100_000
 
@@ -40,22 +45,50 @@ class Storage(abc.ABC):
         self.buffer = WriteBuffer(self, settings)
         self._started = False
         self._closed = False
+        self._prepared = False
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect, apply migrations, start the flusher (which also loads any earlier spill)."""
-        await self.connect()
-        await self.setup_database_schema()
+        """Open the journal, connect and migrate (a database that does not answer is not fatal: the
+        writer keeps probing and writes the journal's backlog once it does), start the write path."""
+        self.check_url()
+        await self.buffer.open()
+        try:
+            await self.prepare()
+        except StorageUnavailable as e:
+            self.buffer.mark_down(str(e))
+            log.warning("storage_down_at_start", error=str(e), hint="rows are journalled in data_dir/journal "
+                        "and written once the database answers")
         self.buffer.start()
         self._started = True
 
+    async def prepare(self) -> None:
+        """Connect and apply the migrations if not done yet; cheap once done. StorageUnavailable while
+        the database does not answer."""
+        if not self._prepared:
+            await self.connect()
+            await self.setup_database_schema()
+            self._prepared = True
+        await self.prepare_writer()
+
+    async def prepare_writer(self) -> None:
+        """Backends with a writer connection of their own make sure it is open."""
+
+    def check_url(self) -> None:
+        """Raise StorageError (fatal: the user must fix it) for a URL that can never work."""
+
     async def aclose(self) -> None:
-        """Flush everything (spilling what cannot be written in time), then close. Idempotent."""
+        """Journal everything, write what the database takes within the time, then close. Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self.buffer.aclose(timeout=self.settings.shutdown_timeout / 2)
         await self.disconnect()
+
+    def ready(self) -> tuple[bool, str | None]:
+        """Whether accepted rows are being written now (database up, journal writable and not too far
+        behind), and if not, why."""
+        return self.buffer.ready()
 
     async def __aenter__(self) -> "Storage":
         await self.start()
@@ -114,7 +147,7 @@ class Storage(abc.ABC):
         return self.buffer.add(CONNECTION_EVENTS, connection_event_row(event))
 
     async def flush(self) -> None:
-        """Write everything buffered now (raises StorageUnavailable if the database is down)."""
+        """Journal what waits and wait until the database has it (StorageUnavailable while it is down)."""
         await self.buffer.flush()
 
     # --- reads --------------------------------------------------------------------------------

@@ -1,240 +1,403 @@
-"""The write buffer: bounded per table, flushed in batches, never losing a row.
+"""The write path: every accepted row is journalled on local disk, then written to the database.
 
-Rows wait in memory until ``batch_write_size`` rows of one table are waiting or
-``flush_interval`` has passed, then go to the backend in one batch.
+The guarantee: **a row coby accepts is on local disk (fsynced) within ``flush_interval``, and leaves
+the disk only after the database has committed it.** A kill -9 loses at most the rows of the last
+``flush_interval``; a database outage, however long, loses nothing while the disk has room.
 
-- Database unreachable (``StorageUnavailable``): the batch goes back to the front
-  of its buffer and the flush is retried with exponential backoff.
-- A batch the database refuses for its data (a value out of range...): it is split
-  in halves until the bad rows are isolated; those are written to
-  ``data_dir/rejected/<table>.jsonl`` and counted, the rest is stored.
-- Buffer full (``data_buffer_size`` rows of one table waiting): with the 'spill'
-  policy (default) the row is appended to ``data_dir/spill/<table>.jsonl`` and loaded
-  into the database once it keeps up again; with 'drop' it is dropped. Both are
-  counted in ``coby_storage_overflow_rows_total`` and logged.
-- ``aclose()`` flushes everything; what cannot be written in time is spilled, and the
-  spill is loaded at the next start. Writes are idempotent (keys), so loading a spill
-  twice stores each row once.
+- Intake (``add``, on the event loop): a list append, nothing that can fail or block.
+- The journal task, every ``flush_interval`` (sooner once ``batch_write_size`` rows of a table wait):
+  the waiting rows of each table become one record of its journal (``journal.py``), appended and
+  fsynced on the journal thread. Rows that cannot be journalled (disk full, I/O error) are counted in
+  ``coby_storage_lost_rows_total{reason}`` and logged at a bounded rate; the live path never sees it.
+- The writer task: writes journalled records to the database in journal order, in batches of up to
+  ``max(batch_write_size, 10,000)`` rows; records just journalled come from memory (at most
+  ``data_buffer_size`` rows per table are held), a backlog is read back from disk in bounded chunks.
+  After each commit the journal's cursor moves on and finished segments are deleted.
+- Database unreachable or not yet migrated (``StorageUnavailable``, and any error that is not about
+  a row's content): state ``down``; the writer probes again every ``PROBE_INTERVAL`` and writes the
+  backlog once the database answers. A batch the database refuses for its content
+  (``StorageRefused``) is split until the bad rows are isolated; only those go to
+  ``data_dir/rejected/<table>.jsonl``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
-from collections import defaultdict
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import structlog
 
 from coby.config import Settings
-from coby.db.tables import Table, row_from_json, row_to_json
-from coby.errors import StorageUnavailable
-from coby.metrics import BUFFER_DEPTH, FLUSH_FAILURES, OVERFLOW, ROWS_DUPLICATE, ROWS_WRITTEN, WRITE_LATENCY
+from coby.db.journal import Chunk, Journal, Position
+from coby.db.tables import TABLES, Table, row_to_json
+from coby.errors import StorageRefused, StorageUnavailable
+from coby.metrics import (
+    BUFFER_DEPTH, FLUSH_FAILURES, JOURNAL_BYTES, JOURNAL_SKIPPED, LOST_ROWS, OVERFLOW, ROWS_DUPLICATE, ROWS_WRITTEN,
+    STORAGE_UP, WRITE_LATENCY,
+)
 
 log = structlog.get_logger("coby.storage")
+
+PROBE_INTERVAL = 0.5      # seconds between attempts while the database is down
+MIN_WRITE_BATCH = 10_000  # rows per database batch when a backlog drains
+LOG_EVERY = 10.0          # seconds: at most one log line per (table, reason) of lost rows
 
 
 class BatchSink(Protocol):
     async def write_batch(self, table: Table, rows: list[tuple]) -> int:
-        """Store rows idempotently; return how many were new. Raise StorageUnavailable when unreachable."""
+        """Store rows idempotently; return how many were new. StorageRefused: a row's content."""
+
+    async def prepare(self) -> None:
+        """Connect and migrate if needed (called before writing after start or an outage)."""
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One table's rows on their way: waiting for the journal, then held in memory for the writer."""
+    journal: Journal
+    waiting: list[tuple] = field(default_factory=list)
+    held: deque = field(default_factory=deque)  # Chunk of records journalled and kept in memory
+    held_rows: int = 0
+    unwritten: int = 0                           # rows journalled by this process, not yet written
+    read: Position = Position(0, 0)              # next position the writer takes
 
 
 class WriteBuffer:
-    def __init__(self, sink: BatchSink, settings: Settings,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(self, sink: BatchSink, settings: Settings) -> None:
         self._sink = sink
         self._batch = settings.batch_write_size
-        self._capacity = settings.data_buffer_size
+        self._hold = settings.data_buffer_size
         self._interval = settings.flush_interval
-        self._policy = settings.buffer_full_policy
+        self._write_rows = max(settings.batch_write_size, MIN_WRITE_BATCH)
         self._dir = Path(settings.data_dir)
-        self._sleep = sleep
-        self._rows: dict[Table, list[tuple]] = defaultdict(list)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._spill_files: dict[str, object] = {}
-        self._flush_lock = asyncio.Lock()
+        self._alert_bytes = settings.journal_alert_bytes
+        self._lanes: dict[Table, _Lane] = {}
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="coby-journal")
+        self._journal_wake = asyncio.Event()
+        self._writer_wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._tasks: list[asyncio.Task] = []
         self._closed = False
-        self._backoff = 0.0
-        self.healthy = True
+        self._opened = False
+        self._last_log: dict[tuple[str, str], float] = {}
+        #: "starting" (not yet written), "up", "down" (the database does not answer or refuses to migrate)
+        self.state = "starting"
+        self.error: str | None = None
+        self.journal_error: str | None = None
+        self.lost_rows = 0
 
-    # --- intake (called on the event loop, never blocks) ----------------------------------
-    def add(self, table: Table, row: tuple) -> bool:
-        """Queue one row. Returns False only when it was dropped (policy 'drop', buffer full)."""
-        rows = self._rows[table]
-        if len(rows) >= self._capacity or self._closed:
-            return self._overflow(table, [row])
-        rows.append(row)
-        if len(rows) >= self._batch:
-            self._wake.set()
-        return True
+    # --- status --------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self.state == "up" and self.journal_error is None
 
-    def add_many(self, table: Table, new_rows: list[tuple]) -> bool:
-        rows = self._rows[table]
-        room = 0 if self._closed else max(0, self._capacity - len(rows))
-        rows.extend(new_rows[:room])
-        ok = True
-        if room < len(new_rows):
-            ok = self._overflow(table, new_rows[room:])
-        if len(rows) >= self._batch:
-            self._wake.set()
-        return ok
+    def journal_bytes(self) -> int:
+        return sum(lane.journal.backlog_bytes() for lane in self._lanes.values())
+
+    def ready(self) -> tuple[bool, str | None]:
+        """Whether rows are being written now, and if not, why."""
+        if self.journal_error is not None:
+            return False, f"journal: {self.journal_error}"
+        if self.state != "up":
+            return False, f"database {self.state}" + (f": {self.error}" if self.error else "")
+        backlog = self.journal_bytes()
+        if backlog > self._alert_bytes:
+            return False, f"journal backlog {backlog} bytes > journal_alert_bytes {self._alert_bytes}"
+        return True, None
 
     def pending(self) -> int:
-        return sum(len(r) for r in self._rows.values())
+        """Rows accepted by this process and not yet committed by the database (an earlier run's journal
+        backlog is counted in ``journal_bytes`` only)."""
+        return sum(len(lane.waiting) + lane.unwritten for lane in self._lanes.values())
 
-    def _overflow(self, table: Table, rows: list[tuple]) -> bool:
-        if self._policy == "drop":
-            OVERFLOW.labels(table.name, "dropped").inc(len(rows))
-            log.warning("storage_buffer_full_dropped", table=table.name, rows=len(rows))
+    # --- intake (event loop; never blocks, never raises) ------------------------------------------
+    def add(self, table: Table, row: tuple) -> bool:
+        lane = self._lanes.get(table) or self._lane(table)
+        if lane is None:
             return False
-        self._append_file("spill", table, rows)
-        OVERFLOW.labels(table.name, "spilled").inc(len(rows))
+        lane.waiting.append(row)
+        if len(lane.waiting) >= self._batch:
+            self._journal_wake.set()
         return True
 
-    # --- files ------------------------------------------------------------------------------
-    def _append_file(self, kind: str, table: Table, rows: list[tuple]) -> None:
-        key = f"{kind}/{table.name}"
-        fh = self._spill_files.get(key)
-        if fh is None:
-            path = self._dir / kind / f"{table.name}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = path.open("ab")
-            self._spill_files[key] = fh
-            log.warning("storage_writing_to_file", kind=kind, path=str(path))
-        for r in rows:
-            fh.write(row_to_json(table, r) + b"\n")  # type: ignore[attr-defined]
+    def add_many(self, table: Table, rows: list[tuple]) -> bool:
+        lane = self._lanes.get(table) or self._lane(table)
+        if lane is None:
+            return False
+        lane.waiting.extend(rows)
+        if len(lane.waiting) >= self._batch:
+            self._journal_wake.set()
+        return True
 
-    def _close_files(self) -> None:
-        for fh in self._spill_files.values():
-            fh.close()  # type: ignore[attr-defined]
-        self._spill_files.clear()
+    def _lane(self, table: Table) -> _Lane | None:
+        if self._closed or not self._opened:
+            self._lose(table, 1, "closed" if self._closed else "not_started")
+            return None
+        return self._lanes[table]
 
-    async def _drain_spill(self) -> None:
-        """Load spilled rows into the database (after an outage, or from an earlier run)."""
-        spill_dir = self._dir / "spill"
-        if not spill_dir.is_dir():
+    def _lose(self, table: Table, n: int, reason: str, error: str | None = None) -> None:
+        self.lost_rows += n
+        LOST_ROWS.labels(table.name, reason).inc(n)
+        now = time.monotonic()
+        if now - self._last_log.get((table.name, reason), -LOG_EVERY) >= LOG_EVERY:
+            self._last_log[(table.name, reason)] = now
+            log.error("storage_rows_lost", table=table.name, reason=reason, rows=n, error=error,
+                      lost_total=self.lost_rows)
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open every table's journal (a new active segment after what an earlier run left)."""
+        root = self._dir / "journal"
+        loop = asyncio.get_running_loop()
+        for table in TABLES.values():
+            journal = Journal(root, table)
+            await loop.run_in_executor(self._thread, journal.open)
+            self._lanes[table] = _Lane(journal, read=journal.committed)
+        self._opened = True
+        await self._import_spill()
+        backlog = self.journal_bytes()
+        if backlog:
+            log.info("journal_backlog_found", bytes=backlog)
+
+    def start(self) -> None:
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._journal_loop(), name="coby-storage-journal"),
+                           loop.create_task(self._writer_loop(), name="coby-storage-writer")]
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Journal everything accepted, give the writer ``timeout`` to store it, then stop. What is not
+        stored stays in the journal for the next start. Idempotent."""
+        if self._closed:
             return
-        for path in sorted(spill_dir.glob("*.jsonl")):
-            key = f"spill/{path.stem}"
-            if key in self._spill_files:
-                self._spill_files.pop(key).close()  # type: ignore[attr-defined]
-            draining = path.with_suffix(".draining")
-            os.replace(path, draining)
-            await self._load_file(draining)
-        for draining in sorted(spill_dir.glob("*.draining")):
-            await self._load_file(draining)
+        if self._opened:
+            await self._journal_now()
+            self._closed = True
+            try:
+                await asyncio.wait_for(self._drained(), timeout)
+            except (asyncio.TimeoutError, StorageUnavailable) as e:
+                log.warning("storage_close_journal_kept", reason=str(e) or "timeout", bytes=self.journal_bytes())
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        loop = asyncio.get_running_loop()
+        for lane in self._lanes.values():
+            await loop.run_in_executor(self._thread, lane.journal.close)
+        self._thread.shutdown(wait=False)
 
-    async def _load_file(self, path: Path) -> None:
-        by_table: dict[Table, list[tuple]] = defaultdict(list)
-        with path.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    table, row = row_from_json(line)
-                    by_table[table].append(row)
-        for table, rows in by_table.items():
-            for i in range(0, len(rows), max(self._batch, 1000)):
-                await self._write(table, rows[i:i + max(self._batch, 1000)])
-        path.unlink()
-        log.info("storage_spill_loaded", path=str(path), rows=sum(len(r) for r in by_table.values()))
+    async def flush(self) -> None:
+        """Journal what waits and wait until the database has it. StorageUnavailable if it is down."""
+        await self._journal_now()
+        await self._drained(raise_when_down=True)
 
-    # --- flushing ---------------------------------------------------------------------------
+    async def _drained(self, raise_when_down: bool = False) -> None:
+        async with self._progress:
+            while True:
+                if all(lane.read >= lane.journal.durable and not lane.held for lane in self._lanes.values()):
+                    return
+                if raise_when_down and self.state == "down":
+                    raise StorageUnavailable(self.error or "database down")
+                self._writer_wake.set()
+                await self._progress.wait()
+
+    # --- the journal -------------------------------------------------------------------------------
+    async def _journal_loop(self) -> None:
+        while True:
+            await _wait(self._journal_wake, self._interval)
+            await self._journal_now()
+
+    async def _journal_now(self) -> None:
+        work = [(lane, lane.waiting) for lane in self._lanes.values() if lane.waiting]
+        if not work:
+            return
+        for lane, _ in work:
+            lane.waiting = []
+        results = await asyncio.get_running_loop().run_in_executor(self._thread, _append_all, work)
+        for (lane, rows), (start, end, error) in zip(work, results):
+            table = lane.journal.table
+            if error is not None:
+                self.journal_error = error
+                if start == end:  # nothing reached the file: the rows are gone
+                    self._lose(table, len(rows), "journal_write_failed", error)
+                    continue
+            elif self.journal_error is not None:
+                log.info("journal_recovered", table=table.name)
+                self.journal_error = None
+            lane.unwritten += len(rows)
+            if lane.held_rows + len(rows) <= self._hold:
+                lane.held.append(Chunk(start, end, rows))
+                lane.held_rows += len(rows)
+            BUFFER_DEPTH.labels(table.name).set(lane.held_rows)
+        self._writer_wake.set()
+
+    # --- the writer ---------------------------------------------------------------------------------
+    async def _writer_loop(self) -> None:
+        while True:
+            if self.state != "up":
+                if not await self._prepare():
+                    await self._wait_writer(PROBE_INTERVAL)
+                    continue
+            wrote = False
+            for lane in list(self._lanes.values()):
+                try:
+                    wrote |= await self._write_next(lane)
+                except StorageUnavailable as e:
+                    self._down(str(e))
+                    break
+            async with self._progress:
+                self._progress.notify_all()
+            if not wrote and self.state == "up":
+                await self._wait_writer(max(self._interval, 0.05))
+            elif self.state != "up":
+                await self._wait_writer(PROBE_INTERVAL)
+
+    async def _wait_writer(self, timeout: float) -> None:
+        await _wait(self._writer_wake, timeout)
+
+    async def _prepare(self) -> bool:
+        try:
+            await self._sink.prepare()
+        except Exception as e:  # noqa: BLE001 - down until it answers; said once per state change
+            self._down(_describe(e))
+            async with self._progress:
+                self._progress.notify_all()
+            return False
+        if self.state != "up":
+            log.info("storage_up", previous=self.state, backlog_bytes=self.journal_bytes())
+        self.state, self.error = "up", None
+        STORAGE_UP.set(1)
+        return True
+
+    def mark_down(self, error: str) -> None:
+        """The database did not answer at start (said by the storage, which logs it)."""
+        self.state, self.error = "down", error
+        STORAGE_UP.set(0)
+
+    def _down(self, error: str) -> None:
+        if self.state != "down":
+            log.warning("storage_down", error=error, backlog_bytes=self.journal_bytes())
+        self.state, self.error = "down", error
+        STORAGE_UP.set(0)
+
+    async def _write_next(self, lane: _Lane) -> bool:
+        """Write the next batch of one table (from memory, or from disk when behind). True if it wrote."""
+        journal = lane.journal
+        while lane.held and lane.held[0].start < lane.read:  # already written (read back from disk)
+            lane.held_rows -= len(lane.held.popleft().rows)
+        if lane.read >= journal.durable and not lane.held:
+            return False
+        if lane.held and lane.held[0].start == lane.read:
+            chunks = [lane.held.popleft()]
+            n = len(chunks[0].rows)
+            while lane.held and n + len(lane.held[0].rows) <= self._write_rows:
+                chunks.append(lane.held.popleft())
+                n += len(chunks[-1].rows)
+            lane.held_rows -= n
+            rows = chunks[0].rows if len(chunks) == 1 else [r for c in chunks for r in c.rows]
+            end = chunks[-1].end
+        else:
+            stop = lane.held[0].start if lane.held else journal.durable
+            chunk = await asyncio.get_running_loop().run_in_executor(
+                None, journal.read, lane.read, stop, self._write_rows)
+            if chunk.skipped_bytes:
+                JOURNAL_SKIPPED.labels(journal.table.name).inc(chunk.skipped_bytes)
+            rows, end = chunk.rows, chunk.end
+        if rows:
+            try:
+                await self._write(journal.table, rows)
+            except BaseException:  # the rows stay in the journal; lane.read has not moved: read again from disk
+                FLUSH_FAILURES.labels(journal.table.name).inc()
+                raise
+        lane.read = end
+        lane.unwritten = max(0, lane.unwritten - len(rows))
+        await asyncio.get_running_loop().run_in_executor(self._thread, journal.commit, end)
+        JOURNAL_BYTES.labels(journal.table.name).set(journal.backlog_bytes())
+        BUFFER_DEPTH.labels(journal.table.name).set(lane.held_rows + len(lane.waiting))
+        return True
+
     async def _write(self, table: Table, rows: list[tuple]) -> None:
-        """Write one batch; isolate rows the database refuses. StorageUnavailable propagates."""
+        """Write one batch; isolate the rows the database refuses. StorageUnavailable propagates."""
         t0 = time.perf_counter()
         try:
             inserted = await self._sink.write_batch(table, rows)
-        except StorageUnavailable:
-            raise
-        except Exception as e:  # the data was refused: find the bad rows, keep the rest
+        except StorageRefused as e:
             if len(rows) == 1:
-                self._append_file("rejected", table, rows)
-                log.error("storage_row_rejected", table=table.name, error=str(e).strip()[:300], row=repr(rows[0])[:300])
-                OVERFLOW.labels(table.name, "rejected").inc()
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._reject, table, rows[0], str(e))
                 return
             mid = len(rows) // 2
             await self._write(table, rows[:mid])
             await self._write(table, rows[mid:])
             return
+        except StorageUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - not about the rows: keep them, treat as down
+            raise StorageUnavailable(_describe(e)) from e
         WRITE_LATENCY.labels(table.name).observe(time.perf_counter() - t0)
         ROWS_WRITTEN.labels(table.name).inc(inserted)
         if len(rows) > inserted:
             ROWS_DUPLICATE.labels(table.name).inc(len(rows) - inserted)
 
-    async def flush(self) -> None:
-        """Write everything buffered now. Raises StorageUnavailable (rows kept) when unreachable."""
-        async with self._flush_lock:
-            for table in list(self._rows):
-                rows = self._rows[table]
-                if not rows:
-                    continue
-                self._rows[table] = []
-                try:
-                    while rows:
-                        batch = rows[: self._capacity]
-                        await self._write(table, batch)
-                        rows = rows[len(batch):]
-                except BaseException:  # unreachable, or cancelled mid-flush (shutdown timeout): keep the rows
-                    FLUSH_FAILURES.labels(table.name).inc()
-                    # put the unwritten rows back in front; excess over capacity spills
-                    merged = rows + self._rows[table]
-                    self._rows[table] = merged[: self._capacity]
-                    if len(merged) > self._capacity:
-                        self._overflow(table, merged[self._capacity:])
-                    raise
-                finally:
-                    BUFFER_DEPTH.labels(table.name).set(len(self._rows[table]))
-            if self._spill_files or any((self._dir / "spill").glob("*.*")):
-                await self._drain_spill()
+    def _reject(self, table: Table, row: tuple, error: str) -> None:
+        path = self._dir / "rejected" / f"{table.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as fh:
+            fh.write(row_to_json(table, row) + b"\n")
+        log.error("storage_row_rejected", table=table.name, error=error.strip()[:300], row=repr(row)[:300])
+        OVERFLOW.labels(table.name, "rejected").inc()
 
-    async def run(self) -> None:
-        """The flusher loop: owned by the storage object, cancelled by ``aclose``."""
-        delay = 0.0
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(self._interval, delay))
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.flush()
-            except StorageUnavailable as e:
-                self.healthy = False
-                delay = min(30.0, max(0.5, delay * 2)) * (0.8 + 0.4 * random.random())
-                log.warning("storage_unavailable", error=str(e), retry_in=round(delay, 2), pending=self.pending())
-                await self._sleep(delay)
-            else:
-                if not self.healthy:
-                    log.info("storage_recovered", pending=self.pending())
-                self.healthy = True
-                delay = 0.0
+    # --- an earlier version's spill files --------------------------------------------------------------
+    async def _import_spill(self) -> None:
+        """Move ``data_dir/spill/*.jsonl|*.draining`` (coby before the journal) into the journals."""
+        from coby.db.spill import import_spill
+        spill = self._dir / "spill"
+        if spill.is_dir():
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, import_spill, spill, {t: lane.journal for t, lane in self._lanes.items()})
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="coby-storage-flusher")
 
-    async def aclose(self, timeout: float = 10.0) -> None:
-        """Stop the flusher, flush what is left (within ``timeout``), spill the rest. Idempotent."""
-        if self._closed:
-            return
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+def _append_all(work: list[tuple[_Lane, list[tuple]]]) -> list[tuple[Position, Position, str | None]]:
+    """Journal thread: append each table's rows as one record, then fsync every touched segment."""
+    out = []
+    for lane, rows in work:
+        j = lane.journal
+        start = j.durable
         try:
-            await asyncio.wait_for(self.flush(), timeout)
-        except (StorageUnavailable, asyncio.TimeoutError) as e:
-            log.warning("storage_close_spilling", error=str(e) or type(e).__name__, rows=self.pending())
-        self._closed = True
-        for table, rows in list(self._rows.items()):
-            if rows:
-                self._append_file("spill", table, rows)
-                OVERFLOW.labels(table.name, "spilled").inc(len(rows))
-                self._rows[table] = []
-        self._close_files()
+            end = j.append(rows)
+            if end.segment != start.segment:
+                start = Position(end.segment, 0)
+            out.append((start, end, None))
+        except OSError as e:
+            out.append((start, start, f"{e.strerror or e} ({e.filename or j.dir})"))
+    for i, (lane, _) in enumerate(work):
+        if out[i][2] is None:
+            try:
+                lane.journal.sync()
+            except OSError as e:  # the record is in the file (the writer will read it) but maybe not durable
+                out[i] = (out[i][0], out[i][1], f"fsync: {e.strerror or e}")
+    return out
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` (then clear it) or ``timeout``. asyncio.timeout, not wait_for: Python 3.11's
+    wait_for swallows a cancellation that arrives as the event is set, and the task would not stop."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+    event.clear()
+
+
+def _describe(e: BaseException) -> str:
+    return (str(e).strip() or type(e).__name__)[:300]

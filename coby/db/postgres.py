@@ -11,11 +11,13 @@ a late trade replaces its earlier version).
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from coby.config import Settings
@@ -23,13 +25,14 @@ from coby.db.base import Storage
 from coby.db.migrations import CREATE_TABLE, load_migrations
 from coby.db.tables import FLOAT, INT, JSON, TABLES, TEXT, TS, Table, dedupe_last
 from coby.db.timescale import setup_timescale
-from coby.errors import StorageError, StorageUnavailable
+from coby.errors import StorageError, StorageRefused, StorageUnavailable
 
 log = structlog.get_logger("coby.storage")
 
 _STAGE_TYPE = {TEXT: "text", TS: "timestamptz", FLOAT: "float8", INT: "int8", JSON: "text"}
 _COPY_TYPE = {TEXT: "text", TS: "timestamptz", FLOAT: "float8", INT: "int8", JSON: "text"}
 _CAST = {TEXT: "", TS: "", FLOAT: "", INT: "", JSON: "::jsonb"}
+CONNECT_TIMEOUT = 3.0  # seconds: a database that does not answer is down; the writer probes again soon
 _LOCK_ID = 0x636F6279  # 'coby': advisory lock serialising migrations across processes
 
 
@@ -65,34 +68,55 @@ class PostgresStorage(Storage):
         super().__init__(settings)
         self.url = url or settings.storage_url
         self._pool: AsyncConnectionPool | None = None
+        # writes: one connection of the writer's own, used on its own thread (COPY rows are formatted
+        # there, off the event loop); it never waits on the pool, so a database back is seen at once
+        self._wthread = ThreadPoolExecutor(1, thread_name_prefix="coby-pg-writer")
+        self._wconn: psycopg.Connection | None = None
 
-    async def connect(self, timeout: float = 30.0) -> None:
+    def check_url(self) -> None:
+        try:
+            conninfo_to_dict(self.url)
+        except psycopg.ProgrammingError as e:
+            raise StorageError(f"invalid database URL {_safe(self.url)}: {str(e).strip()}") from e
+
+    async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
         if self._pool is not None:
             return
-        self._pool = AsyncConnectionPool(
+        pool = AsyncConnectionPool(
             self.url, min_size=1, max_size=self.settings.db_pool_size, open=False, timeout=10.0,
-            check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "options": "-c TimeZone=UTC", "connect_timeout": int(CONNECT_TIMEOUT)},
             name="coby")
         try:
-            await self._pool.open(wait=True, timeout=timeout)
+            await pool.open(wait=True, timeout=timeout)
         except PoolTimeout as e:
-            await self._pool.close()
-            self._pool = None
+            await pool.close()
             raise StorageUnavailable(f"cannot connect to PostgreSQL at {_safe(self.url)} within {timeout:.0f}s") from e
+        self._pool = pool
 
     async def disconnect(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+        if self._wconn is not None:  # the writer connection lives on its thread; closed there
+            await asyncio.get_running_loop().run_in_executor(self._wthread, self._close_writer)
 
     @property
     def pool(self) -> AsyncConnectionPool:
         if self._pool is None:
-            raise StorageError("storage is not connected")
+            raise StorageUnavailable("PostgreSQL is not connected")
         return self._pool
 
     async def setup_database_schema(self) -> None:
         """Apply pending migrations under an advisory lock, then the TimescaleDB set-up."""
+        try:
+            await self._migrate()
+        except Exception as e:
+            if _unavailable(e):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
+            raise
+
+    async def _migrate(self) -> None:
         async with self.pool.connection() as conn:
             await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
             try:
@@ -112,27 +136,62 @@ class PostgresStorage(Storage):
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
 
+    # --- the writer's connection (its own thread) ----------------------------------------------
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._wthread.shutdown(wait=False)
+
+    async def prepare_writer(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._wthread, self._writer_conn)
+
+    def _writer_conn(self) -> psycopg.Connection:
+        conn = self._wconn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._close_writer()
+        try:
+            self._wconn = psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
+                                          options="-c TimeZone=UTC")
+        except psycopg.Error as e:
+            raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
+        return self._wconn
+
+    def _close_writer(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                pass
+
     async def write_batch(self, table: Table, rows: list[tuple]) -> int:
         if not rows:
             return 0
         if table.upsert:
             rows = dedupe_last(table, rows)
+        return await asyncio.get_running_loop().run_in_executor(self._wthread, self._write, table, rows)
+
+    def _write(self, table: Table, rows: list[tuple]) -> int:
         stage, copy_sql, insert, types = _SQL[table.name]
+        conn = self._writer_conn()
         try:
-            async with self.pool.connection() as conn:
-                async with conn.transaction():
-                    await conn.execute(stage)
-                    async with conn.cursor() as cur:
-                        async with cur.copy(copy_sql) as cp:
-                            cp.set_types(types)
-                            for r in rows:
-                                await cp.write_row(r)
-                        await cur.execute(insert)
-                        return max(cur.rowcount, 0)
-        except Exception as e:
-            if _unavailable(e):
+            with conn.transaction():
+                conn.execute(stage)
+                with conn.cursor() as cur:
+                    with cur.copy(copy_sql) as cp:
+                        cp.set_types(types)
+                        for r in rows:
+                            cp.write_row(r)
+                    cur.execute(insert)
+                    return max(cur.rowcount, 0)
+        except (psycopg.DataError, psycopg.IntegrityError, TypeError, ValueError) as e:
+            if conn.broken:
                 raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
-            raise
+            raise StorageRefused(str(e).strip() or type(e).__name__) from e
+        except (psycopg.Error, OSError) as e:  # connection lost, server shutting down, timeouts...
+            if conn.broken or conn.closed:
+                self._close_writer()
+            raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
 
     def select_expr(self, table: Table, column: str) -> str:
         kind = next(c.kind for c in table.columns if c.name == column)

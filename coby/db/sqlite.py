@@ -22,7 +22,7 @@ from coby.config import Settings
 from coby.db.base import Storage
 from coby.db.migrations import CREATE_TABLE, load_migrations
 from coby.db.tables import TABLES, Table, dedupe_last
-from coby.errors import StorageError, StorageUnavailable
+from coby.errors import StorageError, StorageRefused, StorageUnavailable
 
 log = structlog.get_logger("coby.storage")
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class SqliteStorage(Storage):
 
     def _conn(self) -> sqlite3.Connection:
         if self._wconn is None:
-            raise StorageError("storage is not connected")
+            raise StorageUnavailable("SQLite database is not open")
         return self._wconn
 
     async def setup_database_schema(self) -> None:
@@ -121,12 +121,16 @@ class SqliteStorage(Storage):
                                  (m.version, m.name, datetime.now(timezone.utc).isoformat()))
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
                 applied.append((m.version, m.name))
             return applied
 
-        for version, name in await self._on(self._writer, migrate):
+        try:
+            applied = await self._on(self._writer, migrate)
+        except sqlite3.OperationalError as e:
+            raise StorageUnavailable(f"SQLite unavailable: {e}") from e
+        for version, name in applied:
             log.info("migration_applied", version=version, name=name)
         log.info("storage_mode", mode="sqlite", path=str(self.path))
 
@@ -153,13 +157,16 @@ class SqliteStorage(Storage):
                 conn.executemany(sql, converted)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)  # SQLite may have rolled back already (disk full): keep the real error
                 raise
             return conn.total_changes - before
 
         try:
             return await self._on(self._writer, write)
-        except sqlite3.OperationalError as e:  # locked, disk full, I/O: keep the rows, retry later
+        except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, TypeError, ValueError,
+                OverflowError) as e:  # this batch's content
+            raise StorageRefused(f"SQLite refused the rows: {e}") from e
+        except (sqlite3.Error, OSError) as e:  # locked, disk full, I/O: keep the rows, retry later
             raise StorageUnavailable(f"SQLite unavailable: {e}") from e
 
     def adapt_ts(self, ts: datetime) -> Any:
@@ -168,7 +175,7 @@ class SqliteStorage(Storage):
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         conn = self._rconn
         if conn is None:
-            raise StorageError("storage is not connected")
+            raise StorageUnavailable("SQLite database is not open")
         # which output columns are timestamps: from the table named in the query
         table = next((t for name, t in TABLES.items() if f" FROM {name}" in sql), None)
         ts_idx = table.ts_indexes if table is not None else ()
@@ -203,3 +210,11 @@ def _statements(sql: str) -> list[str]:
     """Split a migration file into statements (no semicolons inside our SQLite DDL strings)."""
     lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:  # the original error is the one that matters
+            pass

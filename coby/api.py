@@ -241,7 +241,7 @@ CLIENT_COUNT_KEY: web.AppKey[Any] = web.AppKey("ws_client_count", object)
 
 # --- routes -----------------------------------------------------------------------------------
 async def status(request: web.Request) -> web.Response:
-    """The daemon and each venue: state, age of the last message, messages/s, reconnects, rejects, circuit."""
+    """The daemon and each venue: state, age of the last message, messages/s, reconnects, rejects, circuits."""
     check_query(request, ())
     daemon = _daemon(request)
     rates = request.app[RATES_KEY]
@@ -261,6 +261,7 @@ async def status(request: web.Request) -> web.Response:
             "reconnects": st.reconnects,
             "rejects": dict(st.rejects),
             "circuit": st.circuit,
+            "circuits": dict(st.circuits),
             "error": st.error,
             "ohlcv_late_trades": ohlcv.late_by_exchange.get(name, 0) if ohlcv is not None else 0,
             "ohlcv_repaired_trades": ohlcv.repaired_by_exchange.get(name, 0) if ohlcv is not None else 0,

@@ -179,7 +179,10 @@ class Settings:
                                          "0.5 kB per venue, symbol and second with trades.",
                                          ("COBY_OHLCV_REPAIR_WINDOW",), _non_negative)
     # --- connectors --------------------------------------------------------------------------
-    max_connections_per_exchange: int = setting(5, "ccxt clients per venue: symbols are spread over at most this many (one per symbol by default, so one symbol's recovery never touches another's); each client opens one or two connections.",
+    max_connections_per_exchange: int = setting(5, "ccxt clients per venue and stream kind (books, trades: never on "
+                                                "one client): symbols are spread over at most this many (one per "
+                                                "symbol by default, so one symbol's recovery never touches "
+                                                "another's); each client opens one or two connections.",
                                                 ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
     snapshot_interval: float = setting(1.0, "Seconds between stored book snapshots per (venue, symbol).",
                                        ("COBY_SNAPSHOT_INTERVAL",), _positive)
@@ -220,8 +223,9 @@ class Settings:
     connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "
                                      "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), _positive)
     trade_stale_after: float = setting(120.0, "Seconds without a trade before the watchdog recreates a trade feed "
-                                       "(0: never). Once trades flowed, skipped while the same connection's book "
-                                       "is fresh: a quiet market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",),
+                                       "(0: never). Skipped while other trades on the same connection flow; while "
+                                       "the symbol's book flows the trades are only resubscribed, with no event: "
+                                       "a quiet market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",),
                                        _non_negative)
     markets_ttl: float = setting(86400.0, "Seconds the on-disk market cache (data_dir/markets) is used before a "
                                  "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), _positive)

@@ -54,6 +54,11 @@ class StaleFeed(TemporaryExchangeError):
     """No update within the staleness threshold: the feed is silently stalled."""
 
 
+class QuietTrades(TemporaryExchangeError):
+    """Trades quiet for ``trade_stale_after`` while the symbol's book flows: probably a quiet market, maybe a
+    subscription the venue forgot. Their feed is resubscribed; not a failure (no event, no breaker count)."""
+
+
 class PermanentExchangeError(ExchangeError):
     """Retrying will not help (unknown symbol, unsupported call, bad configuration)."""
 

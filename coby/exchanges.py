@@ -2,11 +2,13 @@
 
 One :class:`ExchangeConnector` per venue. Each subscribed (symbol, book|trades) is
 a *stream*: a task looping on one ccxt watch, normalising what it returns
-(:mod:`coby.normalize`) and emitting it to the callbacks. Streams of a symbol
-share a *feed*: one ccxt client (its connections), so recovering one symbol never
-touches the others; up to ``max_connections_per_exchange`` feeds per venue, then
-symbols share them. The feeds and their clients are owned by a
-:class:`~coby.feeds.FeedPool`; this module decides when a feed is recycled.
+(:mod:`coby.normalize`) and emitting it to the callbacks. Streams of one kind
+share a *feed*: one ccxt client (its connections). Books and trades never share a
+feed, so a book's recovery never touches the trades (real htx lost a third of its
+trades that way), and recovering one symbol never touches the others; up to
+``max_connections_per_exchange`` feeds per venue and kind, then symbols share them.
+The feeds and their clients are owned by a :class:`~coby.feeds.FeedPool`; this
+module decides when a feed is recycled.
 
 Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
 :mod:`coby.venues`):
@@ -15,12 +17,14 @@ Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
 * a failed stream backs off (exponential, jitter, reset on success) and then
   re-watches (binance/okx, where ccxt resyncs itself) or recycles its feed - closes
   the ccxt client and builds a new one (every other venue, and every stall);
-* the venue's circuit breaker opens after ``circuit_failures`` consecutive
-  failures (a recycled feed counts once): feeds are closed, and after
-  ``circuit_cooldown`` one stream probes;
+* each stream kind of the venue has its circuit breaker (a book that keeps failing
+  never stops the trades): it opens after ``circuit_failures`` consecutive failures
+  of that kind (a recycled feed counts once), the kind's feeds are closed, and after
+  ``circuit_cooldown`` one of its streams probes;
 * the staleness watchdog (:mod:`coby.watchdog`) recycles a feed whose book has not
   changed for ``stale_after`` seconds (``connect_timeout`` for the first book) or
-  whose trades have gone quiet (``trade_stale_after``);
+  whose trades have gone quiet (``trade_stale_after``) with no live book; quiet trades
+  of a live book are only resubscribed (no event, no failure);
 * a frame guard on every ccxt connection (:mod:`coby.feeds`) catches what ccxt lets
   escape its receive loop (which would otherwise die and hang the watch):
   unparseable frames are dropped and counted as ``malformed``, handler errors force
@@ -33,7 +37,9 @@ wins; a held-back state is flushed when its interval ends): converting
 than ccxt's own parsing, and every consumer keeps only the latest state anyway.
 
 Every gap is explicit: ``ConnectionEvent`` connected / disconnected / stale /
-resynced per stream, circuit_open / circuit_closed per venue.
+resynced per stream, circuit_open / circuit_closed per venue and kind (the detail
+starts with the kind). The venue's state comes from its streams: ``connected`` while
+every symbol's book (or, with no book, its trades) flows - quiet trades are not a gap.
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ from typing import Any
 import structlog
 
 from coby.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
-from coby.errors import BookOutOfSync, ExchangeError, PermanentExchangeError, StaleFeed, TemporaryExchangeError
-from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream
+from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, QuietTrades, StaleFeed,
+                         TemporaryExchangeError)
+from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream, venue_state
 from coby.markets import MarketCatalog
 from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
@@ -85,7 +92,8 @@ class ExchangeConnector:
         self.symbol_map = symbol_map or SymbolMap(settings.symbol_map)
         self.catalog = catalog or MarketCatalog(exchange, settings, self.symbol_map)
         self._base_url = override_base(settings, exchange)
-        self._breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
+        self._breakers = {kind: CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
+                          for kind in (BOOK, TRADES)}
         self._book_limit = self.venue.book_limit(settings.book_depth)
         self._emit = Callbacks(exchange, settings.reject_log_interval)
         if on_event is not None:
@@ -98,7 +106,7 @@ class ExchangeConnector:
         self._messages = self._reconnects = 0
         self._error: str | None = None
         self._counters = {BOOK: MESSAGES.labels(exchange, "book"), TRADES: MESSAGES.labels(exchange, "trade")}
-        self._watchdog = Watchdog(exchange, settings, self.venue, self._streams, self._stalled,
+        self._watchdog = Watchdog(exchange, settings, self.venue, self._streams, self._stalled, self._quiet,
                                   clock=clock, sleep=sleep)
         self._log = log.bind(exchange=exchange)
 
@@ -147,24 +155,17 @@ class ExchangeConnector:
         self._log.info("connector_stopped")
 
     def get_connection_status(self) -> ConnectionStatus:
+        """The venue's state from its streams (:func:`~coby.feeds.venue_state`); its circuits per stream kind."""
         streams = [s for s in self._streams.values() if s.failed is None]
-        if self._stopped:
-            state = ConnectionState.STOPPED
-        elif self._breaker.state is not CircuitState.CLOSED:
-            state = ConnectionState.CIRCUIT_OPEN
-        elif streams and all(s.live for s in streams):
-            state = ConnectionState.CONNECTED
-        elif any(isinstance(s.cause, StaleFeed) and not s.live for s in streams):
-            state = ConnectionState.STALE
-        elif streams and not any(s.ever for s in streams):
-            state = ConnectionState.CONNECTING
-        else:
-            state = ConnectionState.DISCONNECTED
+        state = ConnectionState.STOPPED if self._stopped else venue_state(streams, self._breakers)
         last = max((s.last_progress for s in self._streams.values()), default=float("-inf"))
         last_at = None if last == float("-inf") else \
             datetime.fromtimestamp(time.time() - (self._clock() - last), UTC)
+        circuits = {kind: b.state.value for kind, b in self._breakers.items()}
+        worst = next((c for c in (CircuitState.OPEN.value, CircuitState.HALF_OPEN.value) if c in circuits.values()),
+                     CircuitState.CLOSED.value)
         return ConnectionStatus(self.exchange, state, last_at, self._messages, self._reconnects,
-                                self.processor.reject_counts(self.exchange), self._breaker.state.value, self._error)
+                                self.processor.reject_counts(self.exchange), worst, self._error, circuits)
 
     def latest_book(self, symbol: str) -> OrderBookSnapshot | None:
         """The last valid book emitted for ``symbol`` (None before the first)."""
@@ -180,7 +181,7 @@ class ExchangeConnector:
         if (kind, symbol) in self._streams:
             return
         await self.connect()
-        feed = self._pool.feed_for(symbol)
+        feed = self._pool.feed_for(symbol, kind)
         st = Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
         feed.streams.append(st)
@@ -233,9 +234,11 @@ class ExchangeConnector:
                 finally:
                     st.watching = False
                 st.pending = False  # a held-back state of a failed book is not worth emitting
-                if not await self._failed(st, err):
+                delay = await self._failed(st, err)
+                if delay is None:
                     return
-                await self._sleep(st.backoff.next_delay())
+                if delay:
+                    await self._sleep(delay)
 
     async def _books(self, st: Stream, ex: Any) -> None:
         watch, unified, limit, feed = ex.watch_order_book, st.unified, self._book_limit, st.feed
@@ -266,7 +269,7 @@ class ExchangeConnector:
             return  # rejected (crossed, ...): the watchdog resyncs if it persists
         st.latest = book
         self._messages += 1
-        breaker = self._breaker
+        breaker = self._breakers[BOOK]
         if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
             await self._delivered(st)
         self._counters[BOOK].inc()
@@ -286,7 +289,7 @@ class ExchangeConnector:
 
     async def _trades(self, st: Stream, ex: Any) -> None:
         watch, process, unified = ex.watch_trades, self.processor.process_trades, st.unified
-        breaker, counter = self._breaker, self._counters[TRADES]
+        breaker, counter = self._breakers[TRADES], self._counters[TRADES]
         while True:
             st.watching = True
             raws = await watch(unified)
@@ -302,15 +305,17 @@ class ExchangeConnector:
 
     async def _delivered(self, st: Stream) -> None:
         """Bookkeeping of a stream that got data: success for the breaker, events after a gap."""
-        breaker = self._breaker
+        breaker = self._breakers[st.kind]
         if breaker.failures or breaker.state is not CircuitState.CLOSED:
             if breaker.record_success(st) is CircuitState.CLOSED:
-                CIRCUIT_OPEN.labels(self.exchange).set(0)
-                await self._event(ConnectionEventKind.CIRCUIT_CLOSED, None, "probe succeeded")
+                self._circuit_gauge()
+                await self._event(ConnectionEventKind.CIRCUIT_CLOSED, None, f"{st.kind}: probe succeeded")
         if st.live:
             return
         st.live = True
         st.backoff.reset()
+        if st.ever and st.cause is None:
+            return  # back after resubscribing quiet trades: there was no gap
         if not st.ever:
             st.ever = True
             await self._event(ConnectionEventKind.CONNECTED, st.symbol, st.kind)
@@ -322,9 +327,12 @@ class ExchangeConnector:
             await self._event(ConnectionEventKind.RESYNCED, st.symbol, f"{st.kind} after {st.cause}")
         st.cause = None
 
-    async def _failed(self, st: Stream, err: ExchangeError) -> bool:
-        """Apply the failure policy; False if the stream must stop (permanent error)."""
+    async def _failed(self, st: Stream, err: ExchangeError) -> float | None:
+        """Apply the failure policy; the delay before the next attempt, None if the stream must stop."""
         feed, own_incident = st.feed, st.gen == st.feed.gen
+        if isinstance(err, QuietTrades):  # resubscribed by the watchdog, not failed: no event, no backoff
+            st.live = False
+            return 0.0
         self._error = str(err)
         if st.live:
             st.live = False
@@ -335,7 +343,7 @@ class ExchangeConnector:
         if isinstance(err, PermanentExchangeError):
             st.failed = str(err)
             self._log.error("stream_failed_permanently", stream=st.kind, symbol=st.symbol, error=str(err))
-            return False
+            return None
         self._log.info("stream_failed", stream=st.kind, symbol=st.symbol, error=str(err), own=own_incident)
         if own_incident:
             local = getattr(err, "local", False)
@@ -344,7 +352,7 @@ class ExchangeConnector:
             if not rewatch:
                 self._pool.recycle(feed, err)
             await self._record_failure(st)
-        return True
+        return st.backoff.next_delay()
 
     async def _stalled(self, st: Stream, err: StaleFeed) -> None:
         """The watchdog's verdict: the stream goes stale and its feed is recycled (a failure for the breaker)."""
@@ -355,18 +363,28 @@ class ExchangeConnector:
             self._pool.recycle(st.feed, err)
             await self._record_failure(st)
 
+    async def _quiet(self, st: Stream, err: QuietTrades) -> None:
+        """The watchdog's verdict on quiet trades of a live book: resubscribe them (their feed alone)."""
+        if st.gen == st.feed.gen:
+            self._pool.recycle(st.feed, err)
+
     async def _record_failure(self, st: Stream) -> None:
-        if self._breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
-            CIRCUIT_OPEN.labels(self.exchange).set(1)
-            self._log.warning("circuit_open", failures=self._breaker.threshold, cooldown=self._breaker.cooldown)
-            for feed in self._pool.feeds:
-                self._pool.recycle(feed, TemporaryExchangeError(self.exchange, "circuit open"))
-            await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, self._error or "")
+        breaker = self._breakers[st.kind]
+        if breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
+            self._circuit_gauge()
+            self._log.warning("circuit_open", stream=st.kind, failures=breaker.threshold, cooldown=breaker.cooldown)
+            for feed in self._pool.of_kind(st.kind):
+                self._pool.recycle(feed, TemporaryExchangeError(self.exchange, f"{st.kind} circuit open"))
+            await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, f"{st.kind}: {self._error or ''}")
+
+    def _circuit_gauge(self) -> None:
+        is_open = any(b.state is not CircuitState.CLOSED for b in self._breakers.values())
+        CIRCUIT_OPEN.labels(self.exchange).set(1 if is_open else 0)
 
     async def _gate(self, st: Stream) -> None:
-        """Wait while the venue's circuit is open (the half-open probe goes through)."""
+        """Wait while the circuit of the stream's kind is open (the half-open probe goes through)."""
         while True:
-            wait = self._breaker.wait_time(self._clock(), st)
+            wait = self._breakers[st.kind].wait_time(self._clock(), st)
             if wait <= 0:
                 return
             await self._sleep(min(wait, 1.0))

@@ -1,7 +1,9 @@
 """The units a connector is made of: feeds (one ccxt client each, guarded), the pool that owns a venue's
 feeds, and streams (one watch loop each).
 
-A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
+A :class:`Feed` serves one kind of stream (books or trades) and owns one unmodified ccxt.pro client,
+so a book's recovery never closes the connection its symbol's trades run on (and vice versa), even on
+venues where ccxt would multiplex both on one connection. It wraps its client, once, with:
 
 * a **frame guard** on every connection the client opens: ccxt lets exceptions
   from JSON parsing and from its handlers escape its receive loop, which then
@@ -13,8 +15,8 @@ A :class:`Feed` owns one unmodified ccxt.pro client and wraps it, once, with:
 ``gen`` counts the feed's clients: anything belonging to an older client (a late
 frame, a failure caused by our own recycle) is recognised and ignored.
 
-A :class:`FeedPool` holds a connector's feeds (up to ``max_connections_per_exchange``,
-then symbols share them) and their clients' lifecycle: built on first use, recycled
+A :class:`FeedPool` holds a connector's feeds (up to ``max_connections_per_exchange`` per
+kind, then symbols share them) and their clients' lifecycle: built on first use, recycled
 (closed in the background, watchers interrupted) when the connector's failure policy
 says so, and all closed by ``aclose()``. When to recycle is the connector's decision
 (:mod:`coby.exchanges`), never the pool's.
@@ -34,8 +36,9 @@ import structlog
 
 from coby.errors import ExchangeError
 from coby.markets import MarketCatalog
-from coby.models import OrderBookSnapshot
-from coby.resilience import Backoff
+from coby.errors import StaleFeed
+from coby.models import ConnectionState, OrderBookSnapshot
+from coby.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.venues import Venue
 
 log = structlog.get_logger("coby.exchanges")
@@ -81,11 +84,12 @@ FrameErrorHandler = Callable[["Feed", int, Any, Exception], None]
 
 
 class Feed:
-    """One ccxt client serving some symbols of a venue."""
+    """One ccxt client serving one kind of stream (BOOK or TRADES) of some symbols of a venue."""
 
-    def __init__(self, index: int, venue: Venue) -> None:
+    def __init__(self, index: int, venue: Venue, kind: str) -> None:
         self.index = index
         self.venue = venue
+        self.kind = kind
         self.client: Any = None
         self.gen = 0
         self.markets: dict[str, dict[str, Any]] = {}
@@ -153,22 +157,26 @@ class FeedPool:
         self._closing: set[asyncio.Task[Any]] = set()
         self._log = log.bind(exchange=exchange)
 
-    def feed_for(self, symbol: str) -> Feed:
-        """The feed that serves ``symbol``: the one that already does, a new one, or the least loaded."""
-        for feed in self.feeds:
+    def feed_for(self, symbol: str, kind: str) -> Feed:
+        """The feed that serves ``kind`` of ``symbol``: the one that already does, a new one, or the least loaded."""
+        mine = self.of_kind(kind)
+        for feed in mine:
             if any(s.symbol == symbol for s in feed.streams):
                 return feed
-        if len(self.feeds) < self.max_feeds:
-            feed = Feed(len(self.feeds), self.venue)
+        if len(mine) < self.max_feeds:
+            feed = Feed(len(self.feeds), self.venue, kind)
             self.feeds.append(feed)
         else:
-            feed = min(self.feeds, key=lambda f: len({s.symbol for s in f.streams}))
+            feed = min(mine, key=lambda f: len({s.symbol for s in f.streams}))
         market = self.catalog.market(symbol)
         feed.markets.update(self.catalog.markets_for([symbol]))
         feed.symbol_by_id[market.id] = symbol
         if feed.client is not None:  # a live client learns the new market
             feed.client.set_markets(list(feed.markets.values()))
         return feed
+
+    def of_kind(self, kind: str) -> list[Feed]:
+        return [f for f in self.feeds if f.kind == kind]
 
     def client(self, feed: Feed) -> Any:
         """The feed's current ccxt client, built (and guarded) if it has none."""
@@ -233,3 +241,19 @@ class Stream:
         self.raw: Any = None  # ccxt's (live, mutated in place) book held back by book_emit_interval
         self.pending = False
         self.next_emit = float("-inf")
+
+
+def venue_state(streams: list[Stream], breakers: dict[str, CircuitBreaker]) -> ConnectionState:
+    """A venue's state from its (not permanently failed) streams: connected while every symbol has a stream
+    that flows (its book, or its trades: quiet trades are no gap); else the worst of the symbols with none."""
+    flowing = {s.symbol for s in streams if s.live}
+    dark = [s for s in streams if s.symbol not in flowing]
+    if streams and not dark:
+        return ConnectionState.CONNECTED
+    if any(breakers[s.kind].state is not CircuitState.CLOSED for s in dark):
+        return ConnectionState.CIRCUIT_OPEN
+    if any(isinstance(s.cause, StaleFeed) for s in dark):
+        return ConnectionState.STALE
+    if dark and not any(s.ever for s in dark):
+        return ConnectionState.CONNECTING
+    return ConnectionState.DISCONNECTED

@@ -344,8 +344,9 @@ class ConnectionStatus:
     messages: int = 0
     reconnects: int = 0
     rejects: dict[str, int] = field(default_factory=dict)
-    circuit: str = "closed"
+    circuit: str = "closed"  # the worst of ``circuits``
     error: str | None = None
+    circuits: dict[str, str] = field(default_factory=dict)  # per stream kind: {"book": "closed", "trades": ...}
 
 
 class ConnectionEventKind(str, enum.Enum):

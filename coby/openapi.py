@@ -125,7 +125,9 @@ def _schemas() -> dict[str, Any]:
         "reconnects": {"type": "integer"},
         "rejects": {"type": "object", "additionalProperties": {"type": "integer"},
                     "description": "items rejected by validation, by reason"},
-        "circuit": {"type": "string"},
+        "circuit": {"type": "string", "description": "the worst of circuits"},
+        "circuits": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "circuit breaker state per stream kind (book, trades)"},
         "error": {"type": ["string", "null"]},
     })
     out["VenueStatus"] = venue

@@ -8,8 +8,11 @@ current feed generation a few times per ``stale_after``:
 
 * a book is stale when it has not changed for ``stale_after`` seconds
   (``connect_timeout`` for the first book);
-* trades are stale after ``trade_stale_after`` seconds without one (0: never),
-  unless the book on the same connection is fresh: a quiet market, not a dead feed.
+* trades quiet for ``trade_stale_after`` seconds (0: never) are a quiet market, not a
+  dead feed, when another trade stream on the same connection flows (nothing to do)
+  or when the symbol's book flows (the venue is up): then the trades are only
+  resubscribed, in case the venue forgot the subscription (``on_quiet``: no event, no
+  failure counted, the book untouched). Quiet trades with no live book are stale.
 
 A stall is counted (``coby_stalls_total``), logged, and handed to the connector
 (``on_stale``), which marks the stream stale and recycles its feed. The watchdog
@@ -23,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from coby.errors import StaleFeed
+from coby.errors import QuietTrades, StaleFeed
 from coby.feeds import BOOK, Stream
 from coby.metrics import BOOK_AGE, STALLS
 from coby.venues import Venue
@@ -35,10 +38,12 @@ class Watchdog:
     """Checks the streams of one connector (the same dict the connector adds to) for staleness."""
 
     def __init__(self, exchange: str, settings: Any, venue: Venue, streams: dict[tuple[str, str], Stream],
-                 on_stale: Callable[[Stream, StaleFeed], Awaitable[None]], *,
+                 on_stale: Callable[[Stream, StaleFeed], Awaitable[None]],
+                 on_quiet: Callable[[Stream, QuietTrades], Awaitable[None]], *,
                  clock: Callable[[], float], sleep: Callable[[float], Awaitable[Any]]) -> None:
         self.exchange, self.settings, self.venue = exchange, settings, venue
-        self._streams, self._on_stale, self._clock, self._sleep = streams, on_stale, clock, sleep
+        self._streams, self._on_stale, self._on_quiet = streams, on_stale, on_quiet
+        self._clock, self._sleep = clock, sleep
         self._log = log.bind(exchange=exchange)
 
     async def run(self) -> None:
@@ -65,14 +70,18 @@ class Watchdog:
                 if not s.trade_stale_after:
                     continue
                 limit = s.trade_stale_after if st.live else max(s.trade_stale_after, s.connect_timeout)
-                book = self._streams.get((BOOK, st.symbol))
-                if st.live and not self.venue.trades_own_connection and book is not None and book.live and \
-                        now - book.last_progress < s.stale_after:
-                    continue  # same connection delivers books: a quiet market, not a dead feed
-                # not live: nothing at all since (re)subscribing - e.g. the subscription's ack was lost
             quiet = now - max(st.last_progress, st.attempt_at)
             if quiet <= limit:
                 continue
+            if st.kind != BOOK:
+                if any(o is not st and o.live and now - o.last_progress < limit for o in st.feed.streams):
+                    continue  # the same connection delivers other trades: a quiet market, not a dead feed
+                book = self._streams.get((BOOK, st.symbol))
+                if book is not None and book.live and now - book.last_progress < s.stale_after:
+                    self._log.info("trades_quiet", symbol=st.symbol, quiet=round(quiet, 2), live=st.live)
+                    await self._on_quiet(st, QuietTrades(self.exchange, f"trades {st.symbol}: none for "
+                                                         f"{quiet:.1f}s, book live: resubscribing"))
+                    continue
             err = StaleFeed(self.exchange, f"{st.kind} {st.symbol}: nothing for {quiet:.1f}s")
             STALLS.labels(self.exchange).inc()
             self._log.warning("feed_stale", stream=st.kind, symbol=st.symbol, quiet=round(quiet, 2), live=st.live)

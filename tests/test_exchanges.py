@@ -638,14 +638,17 @@ def test_symbol_map_setting_from_toml_and_environment(tmp_path):
 
 
 async def test_trade_subscription_that_never_answers_is_recreated(tmp_path):
-    """Books flow but trades never start (a lost subscription ack): after trade_stale_after the feed is rebuilt,
-    even though the same connection's book is fresh."""
+    """Books flow but trades never start (a lost subscription ack, or a quiet market): after trade_stale_after
+    the trades alone are resubscribed on a new client, quietly (no event); the book's client is never touched."""
     t, script, items = FakeTime(), Script("ok"), []
     s = settings(tmp_path, stale_after=1e6, connect_timeout=1.0, trade_stale_after=5.0)
     conn = ExchangeConnector("bitfinex", s, items.append, clock=t.clock, sleep=t.sleep, client_factory=script.factory)
     await conn.subscribe_orderbook("BTC-USDT")
     await conn.subscribe_trades("BTC-USDT")
+    await wait_for(lambda: len(script.built) >= 2)  # one client per stream kind
+    book_client = conn._streams[("book", "BTC-USDT")].feed.client
     started = t.now
-    await wait_for(lambda: len(script.built) >= 2)
-    assert t.now - started >= 5.0 and script.built[0].closed
+    await wait_for(lambda: len(script.built) >= 3)
+    assert t.now - started >= 5.0 and sum(ex.closed for ex in script.built) == 1 and not book_client.closed
+    assert kinds(items) == ["connected"] and conn.get_connection_status().state.value == "connected"
     await conn.disconnect()

@@ -45,6 +45,13 @@ cannot express a fault rejects it with :class:`UnsupportedFault` (HTTP 400).
     The venue's last trade is sent again with the same id. binance, okx, bybit,
     kraken: ccxt passes it through, ``watch_trades`` holds it twice (dedup is the
     consumer's job); coinbase: ccxt's trade cache is keyed by id, so it is replaced.
+``drop_book`` / ``drop_trades`` (venues whose book and trades can run on separate connections: htx, gate)
+    Every connection of the venue carrying a book (``drop_book``) or a trade
+    (``drop_trades``) subscription is closed now (close code 1001); connections
+    carrying only the other kind stay open and keep delivering, as when one of a
+    real venue's services restarts. A connection carrying both is closed (the
+    venue cannot split it): a client that multiplexes both streams on one
+    connection loses both, one that gives each its own connection loses one.
 ``burst`` (``count``, default 1000)
     ``count`` market updates per market of the venue (or of ``symbol``) are made and
     sent as fast as the clients take them (paced so no client queue overflows, but
@@ -61,7 +68,7 @@ from typing import Any
 
 ONE_SHOT = frozenset({"gap", "bad_checksum", "duplicate_trade", "crossed", "malformed"})
 #: Every fault name the simulator knows.
-ALL_FAULTS = frozenset({"drop", "stall", "burst"}) | ONE_SHOT
+ALL_FAULTS = frozenset({"drop", "stall", "burst", "drop_book", "drop_trades"}) | ONE_SHOT
 #: Faults every venue honours (the framework implements them).
 GENERIC_FAULTS = frozenset({"drop", "stall", "malformed", "crossed", "duplicate_trade", "burst"})
 

@@ -154,6 +154,7 @@ class Market:
         self.seq = rng.randint(1_000_000, 9_000_000)
         self._next_trade_id = rng.randint(10_000_000, 90_000_000)
         self.last_trade: SimTrade | None = None
+        self.trade_rate = 1.0  # scales the chance of trades per step; 0.0: a market whose trades are quiet
         # Per-venue offset of up to one basis point so venues disagree a little, as real ones do
         # (arbitrage keeps real venues close: wider offsets left the consolidated book crossed always).
         offset = ((zlib.crc32(exchange.encode()) % 2001) - 1000) / 1000 * 0.0001
@@ -256,7 +257,7 @@ class Market:
         lean = math.tanh((self._fair - self.mid) / (4 * self.tick))  # > 0: price wants to rise
 
         trades: list[SimTrade] = []
-        if rng.random() < 0.3 + 0.3 * abs(lean):
+        if rng.random() < (0.3 + 0.3 * abs(lean)) * self.trade_rate:
             taker = "buy" if rng.random() < 0.5 + 0.45 * lean else "sell"
             for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 3)):
                 trade = self._take(taker, ts, change)

@@ -37,7 +37,8 @@ How to write a venue (``coby/simulator/venues/<name>.py``)
    for the snapshot and ``self.advance_windows(symbol)`` in every ``on_update``
    (see :class:`~coby.simulator.market.BookWindow`); ``inject_crossed`` then needs
    an override (okx and kraken show how). For ``bad_checksum`` call ``self.faults.take("bad_checksum",
-   symbol)`` when building a checksummed frame and corrupt the checksum if True.
+   symbol)`` when building a checksummed frame and corrupt the checksum if True. For ``drop_book`` /
+   ``drop_trades`` name the first element of your book and trade topics in ``stream_channels``.
 6. Optionally ``async run()``: a venue-wide background loop (server pings,
    heartbeats), owned and cancelled by the Simulator.
 
@@ -177,6 +178,8 @@ class Venue:
     name: ClassVar[str] = ""
     market_ids: ClassVar[dict[str, str]] = {}
     extra_faults: ClassVar[frozenset[str]] = frozenset()
+    #: ``drop_book`` / ``drop_trades``: the first element of the venue's book and trade topics.
+    stream_channels: ClassVar[dict[str, frozenset[str]]] = {}
     queue_size: ClassVar[int] = 20_000
 
     def __init__(self, markets: Mapping[str, Market], clock: Callable[[], int] = wall_clock_ms) -> None:
@@ -355,6 +358,8 @@ class Venue:
         log.info("sim_fault", venue=self.name, fault=fault, symbol=symbol, **rest)
         if fault == "drop":
             await self.drop()
+        elif fault in ("drop_book", "drop_trades"):
+            await self.drop(self.stream_channels[fault.removeprefix("drop_")])
         elif fault == "stall":
             self.faults.stall(float(rest.get("seconds", 10.0)))
         elif fault == "malformed":
@@ -371,9 +376,11 @@ class Venue:
         else:
             self.faults.arm(fault, symbol)
 
-    async def drop(self) -> None:
-        """Close every connection of the venue now (close code 1001)."""
-        conns = tuple(self.connections)
+    async def drop(self, channels: frozenset[str] | None = None) -> None:
+        """Close every connection of the venue now (close code 1001); with ``channels``, only those
+        subscribed to a topic whose first element is one of them."""
+        conns = tuple(c for c in self.connections if channels is None
+                      or any(isinstance(t, tuple) and t and t[0] in channels for t in c.topics))
         if conns:
             await asyncio.wait_for(
                 asyncio.gather(*(c.close(1001, "simulated drop") for c in conns), return_exceptions=True), 10.0

@@ -35,6 +35,9 @@ What ccxt does under each fault:
 * ``duplicate_trade``: returned twice (same ``id``).
 * ``drop``: ``NetworkError``; the next watch reconnects and gets a new ``full``
   snapshot.
+* ``drop_book`` / ``drop_trades``: the connections carrying ``spot.obu`` (or ``spot.trades``)
+  close. ccxt multiplexes both channels on one connection, so both fail together there;
+  a client that opens one connection per kind keeps the other kind flowing.
 * ``bad_checksum``: not offered, ``spot.obu`` carries no checksum.
 """
 
@@ -52,7 +55,8 @@ from coby.simulator.venues.base import Connection, dumps, fmt_num, loads
 class GateVenue(WindowedVenue):
     name = "gate"
     market_ids = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT", "SOL-USDT": "SOL_USDT"}
-    extra_faults = frozenset({"gap"})
+    extra_faults = frozenset({"gap", "drop_book", "drop_trades"})
+    stream_channels = {"book": frozenset({"spot.obu"}), "trades": frozenset({"spot.trades"})}
     book_depths = frozenset({50, 400})
 
     def routes(self) -> list[web.RouteDef]:

@@ -43,6 +43,8 @@ What ccxt does under each fault:
 * ``duplicate_trade``: the trade is returned twice (same ``tradeId``).
 * ``drop``: the watch raises ``NetworkError``; the next watch reconnects and
   resubscribes (new ack, new snapshot).
+* ``drop_book`` / ``drop_trades``: the connections carrying ``mbp`` (ccxt: ``/feed``) or
+  ``trade.detail`` (ccxt: ``/ws``) close; the other kind's connection keeps delivering.
 * ``bad_checksum``: not offered, the ``mbp`` feed carries no checksum.
 """
 
@@ -77,7 +79,8 @@ def wide_trade_id(trade_id: int, ts_ms: int) -> int:
 class HtxVenue(WindowedVenue):
     name = "htx"
     market_ids = {"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt", "SOL-USDT": "solusdt"}
-    extra_faults = frozenset({"gap"})
+    extra_faults = frozenset({"gap", "drop_book", "drop_trades"})
+    stream_channels = {"book": frozenset({"mbp"}), "trades": frozenset({"trade"})}
     book_depths = frozenset({5, 20, 150, 400})
     ping_interval: float = 5.0  # seconds between server pings
 

@@ -118,6 +118,7 @@ async def test_database_cut_30s_under_load_loses_nothing(pg_url, tmp_path, proxy
         await flushed(st)
     finally:
         await st.aclose()
+    print(f"cut 30 s: sent {sent}, stored {counts(pg_url)}, rows flowing {recovery:.2f} s after the database answered")
     assert sent > 60_000
     assert counts(pg_url) == (sent, sent)
     assert recovery < 2.0 * 3  # 2 s target; generous for a loaded machine
@@ -506,3 +507,45 @@ async def test_sqlite_on_a_full_disk_keeps_its_real_error_and_the_rows(tmp_path,
     finally:
         await st.aclose()
     assert len(ids) == len(set(ids)) == 20_100
+
+
+async def test_sigterm_during_outage_then_a_start_still_down_then_up(pg_url, tmp_path, proxy):
+    """`coby run` stopped by SIGTERM while the database is cut exits 0 promptly, rejecting nothing; the
+    next start with the database still down starts and serves (storage down); once the database
+    answers, every trade the first run published is stored, once."""
+    from tests.conftest import free_port
+    _clear_binance(pg_url)
+    data, port, sim = tmp_path / "data", free_port(), free_port()
+    proc = _spawn(data, via(proxy, pg_url), port, sim, "BTC-USDT")
+    try:
+        # _collect_then_kill with SIGTERM instead of SIGKILL: cut half-way, then terminate
+        proc.kill = proc.terminate  # type: ignore[method-assign]
+        seen, _ = await _collect_then_kill(proc, port, 8.0, proxy.cut)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, 9)
+            proc.wait()
+    assert not (data / "rejected").exists()
+    proc2 = _spawn(data, via(proxy, pg_url), port, sim, "ETH-USDT")
+    try:
+        deadline = time.monotonic() + 60
+        while (st := await _status(port)) is None:
+            assert proc2.poll() is None, proc2.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert st["storage"]["state"] == "down" and st["storage"]["journal_bytes"] > 0
+        proxy.restore()
+        while True:
+            st = await _status(port)
+            if st and st["storage"]["state"] == "up" and st["storage"]["journal_bytes"] == 0:
+                break
+            assert time.monotonic() < deadline + 60, f"backlog not written: {st and st['storage']}"
+            await asyncio.sleep(0.3)
+    finally:
+        proc2.terminate()
+        await asyncio.to_thread(proc2.wait, 60)
+    stored = _stored_btc(pg_url)
+    assert all(n == 1 for n in stored.values())
+    assert set(seen) <= set(stored), f"{len(set(seen) - set(stored))} published trades not stored"
+    assert not (data / "rejected").exists()

@@ -33,7 +33,7 @@ from typing import Protocol
 import structlog
 
 from coby.config import Settings
-from coby.db.journal import Chunk, Journal, Position
+from coby.db.journal import Chunk, Journal, Position, append_records
 from coby.db.tables import TABLES, Table, row_to_json
 from coby.errors import StorageRefused, StorageUnavailable
 from coby.metrics import (
@@ -121,17 +121,7 @@ class WriteBuffer:
 
     # --- intake (event loop; never blocks, never raises) ------------------------------------------
     def add(self, table: Table, row: tuple) -> bool:
-        lane = self._lanes.get(table) or self._lane(table)
-        if lane is None:
-            return False
-        waiting = lane.waiting
-        if len(waiting) >= self._batch:
-            self._journal_wake.set()
-            if len(waiting) >= self._max_waiting:  # the journal's disk stalls: memory stays bounded
-                self._lose(table, 1, "journal_stalled")
-                return False
-        waiting.append(row)
-        return True
+        return self.add_many(table, [row])
 
     def add_many(self, table: Table, rows: list[tuple]) -> bool:
         lane = self._lanes.get(table) or self._lane(table)
@@ -236,7 +226,8 @@ class WriteBuffer:
             return
         for lane, _ in work:
             lane.waiting = []
-        results = await asyncio.get_running_loop().run_in_executor(self._thread, _append_all, work)
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._thread, append_records, [(lane.journal, rows) for lane, rows in work])
         for (lane, rows), (start, end, error) in zip(work, results):
             table = lane.journal.table
             if error is not None:
@@ -384,28 +375,6 @@ class WriteBuffer:
         if spill.is_dir():
             await asyncio.get_running_loop().run_in_executor(
                 self._thread, import_spill, spill, {t: lane.journal for t, lane in self._lanes.items()})
-
-
-def _append_all(work: list[tuple[_Lane, list[tuple]]]) -> list[tuple[Position, Position, str | None]]:
-    """Journal thread: append each table's rows as one record, then fsync every touched segment."""
-    out = []
-    for lane, rows in work:
-        j = lane.journal
-        start = j.durable
-        try:
-            end = j.append(rows)
-            if end.segment != start.segment:
-                start = Position(end.segment, 0)
-            out.append((start, end, None))
-        except OSError as e:
-            out.append((start, start, f"{e.strerror or e} ({e.filename or j.dir})"))
-    for i, (lane, _) in enumerate(work):
-        if out[i][2] is None:
-            try:
-                lane.journal.sync()
-            except OSError as e:  # the record is in the file (the writer will read it) but maybe not durable
-                out[i] = (out[i][0], out[i][1], f"fsync: {e.strerror or e}")
-    return out
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -28,7 +28,6 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import structlog
@@ -267,6 +266,26 @@ class Journal:
 _fromiso = datetime.fromisoformat
 
 
+def append_records(work: list[tuple[Journal, list[tuple]]]) -> list[tuple[Position, Position, str | None]]:
+    """Append each journal's rows as one record, then fsync every journal written: per journal,
+    (start, end, error). start == end with an error: nothing reached the file."""
+    out: list[tuple[Position, Position, str | None]] = []
+    for j, rows in work:
+        start = j.durable
+        try:
+            end = j.append(rows)
+            out.append((start if end.segment == start.segment else Position(end.segment, 0), end, None))
+        except OSError as e:
+            out.append((start, start, f"{e.strerror or e} ({e.filename or j.dir})"))
+    for i, (j, _) in enumerate(work):
+        if out[i][2] is None:
+            try:
+                j.sync()
+            except OSError as e:  # the record is in the file (the writer reads it) but maybe not durable
+                out[i] = (out[i][0], out[i][1], f"fsync: {e.strerror or e}")
+    return out
+
+
 def _record_at(data: bytes, off: int) -> bytes | None:
     """The payload of a valid record at ``off``, or None."""
     if off + HEADER.size > len(data):
@@ -302,16 +321,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def iter_records(path: Path) -> Iterator[bytes]:
-    """Every valid record payload of one segment file (tools and tests)."""
-    data = path.read_bytes()
-    off = 0
-    while off < len(data):
-        payload = _record_at(data, off)
-        if payload is None:
-            off = _resync(data, off + 1)
-            continue
-        yield payload
-        off += HEADER.size + len(payload)

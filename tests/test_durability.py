@@ -549,3 +549,26 @@ async def test_sigterm_during_outage_then_a_start_still_down_then_up(pg_url, tmp
     assert all(n == 1 for n in stored.values())
     assert set(seen) <= set(stored), f"{len(set(seen) - set(stored))} published trades not stored"
     assert not (data / "rejected").exists()
+
+
+async def test_a_record_that_is_not_rows_is_skipped_never_run(tmp_path):
+    """A record whose checksum holds but whose payload names something other than a row value (a
+    pickled function, planted or garbled) is skipped and counted: the journal's reader resolves no
+    global but datetime's, so nothing in a journal file is ever executed."""
+    import pickle
+    import zlib
+    from coby.db.journal import MAGIC
+    from coby.db.tables import trade_row
+    j = Journal(tmp_path, TRADES)
+    j.open()
+    j.append([trade_row(trade(1))])
+    evil = pickle.dumps([(os.system, ("touch " + str(tmp_path / "pwned"),))])
+    os.write(j._fd, HEADER.pack(MAGIC, len(evil), zlib.crc32(evil)) + evil)
+    j.durable = type(j.durable)(j.active, j.durable.offset + HEADER.size + len(evil))
+    j.append([trade_row(trade(2))])
+    j.sync()
+    chunk = j.read(j.committed, j.durable, 100)
+    assert [r[6] for r in chunk.rows] == ["t1", "t2"]
+    assert chunk.skipped_bytes == HEADER.size + len(evil)
+    assert not (tmp_path / "pwned").exists()
+    j.close()

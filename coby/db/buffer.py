@@ -46,6 +46,7 @@ log = structlog.get_logger("coby.storage")
 PROBE_INTERVAL = 0.5      # seconds between attempts while the database is down
 MIN_WRITE_BATCH = 10_000  # rows per database batch when a backlog drains
 MAX_WAITING = 200_000     # rows per table waiting for a stalled journal before they are counted lost
+STALL_SECONDS = 5.0       # an append (write + fsync) taking longer than this: the journal's disk is stalled
 LOG_EVERY = 10.0          # seconds: at most one log line per (table, reason) of lost rows
 
 
@@ -94,6 +95,7 @@ class WriteBuffer:
         self.journal_error: str | None = None
         self.lost_rows = 0
         self._gauges_at = 0.0
+        self._journal_busy_since: float | None = None
 
     # --- status --------------------------------------------------------------------------------
     @property
@@ -127,15 +129,19 @@ class WriteBuffer:
         lane = self._lanes.get(table) or self._lane(table)
         if lane is None:
             return False
-        room = max(0, self._max_waiting - len(lane.waiting))
-        complete = room >= len(rows)
-        if not complete:
+        complete = True
+        if len(lane.waiting) + len(rows) > self._max_waiting and self._journal_stalled():
+            room = max(0, self._max_waiting - len(lane.waiting))
             self._lose(table, len(rows) - room, "journal_stalled")
-            rows = rows[:room]
+            rows, complete = rows[:room], False
         lane.waiting.extend(rows)
         if len(lane.waiting) >= self._batch:
             self._journal_wake.set()
         return complete
+
+    def _journal_stalled(self) -> bool:
+        """The journal has been busy with one append for over STALL_SECONDS (a hung disk, not a burst)."""
+        return self._journal_busy_since is not None and time.monotonic() - self._journal_busy_since > STALL_SECONDS
 
     def _lane(self, table: Table) -> _Lane | None:
         if self._closed or not self._opened:
@@ -226,8 +232,12 @@ class WriteBuffer:
             return
         for lane, _ in work:
             lane.waiting = []
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._thread, append_records, [(lane.journal, rows) for lane, rows in work])
+        self._journal_busy_since = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._thread, append_records, [(lane.journal, rows) for lane, rows in work])
+        finally:
+            self._journal_busy_since = None
         for (lane, rows), (start, end, error) in zip(work, results):
             table = lane.journal.table
             if error is not None:

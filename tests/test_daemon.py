@@ -30,6 +30,19 @@ def test_invalid_setting_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2 and "nasdaq" in r.stderr
 
 
+@pytest.mark.parametrize("url", ["postgresql://coby@127.0.0.1:notaport/market", "postgresql://a b@host/db",
+                                 "postgresql://coby@127.0.0.1/market?frobnicate=1"])
+def test_a_database_url_that_can_never_work_exits_2_with_one_line(tmp_path, url):
+    """A malformed database URL is a setting to fix: one line naming db_url, exit code 2 (a database that
+    is merely down is not: the daemon starts and journals, see test_durability.py)."""
+    env = {**os.environ, "COBY_EXCHANGES": "binance", "COBY_LOG_LEVEL": "WARNING"}
+    r = subprocess.run([*COBY, "run", "--db", url, "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.strip().splitlines() if "db_url" in ln]
+    assert len(lines) == 1 and "invalid setting db_url" in lines[0]
+
+
 def test_non_loopback_bind_requires_a_token(tmp_path):
     """coby refuses to bind a non-loopback address without COBY_API_TOKEN."""
     env = {k: v for k, v in os.environ.items() if k != "COBY_API_TOKEN"}

@@ -85,6 +85,7 @@ class WriteBuffer:
         self._journal_wake = asyncio.Event()
         self._writer_wake = asyncio.Event()
         self._progress = asyncio.Condition()
+        self._journal_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._opened = False
@@ -227,6 +228,12 @@ class WriteBuffer:
             await self._journal_now()
 
     async def _journal_now(self) -> None:
+        """Journal what waits now. Serialised: a flush that finds an append in flight waits for it, so
+        that it never reports drained before rows accepted earlier are on disk."""
+        async with self._journal_lock:
+            await self._journal_waiting()
+
+    async def _journal_waiting(self) -> None:
         work = [(lane, lane.waiting) for lane in self._lanes.values() if lane.waiting]
         if not work:
             return

@@ -45,6 +45,9 @@ class Daemon:
         s = self.settings
         log.info("daemon_starting", storage=self.storage.kind, cache=self.cache.kind,
                  exchanges=list(s.exchanges), symbols=list(s.symbols), simulate=s.simulate)
+        from coby.db.tables import TABLES
+        from coby.metrics import preset
+        preset(s.exchanges, TABLES)  # every venue's and table's series exist from the start, at 0
         await self.storage.start()
         await self.cache.start()
         if s.simulate:

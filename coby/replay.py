@@ -98,7 +98,7 @@ class ReplayManager:
         self._sessions[session_id] = ReplaySession(
             self, session_id, start, end, speed, self._exchanges(exchanges), self._symbols(symbols),
             self._channels(channels), sink)
-        log.info("replay_created", replay=session_id, start=start.isoformat(), end=end.isoformat(), speed=speed)
+        log.info("replay_created", replay_id=session_id, start=start.isoformat(), end=end.isoformat(), speed=speed)
         return session_id
 
     async def start_replay(self, session_id: str) -> None:
@@ -152,7 +152,7 @@ class ReplayManager:
                 if task is not None:  # cancelled; kept until it is done so that aclose can await it
                     self._reaping.add(task)
                     task.add_done_callback(self._reaping.discard)
-                log.info("replay_reaped", replay=sid, state=s.state.value)
+                log.info("replay_reaped", replay_id=sid, state=s.state.value)
         return gone
 
     async def aclose(self) -> None:

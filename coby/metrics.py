@@ -110,6 +110,7 @@ ProcessCollector(registry=REGISTRY)
 REJECT_REASONS = ("schema", "range", "empty_book", "future_timestamp", "old_timestamp", "crossed_book",
                   "locked_book", "duplicate_trade", "malformed")
 LOST_REASONS = ("journal_write_failed", "closed", "not_started")
+CACHE_OPS = ("publish_dropped", "flush", "get")
 WS_DISCONNECT_REASONS = ("closed", "slow_consumer", "overload", "error", "shutdown")
 
 
@@ -134,3 +135,6 @@ def preset(exchanges: Iterable[str], tables: Iterable[str]) -> None:
         OVERFLOW.labels(table, "rejected")
     for reason in WS_DISCONNECT_REASONS:
         WS_DISCONNECTS.labels(reason)
+    WS_MESSAGES.labels("control")
+    for op in CACHE_OPS:
+        CACHE_ERRORS.labels(op)

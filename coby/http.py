@@ -44,6 +44,7 @@ MONITOR_KEY: web.AppKey[Any] = web.AppKey("monitor", object)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})  # scrapes and probes: logged at debug
 
 
@@ -72,7 +73,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     request with its outcome. The header is set as the response is prepared (``_echo_request_id``), so a
     WebSocket's upgrade response and a streamed one carry it too."""
     request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
-    request[REQUEST_ID_HEADER] = request_id
+    request[REQUEST_ID_KEY] = request_id
     started = time.perf_counter()
     ids = {"request_id": request_id}
     if request.path.startswith("/api/v1/replay/") and "id" in request.match_info:
@@ -91,7 +92,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID_HEADER)
+    request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
 

@@ -33,7 +33,7 @@ EXCHANGE_ALIASES = {"huobi": "htx", "gateio": "gate"}
 
 #: Retention when retention_days / snapshot_retention_days are unset and the storage is SQLite: a bound
 #: on the embedded default's file (it grows ~125 MB an hour with ten venues and two symbols, snapshots
-#: most of it): about 2 days of snapshots and a week of the rest - some 6 GB, then flat.
+#: most of it): 2 days of snapshots and a week of the rest, then flat.
 SQLITE_RETENTION_DAYS = 7.0
 SQLITE_SNAPSHOT_RETENTION_DAYS = 2.0
 

@@ -70,6 +70,19 @@ def test_promtool_passes_the_config_the_rules_and_their_unit_tests(tmp_path):
     assert alerts <= tested, f"alerts without a unit test: {alerts - tested}"
 
 
+def test_every_runbook_line_points_at_a_section_of_the_operations_guide():
+    """Each alert's `runbook` annotation is docs/operations.md#ANCHOR, and ANCHOR is one of its headings
+    (GitHub's anchors: lower case, punctuation dropped, spaces as hyphens)."""
+    doc = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", doc, re.M)}
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r):
+        page, _, anchor = rule["annotations"]["runbook"].partition("#")
+        assert page == "docs/operations.md" and anchor in anchors, rule["alert"]
+        assert rule["annotations"]["summary"]
+
+
 def _query(base: str, expr: str) -> list:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=10) as r:

@@ -261,7 +261,7 @@ class Monitor:
         self.rates.sample(time.monotonic(), counts)
         replay = getattr(self.daemon, "replay", None)
         if replay is not None:
-            REPLAY_SESSIONS.set(sum(1 for s in replay.sessions() if s.active))
+            REPLAY_SESSIONS.set(replay.active_count())
             REPLAY_SESSIONS_MAX.set(replay.settings.replay_max_sessions)
 
 

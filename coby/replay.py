@@ -90,7 +90,7 @@ class ReplayManager:
             raise InvalidReplayRequest(f"range of {(end - start).total_seconds() / 86400:.2f} days exceeds "
                                        f"replay_max_range_days={max_days:g}")
         speed = check_speed(speed)
-        active = sum(1 for s in self._sessions.values() if s.active)
+        active = self.active_count()
         if active >= self.settings.replay_max_sessions:
             raise ReplayLimitReached(f"{active} replay sessions are active (replay_max_sessions="
                                      f"{self.settings.replay_max_sessions}); stop one first")
@@ -129,6 +129,10 @@ class ReplayManager:
         if session is None:
             raise ReplayNotFound(f"no replay session {session_id!r}")
         return session
+
+    def active_count(self) -> int:
+        """Sessions active now (created, running or paused); a read, nothing reaped (the metrics ask it)."""
+        return sum(1 for s in self._sessions.values() if s.active)
 
     def sessions(self) -> list[ReplaySession]:
         """Every session held (active, or ended and not yet reaped)."""

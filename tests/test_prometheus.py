@@ -83,6 +83,29 @@ def test_every_runbook_line_points_at_a_section_of_the_operations_guide():
         assert rule["annotations"]["summary"]
 
 
+def test_the_dashboards_are_the_generated_ones_and_well_formed():
+    """deploy/grafana/dashboards/*.json are what scripts/grafana_dashboards.py writes (no hand edits that the
+    next run would lose); each panel has a unique id, fits the 24-column grid, and queries the provisioned
+    datasource (uid prometheus, deploy/grafana/provisioning/datasources/prometheus.yml)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grafana_dashboards", DEPLOY.parent / "scripts" /
+                                                  "grafana_dashboards.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    boards = {"coby-operations.json": gen.dashboard("coby-operations", "coby: operations", gen.OPERATIONS, []),
+              "coby-market.json": gen.dashboard("coby-market", "coby: market", gen.MARKET, [gen.SYMBOL_VARIABLE])}
+    source = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = source["datasources"][0]["uid"]
+    for name, board in boards.items():
+        on_disk = json.loads((DEPLOY / "grafana" / "dashboards" / name).read_text())
+        assert on_disk == json.loads(json.dumps(board)), f"{name}: run scripts/grafana_dashboards.py"
+        ids = [p["id"] for p in on_disk["panels"]]
+        assert len(ids) == len(set(ids))
+        for p in on_disk["panels"]:
+            assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+            assert all(t["datasource"]["uid"] == uid for t in p.get("targets", []))
+
+
 def _query(base: str, expr: str) -> list:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=10) as r:

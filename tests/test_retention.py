@@ -120,8 +120,8 @@ async def test_timescaledb_drops_old_chunks_by_its_policy_with_a_window_for_snap
             await conn.execute(m.sql)
         mode = await setup_timescale(conn, settings)
         assert mode.startswith("timescaledb")
-        cur = await conn.execute("SELECT hypertable_name, config->>'drop_after', job_id FROM timescaledb_information.jobs "
-                                 "WHERE proc_name = 'policy_retention'")
+        cur = await conn.execute("SELECT hypertable_name, config->>'drop_after', job_id "
+                                 "FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'")
         jobs = {name: (after, job) for name, after, job in await cur.fetchall()}
         assert jobs["order_book_snapshots"][0] == "1 day" and jobs["trade_events"][0] == "5 days"
         now = utcnow()

@@ -106,12 +106,11 @@ def dashboard(uid: str, title: str, rows: list, variables: list[dict]) -> dict:
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
         pid, y, x = pid + 1, y + 1, 0
         for title, unit, targets, kind in row_panels:
-            p = panel(pid, title, unit, targets, kind, x, y)
-            pid += 1
-            x += p["gridPos"]["w"]
-            if x >= 24:
+            width = 6 if kind == "stat" else 12
+            if x + width > 24:  # the next line of the grid
                 x, y = 0, y + 8
-            panels.append(p)
+            panels.append(panel(pid, title, unit, targets, kind, x, y))
+            pid, x = pid + 1, x + width
         if x:
             y += 8
     return {"uid": uid, "title": title, "tags": ["coby"], "timezone": "utc", "schemaVersion": 39, "version": 1,

@@ -283,8 +283,13 @@ def import_(
     """Load an export into the database (deduplicated: importing twice changes nothing). The restore path,
     and the way to move data between SQLite and PostgreSQL."""
     settings = _settings(config, db_url=db, data_dir=data_dir)
+    from coby.archive import export_files, import_export
+    try:
+        if not export_files(directory):
+            _fail(f"{directory} holds no exported files (TABLE/date=YYYY-MM-DD/part-N.parquet|csv)")
+    except FileNotFoundError as e:
+        _fail(str(e))
     _logging(settings)
-    from coby.archive import import_export
 
     async def go() -> dict:
         storage = _open_db(settings)

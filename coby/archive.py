@@ -62,18 +62,22 @@ def schema(table: Table) -> dict[str, Any]:
 
 
 class Progress:
-    """One line on a terminal: the table, the day being written, rows so far."""
+    """A progress bar on a terminal (nothing otherwise): how far into the range (or the files), what is
+    being written, rows so far."""
 
-    def __init__(self, stream: IO[str] | None, hz: float = 5.0) -> None:
+    def __init__(self, stream: IO[str] | None, hz: float = 5.0, width: int = 30) -> None:
         self.stream = stream if stream is not None and stream.isatty() else None
         self.every = 1.0 / hz
+        self.width = width
         self.last = 0.0
 
-    def update(self, what: str, rows: int, force: bool = False) -> None:
+    def update(self, what: str, rows: int, done: float, force: bool = False) -> None:
         now = time.monotonic()
         if self.stream is not None and (force or now - self.last >= self.every):
             self.last = now
-            self.stream.write(f"\r{what}: {rows:,} rows\x1b[K")
+            filled = int(max(0.0, min(done, 1.0)) * self.width)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done * 100:5.1f}%  {what}: "
+                              f"{rows:,} rows\x1b[K")
             self.stream.flush()
 
     def done(self) -> None:
@@ -95,6 +99,7 @@ async def export(storage: Any, out: Path, start: datetime, end: datetime, *, tab
                                 "exchanges": list(exchanges or []), "symbols": list(symbols or []), "tables": {}}
     for table in tables:
         has_exchange = "exchange" in table.names
+        ts, span = table.names.index("timestamp"), (end - start) or timedelta(microseconds=1)
         rows_total, files = 0, 0
         parts: dict[str, int] = {}
         async for rows in storage.iter_rows(table, start, end, exchanges=exchanges if has_exchange else None,
@@ -111,10 +116,10 @@ async def export(storage: Any, out: Path, start: datetime, end: datetime, *, tab
                     frame.write_csv(path)
                 files += 1
                 rows_total += frame.height
-                bar.update(f"{table.name} {day}", rows_total)
+                bar.update(f"{table.name} {day}", rows_total, (rows[-1][ts] - start) / span)
         manifest["tables"][table.name] = {"rows": rows_total, "files": files,
                                           "columns": {c.name: c.kind for c in table.columns}}
-        bar.update(f"{table.name} done", rows_total, force=True)
+        bar.update(f"{table.name} done", rows_total, 1.0, force=True)
     bar.done()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -176,14 +181,15 @@ async def import_export(storage: Any, root: Path, *, batch: int = IMPORT_BATCH,
     """Load an export into ``storage`` (connected and migrated); per table: rows read, rows new."""
     bar = Progress(progress)
     counts: dict[str, dict[str, int]] = {}
-    for table, path in export_files(root):
+    files = export_files(root)
+    for i, (table, path) in enumerate(files):
         frame = read_part(table, path)
         c = counts.setdefault(table.name, {"rows": 0, "new": 0})
         for offset in range(0, frame.height, batch):
             rows = list(frame.slice(offset, batch).iter_rows())
             c["new"] += await storage.write_batch(table, rows)
             c["rows"] += len(rows)
-            bar.update(f"{table.name} {path.parent.name}", c["rows"])
+            bar.update(f"{table.name} {path.parent.name}", c["rows"], (i + offset / frame.height) / len(files))
     bar.done()
     return counts
 

@@ -40,7 +40,7 @@ fi
 # config and the alert rules, a real Prometheus scraping a simulated coby); the service is not started.
 if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "installing Prometheus" >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } >/dev/null \
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null \
     || echo "scripts/test.sh: could not install prometheus (tests/test_prometheus.py needs it)" >&2
 fi
 

@@ -84,23 +84,43 @@ async def test_old_rows_are_deleted_in_batches_while_writes_go_on(db_url, tmp_pa
         await storage.aclose()
 
 
-async def test_the_daemon_owns_the_retention_task(tmp_path):
-    """The daemon starts the retention job with storage and cancels it on stop (SQLite: bounded by default)."""
+async def test_a_running_daemon_deletes_old_rows_while_it_writes(tmp_path):
+    """A daemon (simulated binance, SQLite with its default bound: 7 days, snapshots 2) owns the retention
+    task; a pass run while its feeds write deletes the rows older than the windows, keeps the live ones,
+    and the daemon goes on storing; stop cancels the task."""
     from coby.daemon import Daemon
+    from tests.api_fixtures import until
     from tests.conftest import free_port
-    d = Daemon(make_settings(tmp_path, exchanges="binance", api_port=free_port(), simulate=False))
-    d._start_connectors = _nothing  # type: ignore[method-assign]  # no venue: this test is about storage
+    d = Daemon(make_settings(tmp_path, exchanges="binance", symbols="BTC-USDT", simulate=True, simulator_port=0,
+                             api_port=free_port()))
     await d.start()
     try:
-        assert d.retention is not None and d.retention.task is not None and not d.retention.task.done()
-        assert d.retention.applies
+        assert d.retention.task is not None and not d.retention.task.done() and d.retention.applies
+        st, now = d.storage, utcnow()
+        await st.store_trades([trade("BTC-USDT", "binance", i, now - 8 * DAY + timedelta(seconds=i))
+                               for i in range(30)])
+        for i in range(30):
+            await st.store_orderbook(book("binance", "BTC-USDT", ts=now - 3 * DAY + timedelta(seconds=i)))
+
+        async def live_trades() -> int:
+            return len(await st.rows(TRADES, now - DAY, None, limit=100_000))
+
+        async def some_live() -> bool:
+            return await live_trades() >= 10
+
+        await until(some_live, "live trades stored")
+        before = await live_trades()
+        deleted = await d.retention.run_once()
+        assert deleted[TRADES.name] == 30 and deleted[SNAPSHOTS.name] == 30
+        assert await st.rows(TRADES, None, now - DAY) == [] and await st.rows(SNAPSHOTS, None, now - DAY) == []
+
+        async def more_live() -> bool:
+            return await live_trades() > before
+
+        await until(more_live, "the daemon writing on")
     finally:
         await d.stop()
     assert d.retention.task is None
-
-
-async def _nothing() -> None:
-    return None
 
 
 TIMESCALE = os.environ.get("COBY_TEST_TIMESCALE")  # e.g. the WASM TimescaleDB: /work/shared/tools/timescale

@@ -118,7 +118,8 @@ async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",  # POST: replay control
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-ID", "Access-Control-Max-Age": "600"})
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-ID",
+            "Access-Control-Max-Age": "600"})
     resp = await handler(request)
     if ok and not resp.prepared:
         resp.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]

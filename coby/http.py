@@ -49,6 +49,8 @@ QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})  # scrapes and probes
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The API's error: ``{"ok": false, "error", "status"}``, plus the ``request_id`` that
+    ``request_context`` bound for the request being answered (the one the log lines carry)."""
     body: dict[str, Any] = {"ok": False, "error": message, "status": status}
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id is not None:

@@ -227,6 +227,111 @@ def replay(
     raise typer.Exit(code)
 
 
+def _open_db(settings: Settings) -> Any:
+    from coby.db import open_storage
+    return open_storage(settings)
+
+
+@app.command("export")
+def export_(
+    start: str = typer.Option(..., "--start", help="Start of the range: ISO 8601 (naive = UTC) or epoch ms."),
+    end: str = typer.Option(..., "--end", help="End of the range (exclusive): ISO 8601 or epoch ms."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (TABLE/date=YYYY-MM-DD/part-N.FORMAT)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    tables: Optional[str] = typer.Option(None, "--tables", help="Comma-separated: trades, books, ohlcv, heatmap, "
+                                                                "events (default: all)."),
+    exchanges: Optional[str] = typer.Option(None, "--exchanges", help="Comma-separated venues (default: all)."),
+    symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated symbols (default: all)."),
+    db: Optional[str] = DbOpt, config: Optional[Path] = ConfigOpt, data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Export stored data as files a researcher opens in polars, pandas or DuckDB (parquet or CSV, per table
+    and UTC day), in bounded memory; a progress line on a terminal. See docs/operations.md."""
+    settings = _settings(config, db_url=db, data_dir=data_dir, exchanges=exchanges, symbols=symbols)
+    _logging(settings)
+    from coby.archive import export, table_names
+    from coby.errors import ReplayError
+    from coby.replay import parse_time
+    try:
+        chosen, t0, t1 = table_names(tables), parse_time(start, "start"), parse_time(end, "end")
+    except (ValueError, ReplayError) as e:
+        _fail(str(e))
+    if fmt not in ("parquet", "csv"):
+        _fail(f"--format must be parquet or csv, not {fmt!r}")
+
+    async def go() -> dict:
+        storage = _open_db(settings)
+        await storage.connect()
+        try:
+            await storage.setup_database_schema()
+            return await export(storage, out, t0, t1, tables=chosen, fmt=fmt, progress=sys.stderr,
+                                exchanges=settings.exchanges if exchanges else None,
+                                symbols=settings.symbols if symbols else None)
+        finally:
+            await storage.disconnect()
+
+    try:
+        manifest = asyncio.run(go())
+    except StorageError as e:
+        _fail(str(e), 1)
+    for name, t in manifest["tables"].items():
+        typer.echo(f"{name}: {t['rows']} rows in {t['files']} files")
+
+
+@app.command("import")
+def import_(
+    directory: Path = typer.Argument(..., help="A directory written by coby export."),
+    db: Optional[str] = DbOpt, config: Optional[Path] = ConfigOpt, data_dir: Optional[str] = DataDirOpt,
+) -> None:
+    """Load an export into the database (deduplicated: importing twice changes nothing). The restore path,
+    and the way to move data between SQLite and PostgreSQL."""
+    settings = _settings(config, db_url=db, data_dir=data_dir)
+    from coby.archive import export_files, import_export
+    try:
+        if not export_files(directory):
+            _fail(f"{directory} holds no exported files (TABLE/date=YYYY-MM-DD/part-N.parquet|csv)")
+    except FileNotFoundError as e:
+        _fail(str(e))
+    _logging(settings)
+
+    async def go() -> dict:
+        storage = _open_db(settings)
+        await storage.connect()
+        try:
+            await storage.setup_database_schema()
+            return await import_export(storage, directory, progress=sys.stderr)
+        finally:
+            await storage.disconnect()
+
+    try:
+        counts = asyncio.run(go())
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except StorageError as e:
+        _fail(str(e), 1)
+    for name, c in counts.items():
+        typer.echo(f"{name}: {c['rows']} rows read, {c['new']} new")
+
+
+@app.command()
+def backup(out: Path = typer.Option(..., "--out", help="The backup file to write (replaced if it exists)."),
+           db: Optional[str] = DbOpt, config: Optional[Path] = ConfigOpt,
+           data_dir: Optional[str] = DataDirOpt) -> None:
+    """Back up the SQLite database with SQLite's online backup API, while the daemon runs: one consistent
+    copy. (PostgreSQL: pg_dump, see docs/operations.md.)"""
+    settings = _settings(config, db_url=db, data_dir=data_dir)
+    if not settings.storage_url.startswith("sqlite:///"):
+        _fail("coby backup copies an SQLite database; for PostgreSQL use pg_dump (docs/operations.md)")
+    import sqlite3
+
+    from coby.archive import backup_sqlite
+    from coby.db.sqlite import sqlite_path
+    try:
+        size = backup_sqlite(sqlite_path(settings.storage_url), out)
+    except (OSError, sqlite3.Error) as e:
+        _fail(f"backup failed: {e}", 1)
+    typer.echo(f"backed up {settings.storage_url} to {out} ({size} bytes)")
+
+
 @app.command()
 def version() -> None:
     """Print coby's version and its key dependencies' versions."""

@@ -31,6 +31,13 @@ EXCHANGES: tuple[str, ...] = (
 EXCHANGE_ALIASES = {"huobi": "htx", "gateio": "gate"}
 
 
+#: Retention when retention_days / snapshot_retention_days are unset and the storage is SQLite: a bound
+#: on the embedded default's file (it grows ~125 MB an hour with ten venues and two symbols, snapshots
+#: most of it): 2 days of snapshots and a week of the rest, then flat.
+SQLITE_RETENTION_DAYS = 7.0
+SQLITE_SNAPSHOT_RETENTION_DAYS = 2.0
+
+
 def setting(default: Any, help: str, env: tuple[str, ...] = (), check: Callable[[Any], str | None] | None = None,
             secret: bool = False) -> Any:
     """Declare one setting. ``check`` returns an error message or None."""
@@ -146,8 +153,22 @@ class Settings:
                                       "(data_dir/journal) until the database has it. Accepted so that older "
                                       "configurations still load.",
                                       ("COBY_BUFFER_FULL_POLICY",), _choice("spill", "drop"))
-    retention_days: float = setting(0.0, "TimescaleDB retention: drop chunks older than this many days (0: keep all).",
-                                    ("COBY_RETENTION_DAYS",), _non_negative)
+    retention_days: float | None = setting(None, "Days of data kept, in every storage mode (0: keep all). Unset: "
+                                           f"{SQLITE_RETENTION_DAYS:g} days with SQLite (which grows ~125 MB an "
+                                           "hour by default), everything with PostgreSQL. TimescaleDB drops whole "
+                                           "chunks by its retention policy; SQLite and plain PostgreSQL delete "
+                                           "old rows in bounded batches every retention_interval.",
+                                           ("COBY_RETENTION_DAYS",), _non_negative)
+    snapshot_retention_days: float | None = setting(None, "Days of order_book_snapshots kept (most of the volume), "
+                                                    f"0: keep all. Unset: {SQLITE_SNAPSHOT_RETENTION_DAYS:g} days with "
+                                                    "SQLite, else retention_days.",
+                                                    ("COBY_SNAPSHOT_RETENTION_DAYS",), _non_negative)
+    retention_interval: float = setting(3600.0, "Seconds between two passes of the retention job (SQLite and plain "
+                                        "PostgreSQL); the first runs a minute after start.",
+                                        ("COBY_RETENTION_INTERVAL",), _positive)
+    retention_batch: int = setting(10000, "Rows one retention DELETE removes at most (each its own short "
+                                   "transaction, so writers are never held up for long).",
+                                   ("COBY_RETENTION_BATCH",), _positive)
     compress_after_hours: float = setting(24.0, "TimescaleDB: compress chunks older than this many hours.",
                                           ("COBY_COMPRESS_AFTER_HOURS",), _positive)
     # --- cache -------------------------------------------------------------------------------
@@ -336,6 +357,16 @@ class Settings:
         if self.redis_host:
             return f"redis://{self.redis_host}:{self.redis_port}/0"
         return None
+
+    def retention(self, sqlite: bool) -> tuple[float, float]:
+        """(days of data kept, days of book snapshots kept) for a storage kind; 0: keep all."""
+        days = self.retention_days
+        if days is None:
+            days = SQLITE_RETENTION_DAYS if sqlite else 0.0
+        snapshots = self.snapshot_retention_days
+        if snapshots is None:
+            snapshots = SQLITE_SNAPSHOT_RETENTION_DAYS if sqlite and self.retention_days is None else days
+        return days, snapshots
 
     def bucket_size(self, symbol: str) -> float:
         """Bucket width for a canonical symbol: by symbol, then by base asset, then the default."""

@@ -1,6 +1,6 @@
 """The daemon: builds every part from settings, owns every long-lived task, shuts down in order.
 
-Start: storage (migrations, flusher) -> cache -> [simulator] -> HTTP -> pipeline -> connectors.
+Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> HTTP -> pipeline -> connectors.
 Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), then the
 pipeline's timers, HTTP, the write buffer (flushed; what cannot be written in time is
 spilled to disk and loaded at the next start), the cache, the simulator. The whole stop
@@ -36,6 +36,7 @@ class Daemon:
         self.pipeline: Any = None
         self.http: Any = None
         self.replay: Any = None
+        self.retention: Any = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -45,7 +46,13 @@ class Daemon:
         s = self.settings
         log.info("daemon_starting", storage=self.storage.kind, cache=self.cache.kind,
                  exchanges=list(s.exchanges), symbols=list(s.symbols), simulate=s.simulate)
+        from coby.db.tables import TABLES
+        from coby.metrics import preset
+        preset(s.exchanges, TABLES)  # every venue's and table's series exist from the start, at 0
         await self.storage.start()
+        from coby.db.retention import Retention
+        self.retention = Retention(self.storage)  # old rows deleted off the hot path (SQLite, plain PostgreSQL)
+        self.retention.start()
         await self.cache.start()
         if s.simulate:
             await self._start_simulator()
@@ -138,6 +145,8 @@ class Daemon:
             await step("pipeline", self.pipeline.aclose())
         if self.http is not None:
             await step("http", self.http.aclose())
+        if self.retention is not None:
+            await step("retention", self.retention.aclose())
         await step("storage", self.storage.aclose())
         await step("cache", self.cache.aclose())
         if self.simulator is not None:

@@ -212,6 +212,7 @@ class ExchangeConnector:
                 await self._gate(st)
                 feed = st.feed
                 st.gen, st.attempt_at, st.interrupt = feed.gen, self._clock(), None
+                structlog.contextvars.bind_contextvars(feed=f"{feed.index}.{feed.gen}")  # client index.generation
                 try:
                     client = self._pool.client(feed)
                     if st.kind == BOOK:

@@ -5,7 +5,10 @@ Here: the server, the middleware chain and the operations routes (``/health``,
 ``coby.api``, the WebSocket protocol in ``coby.ws``, the OpenAPI document in
 ``coby.openapi``.
 
-Middleware, outermost first: request metrics; CORS (closed unless ``api_cors_origins``
+Middleware, outermost first: the request's correlation id (``request_id``: the client's
+``X-Request-ID`` when it sends a sane one, else a new one; bound to every log line the request
+causes, WebSocket connections included, returned in the ``X-Request-ID`` header and in JSON error
+bodies) and its one log line; request metrics; CORS (closed unless ``api_cors_origins``
 lists the origin); the bearer token (``api_token``: required on every route but
 /health); the error boundary, the one place an exception becomes
 ``{"ok": false, "error": "...", "status": N}``.
@@ -16,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import re
 import time
+import uuid
 from typing import Any
 
 import structlog
@@ -26,7 +31,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coby import api, dashboard, ws
 from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
 from coby.errors import StorageError
-from coby.metrics import FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY
+from coby.metrics import (
+    EXCHANGE_CONNECTED, FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY, REPLAY_SESSIONS, REPLAY_SESSIONS_MAX,
+)
 from coby.openapi import OPENAPI_KEY, Document
 
 __all__ = ["ApiServer", "DAEMON_KEY", "create_app", "error", "json_response"]
@@ -35,14 +42,63 @@ log = structlog.get_logger("coby.http")
 MONITOR_KEY: web.AppKey[Any] = web.AppKey("monitor", object)
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
+QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})  # scrapes and probes: logged at debug
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    resp = json_response({"ok": False, "error": message, "status": status}, status)
+    """The API's error: ``{"ok": false, "error", "status"}``, plus the ``request_id`` that
+    ``request_context`` bound for the request being answered (the one the log lines carry)."""
+    body: dict[str, Any] = {"ok": False, "error": message, "status": status}
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    if request_id is not None:
+        body["request_id"] = request_id
+    resp = json_response(body, status)
     if headers:
         resp.headers.update(headers)
     return resp
 
 
+def new_request_id(given: str | None = None) -> str:
+    """The client's id when it is sane (letters, digits, ``._:-``, at most 128), else a new one."""
+    if given is not None and _SANE_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex[:16]
+
+
 # --- middleware -------------------------------------------------------------------------------
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bind ``request_id`` for everything this request (or WebSocket connection) logs; one log line per
+    request with its outcome. The header is set as the response is prepared (``_echo_request_id``), so a
+    WebSocket's upgrade response and a streamed one carry it too."""
+    request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
+    request[REQUEST_ID_KEY] = request_id
+    started = time.perf_counter()
+    ids = {"request_id": request_id}
+    if request.path.startswith("/api/v1/replay/") and "id" in request.match_info:
+        ids["replay_id"] = request.match_info["id"]  # a replay session's control, status or WebSocket
+    with structlog.contextvars.bound_contextvars(**ids):
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        finally:
+            quiet = request.path in QUIET_PATHS or request.path.startswith("/static/")
+            (log.debug if quiet and status < 400 else log.info)(
+                "http_request", method=request.method, path=request.path[:200], status=status,
+                remote=request.remote, ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
 @web.middleware
 async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     resp = await handler(request)
@@ -64,10 +120,12 @@ async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS",  # POST: replay control
-            "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"})
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-ID",
+            "Access-Control-Max-Age": "600"})
     resp = await handler(request)
     if ok and not resp.prepared:
         resp.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+        resp.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
         resp.headers["Vary"] = "Origin"
     return resp
 
@@ -159,7 +217,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 # --- the monitor: event-loop lag, feed rates and ages -------------------------------------------
 class Monitor:
     """An owned task: every ``interval`` it measures how late its sleep woke (event-loop lag); every
-    second it samples the connectors' message counters (status messages/s) and their feed ages."""
+    second it samples the connectors' message counters (status messages/s), their feed ages and
+    states, and the number of active replay sessions."""
 
     def __init__(self, daemon: Any, rates: FeedRates, interval: float = 0.1) -> None:
         self.daemon = daemon
@@ -199,17 +258,23 @@ class Monitor:
                 log.exception("status_sample_failed", exchange=name)
                 continue
             counts[name] = st.messages
+            EXCHANGE_CONNECTED.labels(name).set(1 if getattr(st.state, "value", st.state) == "connected" else 0)
             if st.last_message_at is not None:
                 FEED_AGE.labels(name).set(max(0.0, wall - st.last_message_at.timestamp()))
         self.rates.sample(time.monotonic(), counts)
+        replay = getattr(self.daemon, "replay", None)
+        if replay is not None:
+            REPLAY_SESSIONS.set(replay.active_count())
+            REPLAY_SESSIONS_MAX.set(replay.settings.replay_max_sessions)
 
 
 # --- assembly -------------------------------------------------------------------------------------
 def create_app(daemon: Any) -> web.Application:
     """The whole HTTP surface for ``daemon`` (anything with .settings, .storage, .cache, .connectors,
     .started_at): ops routes, REST, /ws on the daemon's cache, the OpenAPI document."""
-    app = web.Application(middlewares=[count_requests, cors, bearer_token, error_boundary],
+    app = web.Application(middlewares=[request_context, count_requests, cors, bearer_token, error_boundary],
                           client_max_size=64 * 1024)
+    app.on_response_prepare.append(_echo_request_id)
     app[DAEMON_KEY] = daemon
     rates = FeedRates()
     app[RATES_KEY] = rates
@@ -235,6 +300,38 @@ def create_app(daemon: Any) -> web.Application:
     return app
 
 
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's protocol handler, with coby's error shape for the requests aiohttp refuses before any
+    route or middleware sees them (a request line or header over the line limit, a malformed request):
+    ``{"ok": false, "error", "status", "request_id"}``, logged as a client error - not as an
+    exception with a traceback, which aiohttp does by default. Server errors keep aiohttp's way."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        request_id = new_request_id()
+        detail = (message or str(exc) or "bad request").strip().splitlines()[0]
+        detail = detail.split(": bytearray(", 1)[0][:200]  # aiohttp quotes the offending bytes: not worth echoing
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            log.info("http_bad_request", status=status, remote=request.remote, error=detail)
+            resp = error(status, f"bad request: {detail}", {REQUEST_ID_HEADER: request_id})
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the same server, handing out _RequestHandler
+        return server
+
+
 class ApiServer:
     """Runs ``create_app`` on ``api_host:api_port`` (port 0: any free port, read back in ``.port``)."""
 
@@ -246,7 +343,7 @@ class ApiServer:
 
     async def start(self) -> None:
         s = self.daemon.settings
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        self._runner = _AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.api_host, s.api_port)
         await site.start()

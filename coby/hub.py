@@ -11,6 +11,7 @@ now, coalesce, queue, give up - is ``coby.ws``'s policy.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,9 @@ class Hub:
         feed = self._feeds.get(channel)
         if feed is None:
             feed = Feed(channel, self.bus.subscribe(channel, maxsize=self.bus_queue))
-            feed.task = asyncio.get_running_loop().create_task(self._pump(feed), name=f"coby-ws-pump:{channel}")
+            # a context of its own: the pump serves every client of the channel, not the first one's request
+            feed.task = asyncio.get_running_loop().create_task(self._pump(feed), name=f"coby-ws-pump:{channel}",
+                                                               context=contextvars.Context())
             self._feeds[channel] = feed
         feed.clients.add(client)
         return feed

@@ -6,7 +6,9 @@ Labels are bounded sets (exchange, symbol, table, reason, channel) - never ids.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -73,3 +75,66 @@ FEED_AGE = Gauge("coby_feed_age_seconds", "Seconds since a venue's connector las
                  ["exchange"], registry=REGISTRY)
 LOOP_LAG = Gauge("coby_event_loop_lag_seconds", "Worst event-loop lag (sleep overshoot) seen in the last second.",
                  registry=REGISTRY)
+EXCHANGE_CONNECTED = Gauge("coby_exchange_connected", "1 while a venue's connector is connected (a live feed), 0 "
+                           "while it connects, is stale, disconnected or its circuit is open.", ["exchange"],
+                           registry=REGISTRY)
+
+# --- market (live only: a replay session's pipeline never sets these) ------------------------
+BOOK_MID = Gauge("coby_book_mid_price", "Mid price of a venue's latest book at the last aggregation tick.",
+                 ["exchange", "symbol"], registry=REGISTRY)
+BOOK_SPREAD = Gauge("coby_book_spread", "Best ask minus best bid of a venue's latest book, in quote currency.",
+                    ["exchange", "symbol"], registry=REGISTRY)
+NBBO_BID = Gauge("coby_consolidated_best_bid", "Best bid over every fresh venue (the consolidated book).",
+                 ["symbol"], registry=REGISTRY)
+NBBO_ASK = Gauge("coby_consolidated_best_ask", "Best ask over every fresh venue (the consolidated book).",
+                 ["symbol"], registry=REGISTRY)
+IMBALANCE = Gauge("coby_imbalance", "Top-of-book imbalance, -1 (all asks) to 1 (all bids), per venue and "
+                  "exchange=\"consolidated\".", ["exchange", "symbol"], registry=REGISTRY)
+
+# --- replay and retention -------------------------------------------------------------------------
+REPLAY_SESSIONS = Gauge("coby_replay_sessions", "Replay sessions active now (created, running or paused).",
+                        registry=REGISTRY)
+REPLAY_SESSIONS_MAX = Gauge("coby_replay_sessions_max", "The limit on active replay sessions (replay_max_sessions).",
+                            registry=REGISTRY)
+RETENTION_DELETED = Counter("coby_retention_deleted_rows_total", "Rows deleted by the retention job (SQLite and "
+                            "plain PostgreSQL; TimescaleDB drops whole chunks by its own policy).", ["table"],
+                            registry=REGISTRY)
+RETENTION_LAST_RUN = Gauge("coby_retention_last_run_timestamp_seconds", "When the retention job last finished a "
+                           "pass over every table (epoch seconds; 0: never).", registry=REGISTRY)
+
+# --- the process: resident memory, CPU, open files (process_* series) ------------------------------
+ProcessCollector(registry=REGISTRY)
+
+#: Label values known in advance, so that each series exists (at 0) from the start: an alert on a
+#: rate, or a dashboard panel, sees 0 instead of no data.
+REJECT_REASONS = ("schema", "range", "empty_book", "future_timestamp", "old_timestamp", "crossed_book",
+                  "locked_book", "duplicate_trade", "malformed")
+LOST_REASONS = ("journal_write_failed", "closed", "not_started")
+CACHE_OPS = ("publish_dropped", "flush", "get")
+WS_DISCONNECT_REASONS = ("closed", "slow_consumer", "overload", "error", "shutdown")
+
+
+def preset(exchanges: Iterable[str], tables: Iterable[str]) -> None:
+    """Create the labelled series of a daemon's venues and tables, at 0 (idempotent)."""
+    for ex in exchanges:
+        for kind in ("book", "trade"):
+            MESSAGES.labels(ex, kind)
+        for reason in REJECT_REASONS:
+            REJECTS.labels(ex, reason)
+        for counter in (RECONNECTS, RESYNCS, STALLS):
+            counter.labels(ex)
+        CIRCUIT_OPEN.labels(ex)
+        EXCHANGE_CONNECTED.labels(ex)
+    for table in tables:
+        for counter in (ROWS_WRITTEN, ROWS_DUPLICATE, FLUSH_FAILURES, RETENTION_DELETED, JOURNAL_SKIPPED):
+            counter.labels(table)
+        for gauge in (BUFFER_DEPTH, JOURNAL_BYTES):
+            gauge.labels(table)
+        for reason in LOST_REASONS:
+            LOST_ROWS.labels(table, reason)
+        OVERFLOW.labels(table, "rejected")
+    for reason in WS_DISCONNECT_REASONS:
+        WS_DISCONNECTS.labels(reason)
+    WS_MESSAGES.labels("control")
+    for op in CACHE_OPS:
+        CACHE_ERRORS.labels(op)

@@ -3,7 +3,10 @@
 Model schemas are derived from the dataclasses in ``coby.models`` (their type hints,
 read the way ``coby.codec`` writes them), so the document cannot drift from the JSON
 the API sends. The document is built per app from its settings: exchanges, symbols and
-limits appear as enums and bounds. The WebSocket protocol is in docs/api.md.
+limits appear as enums and bounds. Every route the app serves is here (a test checks it): the
+REST routes, the operations routes, ``/ws`` and the dashboard's files (described: OpenAPI has no
+vocabulary for a WebSocket's messages; docs/api.md is their reference), and the replay routes,
+which ``coby.replay_api`` adds with ``Document.extend``.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ def _schemas() -> dict[str, Any]:
                              "counts (bitfinex)"}
     out["OrderBookSnapshot"]["properties"].update(bid_counts=counts, ask_counts=counts)
     out["Error"] = _obj({"ok": {"type": "boolean", "const": False}, "error": {"type": "string"},
-                         "status": {"type": "integer"}})
+                         "status": {"type": "integer"}},
+                        request_id={"type": "string", "description": "the request's X-Request-ID (see info)"})
     venue = _obj({
         "exchange": {"type": "string"},
         "state": {"type": "string", "enum": [s.value for s in models.ConnectionState]},
@@ -162,6 +166,42 @@ def _schemas() -> dict[str, Any]:
 
 def _json(ref: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": REF + ref}}}}
+
+
+WS_DESCRIPTION = """The live WebSocket (RFC 6455; JSON text frames). Send
+`{"op": "subscribe", "channels": ["consolidated:BTC-USDT", "trades:BTC-USDT"]}` (also `unsubscribe`,
+`ping`); channels `book:{exchange}:{symbol}`, `consolidated:{symbol}`, `heatmap:{symbol}`,
+`metrics:{symbol}`, `trades:{symbol}`, `ohlcv:{symbol}:{timeframe}`, `status`. Each channel sends a
+snapshot first, then envelopes `{"channel", "type": "update", "seq", "ts", "received", "data"}` with
+per-channel sequence numbers. A client more than ws_queue_size trades behind is sent an `error` and
+closed with code 4008; book-like channels coalesce to the latest state instead. With api_token set,
+pass it as `Authorization: Bearer` or `?token=`. Reference: docs/api.md."""
+
+
+def ws_and_dashboard_paths(settings: Settings) -> dict[str, Any]:
+    """/ws and the dashboard's files: what they are, the upgrade's refusals."""
+    refused = {"400": _json("Error", "not a WebSocket upgrade request"),
+               "401": _json("Error", "missing or wrong bearer token"),
+               "403": _json("Error", "origin not allowed (api_cors_origins)"),
+               "429": _json("Error", f"too many connections from one address (ws_max_connections_per_ip="
+                                     f"{settings.ws_max_connections_per_ip})")}
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/ws": {"get": {"operationId": "websocket", "summary": "live data over a WebSocket",
+                        "description": WS_DESCRIPTION,
+                        "parameters": [{"name": "token", "in": "query", "required": False,
+                                        "schema": {"type": "string"},
+                                        "description": "the bearer token, for browsers (cannot set headers)"}],
+                        "responses": {"101": {"description": "switching to the WebSocket protocol"}, **refused}}},
+        "/": {"get": {"operationId": "dashboard", "summary": "the web dashboard (docs/dashboard.md)",
+                      "security": [], "responses": {"200": {"description": "its page", "content": html}}}},
+        "/static/{path}": {"get": {"operationId": "dashboard_file", "summary": "the dashboard's static files",
+                                   "security": [],
+                                   "parameters": [{"name": "path", "in": "path", "required": True,
+                                                   "schema": {"type": "string"}}],
+                                   "responses": {"200": {"description": "a file (script, style, image)"},
+                                                 "404": _json("Error", "no such file")}}},
+    }
 
 
 def build_document(settings: Settings) -> dict[str, Any]:
@@ -229,12 +269,16 @@ def build_document(settings: Settings) -> dict[str, Any]:
                                          "responses": {"200": {"description": "OpenAPI 3.1",
                                                                "content": {"application/json": {
                                                                    "schema": {"type": "object"}}}}, **errors}}},
+        **ws_and_dashboard_paths(settings),
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "coby", "version": __version__,
                  "description": "Live and stored market data of coby. Errors are {\"ok\": false, \"error\": ..., "
-                                "\"status\": N}. WebSocket protocol at /ws: see docs/api.md."},
+                                "\"status\": N, \"request_id\": ...}. Every response carries X-Request-ID: the "
+                                "client's own (letters, digits, ._:-, at most 128) or a new one; the daemon's log "
+                                "lines about the request carry it as request_id. WebSocket protocol at /ws: see "
+                                "docs/api.md."},
         "paths": paths,
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -45,7 +45,7 @@ import structlog
 
 from coby.cache import MemoryCache
 from coby.config import Settings
-from coby.metrics import OHLCV_LATE, OHLCV_REPAIRED
+from coby.metrics import BOOK_MID, BOOK_SPREAD, IMBALANCE, NBBO_ASK, NBBO_BID, OHLCV_LATE, OHLCV_REPAIRED
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
 from coby.ohlcv import OHLCVBuilder
 
@@ -173,6 +173,8 @@ class Pipeline:
                                      book=(b.exchange, b.symbol))
 
     async def _on_connection_event(self, e: ConnectionEvent) -> None:
+        if not self.replay:  # in the connector's task: its exchange, symbol, stream and feed are bound
+            log.info("connection_event", exchange=e.exchange, symbol=e.symbol, kind=e.event, detail=e.detail)
         if self.storage is not None:
             await self.storage.store_connection_event(e)
         await self.publisher.publish("status", {"event": e, "exchanges": self.statuses}, e.timestamp, None,
@@ -190,6 +192,8 @@ class Pipeline:
         for b in list(self._dirty.values()):
             await self._publish_book(b, t)
         result = self.engine.tick(ts)
+        if not self.replay:
+            _export_market(result)
         for symbol, book in result.books.items():
             await self.publisher.publish(f"consolidated:{symbol}", book, ts, ts, latest=("consolidated", symbol))
             heatmap = result.heatmaps.get(symbol)
@@ -254,6 +258,22 @@ class Pipeline:
                                          latest=(f"ohlcv:{bar.timeframe}", bar.symbol) if latest else None)
         if bar.closed and self.storage is not None:
             await self.storage.store_ohlcv(bar)
+
+
+def _export_market(result: Any) -> None:
+    """The tick's figures as Prometheus gauges (live only; the market dashboard reads them)."""
+    for (symbol, exchange), m in result.metrics.items():
+        BOOK_MID.labels(exchange, symbol).set(m.mid_price)
+        BOOK_SPREAD.labels(exchange, symbol).set(m.spread)
+    for symbol, book in result.books.items():
+        if book.best_bid is not None:
+            NBBO_BID.labels(symbol).set(book.best_bid)
+        if book.best_ask is not None:
+            NBBO_ASK.labels(symbol).set(book.best_ask)
+    for (symbol, exchange), imb in result.venue_imbalances.items():
+        IMBALANCE.labels(exchange, symbol).set(imb.top_of_book)
+    for symbol, imb in result.imbalances.items():
+        IMBALANCE.labels("consolidated", symbol).set(imb.top_of_book)
 
 
 def _count_late(exchange: str, repaired: bool) -> None:

@@ -90,7 +90,7 @@ class ReplayManager:
             raise InvalidReplayRequest(f"range of {(end - start).total_seconds() / 86400:.2f} days exceeds "
                                        f"replay_max_range_days={max_days:g}")
         speed = check_speed(speed)
-        active = sum(1 for s in self._sessions.values() if s.active)
+        active = self.active_count()
         if active >= self.settings.replay_max_sessions:
             raise ReplayLimitReached(f"{active} replay sessions are active (replay_max_sessions="
                                      f"{self.settings.replay_max_sessions}); stop one first")
@@ -98,7 +98,7 @@ class ReplayManager:
         self._sessions[session_id] = ReplaySession(
             self, session_id, start, end, speed, self._exchanges(exchanges), self._symbols(symbols),
             self._channels(channels), sink)
-        log.info("replay_created", replay=session_id, start=start.isoformat(), end=end.isoformat(), speed=speed)
+        log.info("replay_created", replay_id=session_id, start=start.isoformat(), end=end.isoformat(), speed=speed)
         return session_id
 
     async def start_replay(self, session_id: str) -> None:
@@ -130,6 +130,10 @@ class ReplayManager:
             raise ReplayNotFound(f"no replay session {session_id!r}")
         return session
 
+    def active_count(self) -> int:
+        """Sessions active now (created, running or paused); a read, nothing reaped (the metrics ask it)."""
+        return sum(1 for s in self._sessions.values() if s.active)
+
     def sessions(self) -> list[ReplaySession]:
         """Every session held (active, or ended and not yet reaped)."""
         self.reap()
@@ -152,7 +156,7 @@ class ReplayManager:
                 if task is not None:  # cancelled; kept until it is done so that aclose can await it
                     self._reaping.add(task)
                     task.add_done_callback(self._reaping.discard)
-                log.info("replay_reaped", replay=sid, state=s.state.value)
+                log.info("replay_reaped", replay_id=sid, state=s.state.value)
         return gone
 
     async def aclose(self) -> None:

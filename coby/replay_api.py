@@ -26,7 +26,8 @@ from aiohttp import web
 
 from coby import replay_ws
 from coby.api import ApiError, json_response, parse_time as api_time
-from coby.models import utc_from_ms
+from coby.models import ReplayState, utc_from_ms
+from coby.openapi import OPENAPI_KEY, REF
 from coby.replay import ReplayError, ReplayManager, check_speed
 
 MANAGER_KEY: web.AppKey[ReplayManager] = web.AppKey("replay_manager", ReplayManager)
@@ -189,3 +190,66 @@ def add_replay_routes(app: web.Application, manager: ReplayManager) -> None:
         r.add_post(f"/api/v1/replay/{{id}}/{action}", _control(action))
     r.add_post("/api/v1/replay/{id}/seek", seek)
     r.add_get("/api/v1/replay/{id}/ws", websocket)
+    if OPENAPI_KEY in app:
+        app[OPENAPI_KEY].extend(*openapi_paths())
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The replay routes' part of the OpenAPI document (paths, schemas)."""
+    t = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "minimum": 0, "maximum": _MAX_MS}],
+         "description": "RFC 3339 / ISO 8601 (naive: UTC) or epoch milliseconds"}
+    names = {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+             "description": "a list, or names separated by commas"}
+    err = {"content": {"application/json": {"schema": {"$ref": REF + "Error"}}}}
+    errors = {"400": {"description": "invalid parameter", **err}, "401": {"description": "bearer token", **err},
+              "404": {"description": "unknown session", **err}}
+    one = {"200": {"description": "the session", "content": {"application/json": {
+        "schema": {"$ref": REF + "ReplayAnswer"}}}}, **errors}
+    sid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def control(action: str, what: str) -> dict[str, Any]:
+        return {"post": {"operationId": f"replay_{action}", "summary": what, "parameters": [sid],
+                         "responses": {**one, "409": {"description": "wrong state for this action", **err}}}}
+
+    body = {"type": "object", "additionalProperties": False, "required": ["start", "end"],
+            "properties": {"start": t, "end": t, "speed": {"type": "number", "minimum": 0,
+                                                            "description": "1 real time, 0 as fast as read"},
+                           "exchanges": names, "symbols": names, "channels": names}}
+    paths = {
+        "/api/v1/replay": {
+            "post": {"operationId": "replay_create", "summary": "a new replay session (created, not started)",
+                     "requestBody": {"content": {"application/json": {"schema": body}}},
+                     "responses": {"201": one["200"], **errors,
+                                   "429": {"description": "replay_max_sessions active sessions", **err}}},
+            "get": {"operationId": "replay_list", "summary": "every session held",
+                    "responses": {"200": {"description": "sessions", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"ok": {"type": "boolean"}, "replays": {
+                            "type": "array", "items": {"$ref": REF + "ReplaySession"}}}}}}}}}},
+        "/api/v1/replay/{id}": {"get": {"operationId": "replay_status", "summary": "a session's status",
+                                        "parameters": [sid], "responses": one}},
+        **{f"/api/v1/replay/{{id}}/{a}": control(a, w) for a, w in (
+            ("start", "start a created session"), ("pause", "pause a running session"),
+            ("resume", "resume a paused session"), ("stop", "stop a session"))},
+        "/api/v1/replay/{id}/seek": {"post": {
+            "operationId": "replay_seek", "summary": "continue from a time within the session's range",
+            "parameters": [sid], "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["timestamp"], "properties": {"timestamp": t}}}}},
+            "responses": {**one, "409": {"description": "wrong state", **err}}}},
+        "/api/v1/replay/{id}/ws": {"get": {
+            "operationId": "replay_websocket", "summary": "the session's data: the /ws protocol over its bus",
+            "description": "As /ws, on the session's own channels; every envelope carries \"replay\": id, stored "
+                           "connection events arrive on `gap`, the end on `replay`. See docs/replay.md.",
+            "parameters": [sid], "responses": {"101": {"description": "switching to the WebSocket protocol"},
+                                               **errors}}},
+    }
+    session = {"type": "object", "required": ["id", "state", "start", "end", "speed", "progress"], "properties": {
+        "id": {"type": "string"}, "session_id": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in ReplayState]},
+        "start": {"type": "string", "format": "date-time"}, "end": {"type": "string", "format": "date-time"},
+        "speed": {"type": "number"}, "position": {"type": ["string", "null"], "format": "date-time"},
+        "events_emitted": {"type": "integer"}, "progress": {"type": "number"}, "error": {"type": ["string", "null"]},
+        "subscribers": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}}}
+    schemas = {"ReplaySession": session,
+               "ReplayAnswer": {"type": "object", "required": ["ok", "replay"],
+                                "properties": {"ok": {"type": "boolean"}, "replay": {"$ref": REF + "ReplaySession"}}}}
+    return paths, schemas

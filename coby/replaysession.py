@@ -182,6 +182,10 @@ class ReplaySession:
                 await task
 
     async def _run(self) -> None:
+        # the session's own context: its task was created by the request that started it; what it logs is
+        # about the session (replay_id), not about that request
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(replay_id=self.id)
         try:
             await self._prime()
             s = self.settings
@@ -208,7 +212,7 @@ class ReplaySession:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the session fails, the process does not
-            log.exception("replay_failed", replay=self.id)
+            log.exception("replay_failed")
             self.error = f"{type(e).__name__}: {e}"
             await self._finish(ReplayState.FAILED)
 
@@ -259,14 +263,14 @@ class ReplaySession:
             try:
                 await self.pipeline.aclose()  # open OHLCV bars go to the sink, as live stores them at shutdown
             except Exception:  # noqa: BLE001 - closing must finish the session whatever the sink did
-                log.exception("replay_pipeline_close_failed", replay=self.id)
+                log.exception("replay_pipeline_close_failed", replay_id=self.id)
         if state == ReplayState.FINISHED:
             await self.bus.finish()  # subscribers read everything before their stream ends
         else:
             self.bus.end()
         self.pipeline = None  # an ended session keeps its status, not its engine's state
         self.done.set()
-        log.info("replay_" + state.value, replay=self.id, events=self.events, error=self.error)
+        log.info("replay_" + state.value, replay_id=self.id, events=self.events, error=self.error)
 
     def _announce(self, event: str) -> None:
         """A ``replay`` channel message on each change of state (subscribe to ``replay`` to follow it).

@@ -302,6 +302,7 @@ async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.Strea
     conns.clients.add(client)
     hub.clients.add(client)
     WS_CLIENTS.inc()
+    log.info("ws_connected", remote=remote)  # the request's request_id is bound: it names this connection
     reason = "closed"
     reader = asyncio.create_task(client.read_loop(), name="coby-ws-read")
     sender = asyncio.create_task(client.send_loop(), name="coby-ws-send")
@@ -323,6 +324,7 @@ async def serve(request: web.Request, hub: Hub, settings: Settings) -> web.Strea
         hub.clients.discard(client)
         WS_CLIENTS.dec()
         WS_DISCONNECTS.labels(reason).inc()
+        log.info("ws_disconnected", remote=remote, reason=reason)
     return ws
 
 

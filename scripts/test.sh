@@ -36,6 +36,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
     || echo "scripts/test.sh: could not install chromium (the dashboard tests need it)" >&2
 fi
 
+# Debian's Prometheus (prometheus + promtool) for deploy/'s checks (tests/test_prometheus.py: promtool on the
+# config and the alert rules, a real Prometheus scraping a simulated coby); the service is not started.
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing Prometheus" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null \
+    || echo "scripts/test.sh: could not install prometheus (tests/test_prometheus.py needs it)" >&2
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 
 from coby.config import Settings
 from coby.daemon import Daemon
 from coby.db import open_storage
+
+# structlog writes to stderr, as coby.logs has it in production: structlog's default (stdout) mixes the log
+# lines of an in-process daemon (e.g. one http_request line per request) into the output of the CLI
+# commands tests run with CliRunner. Not cached, so that structlog.testing.capture_logs works.
+structlog.configure(processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                                structlog.dev.ConsoleRenderer(colors=False)],
+                    logger_factory=structlog.PrintLoggerFactory(sys.stderr), cache_logger_on_first_use=False)
 
 PG_ADMIN = os.environ.get("COBY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("COBY_TEST_REDIS", "redis://127.0.0.1:6379/15")

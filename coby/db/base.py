@@ -119,6 +119,11 @@ class Storage(abc.ABC):
     async def ping(self) -> bool:
         """True when the database answers now."""
 
+    async def delete_before(self, table: Table, cutoff: datetime, limit: int) -> int:
+        """Delete at most about ``limit`` rows of ``table`` older than ``cutoff`` in one short transaction;
+        return how many went (the retention job, ``db/retention.py``, calls it until it returns 0)."""
+        raise NotImplementedError
+
     placeholder = "%s"
 
     def select_expr(self, table: Table, column: str) -> str:

@@ -338,8 +338,9 @@ class WriteBuffer:
                 JOURNAL_SKIPPED.labels(journal.table.name).inc(chunk.skipped_bytes)
             rows, end = chunk.rows, chunk.end
         if rows:
-            try:
-                await self._write(journal.table, rows)
+            try:  # the batch is named by the journal position it ends at: its log lines carry it
+                with structlog.contextvars.bound_contextvars(batch=f"{journal.table.name}@{end.segment}.{end.offset}"):
+                    await self._write(journal.table, rows)
             except BaseException:  # the rows stay in the journal; lane.read has not moved: read again from disk
                 FLUSH_FAILURES.labels(journal.table.name).inc()
                 raise

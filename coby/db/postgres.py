@@ -220,6 +220,20 @@ class PostgresStorage(Storage):
                 self._close_writer()
             raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
 
+    async def delete_before(self, table: Table, cutoff: datetime, limit: int) -> int:
+        """Retention (plain PostgreSQL; hypertables are left to TimescaleDB's policy): at most ``limit`` rows
+        before ``cutoff`` by physical address, found through the primary key's range, one transaction."""
+        sql = (f"DELETE FROM {table.name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table.name} "
+               "WHERE timestamp < %s LIMIT %s))")
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(sql, (cutoff, limit))
+                return max(cur.rowcount, 0)
+        except Exception as e:
+            if _unavailable(e):
+                raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
+            raise
+
     def select_expr(self, table: Table, column: str) -> str:
         kind = next(c.kind for c in table.columns if c.name == column)
         if kind == FLOAT:

@@ -169,6 +169,31 @@ class SqliteStorage(Storage):
         except (sqlite3.Error, OSError) as e:  # locked, disk full, I/O: keep the rows, retry later
             raise StorageUnavailable(f"SQLite unavailable: {e}") from e
 
+    async def delete_before(self, table: Table, cutoff: datetime, limit: int) -> int:
+        """Retention: the ``limit`` oldest rows before ``cutoff`` (a range of the primary key, which leads
+        with timestamp), in one transaction on the writer's thread, between two batches of writes."""
+        conn, cut, name = self._conn(), _us(cutoff), table.name
+
+        def delete() -> int:
+            row = conn.execute(f"SELECT timestamp FROM {name} WHERE timestamp < ? ORDER BY timestamp LIMIT 1 OFFSET ?",
+                               (cut, limit)).fetchone()
+            bound = cut if row is None else row[0]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = conn.execute(f"DELETE FROM {name} WHERE timestamp < ?", (bound,)).rowcount
+                if n == 0 and row is not None:  # more than ``limit`` rows share the oldest timestamp
+                    n = conn.execute(f"DELETE FROM {name} WHERE timestamp <= ?", (bound,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return n
+
+        try:
+            return await self._on(self._writer, delete)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageUnavailable(f"SQLite unavailable: {e}") from e
+
     def adapt_ts(self, ts: datetime) -> Any:
         return _us(ts)
 

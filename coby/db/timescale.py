@@ -17,8 +17,10 @@ development machine); every step degrades instead of failing:
   refuses it anyway ("functionality not supported under the current "apache" license",
   "columnstore not enabled") the refusal is caught: mode ``timescaledb-apache``,
   hypertables and retention without compression.
-- Retention (``add_retention_policy``) only when ``retention_days > 0``; a changed
-  window replaces the old policy (``if_not_exists`` would silently keep it).
+- Retention (``add_retention_policy``) only when the table's window is > 0 (``retention_days``;
+  ``snapshot_retention_days`` for order_book_snapshots); a changed window replaces the old policy
+  (``if_not_exists`` would silently keep it). coby's own retention job (``db/retention.py``) leaves
+  hypertables to these policies.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ async def setup_timescale(conn: psycopg.AsyncConnection, settings: Settings) -> 
     row = await cur.fetchone()
     license_ = (row[0] if row else None) or "timescale"
     compress = license_ != "apache"
+    days, snapshot_days = settings.retention(sqlite=False)
     for table, (chunk, segmentby) in HYPERTABLES.items():
         err = await _try(conn, "SELECT create_hypertable(%s, 'timestamp', chunk_time_interval => %s, "
                                "if_not_exists => TRUE, migrate_data => TRUE)", (table, chunk))
@@ -80,10 +83,10 @@ async def setup_timescale(conn: psycopg.AsyncConnection, settings: Settings) -> 
             if err is not None:
                 compress = False
                 log.info("storage_compression_unavailable", error=str(err).strip().splitlines()[0])
-        await _set_retention(conn, table, settings.retention_days)
+        await _set_retention(conn, table, snapshot_days if table == "order_book_snapshots" else days)
     mode = "timescaledb" if compress else "timescaledb-apache"
     log.info("storage_mode", mode=mode, license=license_, compression=compress,
-             retention_days=settings.retention_days or None)
+             retention_days=days or None, snapshot_retention_days=snapshot_days or None)
     return mode
 
 

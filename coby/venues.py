@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import ccxt
 import ccxt.pro as ccxtpro
 
+from coby.instruments import precision
 from coby.symbols import VenueMarket
 
 # A checker gets (state, ws client, raw frame) and returns None, or (market id | None, detail)
@@ -216,10 +217,19 @@ def override_base(settings: Any, exchange: str) -> str | None:
     return base.rstrip("/") if base else None
 
 
+def _precision(exchange: str, market: VenueMarket) -> dict[str, float]:
+    """ccxt's ``precision`` of the market, in the venue's precision mode (bitfinex: significant digits)."""
+    if exchange == "bitfinex":
+        return {"price": 5, "amount": 8}
+    tick, lot = precision(exchange, f"{market.base}-{market.quote}")
+    return {"price": tick, "amount": lot}
+
+
 def preset_market(venue: Venue, market: VenueMarket) -> dict[str, Any]:
     """A structurally complete spot market, as ``set_markets`` needs it (wire notes, section 2)."""
     raw = {"id": market.id, "symbol": market.symbol, "base": market.base, "quote": market.quote,
-           "baseId": market.base_id, "quoteId": market.quote_id, "type": "spot", "spot": True, "active": True}
+           "baseId": market.base_id, "quoteId": market.quote_id, "type": "spot", "spot": True, "active": True,
+           "precision": _precision(venue.name, market)}
     if venue.market_extra is not None:
         raw.update(venue.market_extra(market))
     return ccxt.Exchange().safe_market_structure(raw)

@@ -76,7 +76,6 @@ def wide_trade_id(trade_id: int, ts_ms: int) -> int:
 
 class HtxVenue(WindowedVenue):
     name = "htx"
-    market_ids = {"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt", "SOL-USDT": "solusdt"}
     extra_faults = frozenset({"gap"})
     book_depths = frozenset({5, 20, 150, 400})
     ping_interval: float = 5.0  # seconds between server pings

@@ -88,20 +88,24 @@ def test_market_updates_replay_to_the_book_and_never_cross() -> None:
 
 
 def test_market_trades_take_liquidity_in_the_same_update() -> None:
-    """A buy trade is at the best ask and that level shrinks or goes in the same update."""
+    """A buy trade takes the best ask left after the makers moved (every better ask of before is gone in
+    the same update), and that level shrinks by the trade's size or goes."""
     market = Market("okx", "ETH-USDT", seed=5)
     seen = 0
     for _ in range(500):
-        best_ask, best_bid = market.best_ask, market.best_bid
         asks_before, bids_before = dict(market.asks), dict(market.bids)
         update = market.step()
         if len(update.trades) != 1:
             continue
         trade = update.trades[0]
-        price, before = (best_ask, asks_before) if trade.side == "buy" else (best_bid, bids_before)
-        changes = dict(update.asks if trade.side == "buy" else update.bids)
-        assert trade.price == price and price in changes
-        assert changes[price] == round(before[price] - trade.size, market.size_decimals) or (changes[price] == 0.0 and trade.size == before[price])
+        buy = trade.side == "buy"
+        before = asks_before if buy else bids_before
+        changes = dict(update.asks if buy else update.bids)
+        assert trade.price in before and trade.price in changes
+        better = [p for p in before if (p < trade.price if buy else p > trade.price)]
+        assert all(changes.get(p) == 0.0 for p in better)
+        assert changes[trade.price] == round(before[trade.price] - trade.size, market.size_decimals) or (
+            changes[trade.price] == 0.0 and trade.size == before[trade.price])
         seen += 1
     assert seen > 50
 

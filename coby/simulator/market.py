@@ -406,15 +406,20 @@ class Market:
                 change(side, self._px(k), self._size(index))
 
     def _refill_spread(self, max_bid_k: int, min_ask_k: int, change: Callable[[str, float, float], None]) -> None:
-        """Market makers step back to the limits when the spread is wider than a few half-spreads."""
+        """Market makers step back to the limits when the spread is wider than a few half-spreads,
+        with a short ladder of levels (not one lonely quote above a hole)."""
         rng = self._rng
         room = max(1, (min_ask_k - max_bid_k) // 2)  # a half-spread, in ticks
         for side, limit, sign in (("bid", max_bid_k, -1), ("ask", min_ask_k, 1)):
             best_k = self._k(self._nth(side, 0))
-            if sign * (best_k - limit) > room * (1 + int(rng.expovariate(1.0))):
-                k = limit + sign * int(rng.uniform(0, room))
-                if k > 0:
-                    change(side, self._px(k), self._size(0))
+            if sign * (best_k - limit) <= room * (1 + int(rng.expovariate(1.0))):
+                continue
+            k = limit + sign * int(rng.uniform(0, room))
+            for i in range(8):
+                if k <= 0 or sign * (best_k - k) <= 0:
+                    break
+                change(side, self._px(k), self._size(i))
+                k += sign * self._gap(i)
 
     # ------------------------------------------------------------ for faults
 

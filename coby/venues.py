@@ -197,7 +197,10 @@ VENUES: dict[str, Venue] = {v.name: v for v in (
     # bitfinex: no sequence numbers; ccxt checks the crc32 of the top 25 levels (a gap deeper down is only
     # caught once those levels reach the top 25) and needs a new client to recover (wire notes)
     Venue("bitfinex", _bitfinex_urls, book_limits=(25, 100)),
-    Venue("mexc", _mexc_urls, gap_check=("handle_protobuf_message", _mexc_gap)),
+    # mexc: ccxt waits for 25 deltas before it fetches the snapshot - minutes on a thin market, past the
+    # watchdog's stale_after, so the book never came; fetch it after the first delta (ccxt still syncs them)
+    Venue("mexc", _mexc_urls, gap_check=("handle_protobuf_message", _mexc_gap),
+          options={"watchOrderBook": {"snapshotDelay": 1}}),
 )}
 
 

@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from coby.config import Settings
 from coby.exchanges import ExchangeConnector
-from coby.models import OrderBookSnapshot, TradeEvent
+from coby.models import ConnectionState, OrderBookSnapshot, TradeEvent
 from coby.simulator import Simulator
 from coby.simulator.market import HISTORY
 from coby.venues import _coinbase_gap
@@ -160,3 +160,16 @@ async def test_a_0_0003_priced_symbol_has_1e_8_ticks_on_the_wire_and_in_coby(liv
         assert all(0.0002 < p < 0.0004 for p in prices)
         assert all(abs(p / tick - round(p / tick)) < 1e-6 for p in prices), exchange
         assert sim.markets[exchange, "FLOKI-USDT"].tick == tick
+
+
+@amod
+@pytest.mark.xfail(strict=True, reason="issue 14 bug 4: a venue whose trades are quiet stays 'disconnected'")
+async def test_a_venue_whose_illiquid_market_has_not_traded_yet_is_connected(live: Any) -> None:
+    """KSM-USDT trades minutes apart; binance sends no trades on subscribe. Its book flows, so binance is
+    connected although the KSM trade stream has been quiet since the start."""
+    sim, conns, rec = live
+    await poll(lambda: rec.of(OrderBookSnapshot, "binance", "KSM-USDT"), 15)
+    await asyncio.sleep(3.0)
+    if rec.of(TradeEvent, "binance", "KSM-USDT"):
+        pytest.skip("KSM-USDT happened to trade on binance during the test")
+    assert conns["binance"].get_connection_status().state is ConnectionState.CONNECTED

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -56,7 +56,7 @@ class Simulator:
         rate: float = 10.0,
         seed: int = 1,
         clock: Callable[[], int] = wall_clock_ms,
-        stamp_lag: bool = True,
+        stamp_lag: bool | Mapping[str, int] = True,
     ) -> None:
         self.exchanges = tuple(exchanges)
         self.symbols = tuple(symbols)
@@ -66,9 +66,11 @@ class Simulator:
         self.seed = seed
         # One fair value per symbol, shared by every venue (each follows it with its own lag and basis).
         self.fair: dict[str, FairValue] = {sym: FairValue(sym, spec(sym), seed) for sym in self.symbols}
+        # How far each venue's timestamps run behind the local clock: STAMP_LAG_MS (True), none
+        # (False), or those given (e.g. {"binance": 5000}: a venue clock seconds behind ours).
+        lags = dict(STAMP_LAG_MS) if stamp_lag is True else {} if stamp_lag is False else dict(stamp_lag)
         self.markets: dict[tuple[str, str], Market] = {
-            (ex, sym): Market(ex, sym, seed=seed, clock=clock, fair=self.fair[sym],
-                              stamp_lag_ms=STAMP_LAG_MS.get(ex, 0) if stamp_lag else 0)
+            (ex, sym): Market(ex, sym, seed=seed, clock=clock, fair=self.fair[sym], stamp_lag_ms=lags.get(ex, 0))
             for ex in self.exchanges for sym in self.symbols
         }
         self.venues: dict[str, Venue] = {

@@ -32,14 +32,11 @@ from __future__ import annotations
 import bisect
 import math
 import random
-import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from coby.instruments import Spec, decimals, precision
-from coby.instruments import spec as instrument_spec
 from coby.simulator.fair import FairValue, VenueView
+from coby.simulator.model import Instrument, Level, MarketUpdate, SimTrade, wall_clock_ms
 from coby.simulator.window import BookWindow
 
 __all__ = [
@@ -55,70 +52,6 @@ __all__ = [
     "SimTrade",
     "wall_clock_ms",
 ]
-
-Level = tuple[float, float]
-
-
-def wall_clock_ms() -> int:
-    """Milliseconds since the epoch, from the system clock."""
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(slots=True, frozen=True)
-class SimTrade:
-    """One trade. ``side`` is the taker's: 'buy' lifted the best ask, 'sell' hit the best bid."""
-
-    trade_id: int
-    price: float
-    size: float
-    side: str
-    ts_ms: int
-
-
-@dataclass(slots=True, frozen=True)
-class MarketUpdate:
-    """What one step changed. Sizes are final sizes; 0.0 deletes the level."""
-
-    bids: list[Level]
-    asks: list[Level]
-    trades: list[SimTrade]
-    seq: int
-    ts_ms: int
-
-    @property
-    def has_book(self) -> bool:
-        return bool(self.bids or self.asks)
-
-
-@dataclass(slots=True, frozen=True)
-class Instrument:
-    """A symbol as one venue quotes it: the symbol's :class:`~coby.instruments.Spec`, the venue's tick and lot."""
-
-    spec: Spec
-    tick: float
-    lot: float
-
-    @classmethod
-    def of(cls, exchange: str, symbol: str) -> Instrument:
-        tick, lot = precision(exchange, symbol)
-        return cls(instrument_spec(symbol), tick, lot)
-
-    @property
-    def base_price(self) -> float:
-        return self.spec.price
-
-    @property
-    def typical_size(self) -> float:
-        return self.spec.size
-
-    @property
-    def price_decimals(self) -> int:
-        return decimals(self.tick)
-
-    @property
-    def size_decimals(self) -> int:
-        return decimals(self.lot)
-
 
 HISTORY = 50  # trades a market has "already made" when it starts (venues send them on subscribe)
 JOURNAL_MAX = 8_192  # windows read it every update; one that falls further behind resyncs

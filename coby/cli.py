@@ -6,7 +6,9 @@ An invalid setting prints one line naming it and exits with code 2.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -74,12 +76,19 @@ def run(
     data_dir: Optional[str] = DataDirOpt,
     simulate: Optional[bool] = typer.Option(None, "--simulate/--no-simulate",
                                             help="Run the exchange simulator in-process and connect every venue to it."),
+    simulator_port: Optional[int] = typer.Option(None, "--simulator-port",
+                                                 help="Port of the in-process simulator (default 8765)."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
 ) -> None:
     """Run the daemon: connectors, aggregation, storage, cache and the API, until SIGINT/SIGTERM."""
     settings = _settings(config, db_url=db, redis_url=redis, api_host=host, api_port=port, exchanges=exchanges,
-                         symbols=symbols, data_dir=data_dir, simulate=simulate, log_level=log_level)
+                         symbols=symbols, data_dir=data_dir, simulate=simulate, simulator_port=simulator_port,
+                         log_level=log_level)
     _check_bind(settings)
+    ports = [(settings.api_host, settings.api_port, "api_port: --port or API_PORT")]
+    if settings.simulate:
+        ports.append(("127.0.0.1", settings.simulator_port, "simulator_port: --simulator-port or COBY_SIMULATOR_PORT"))
+    _check_ports(ports)
     _logging(settings)
     tune_gc()
     from coby.daemon import run as run_daemon
@@ -89,9 +98,42 @@ def run(
         _fail(str(e), 2)
     except StorageError as e:
         _fail(str(e), 1)
+    except OSError as e:  # a port taken between the check and the bind
+        if e.errno != errno.EADDRINUSE:
+            raise
+        _fail(f"address already in use ({e.strerror}): change --port / --simulator-port")
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (as the server will bind it: SO_REUSEADDR, like asyncio)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # the server reports an unknown host itself
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def _check_ports(ports: list[tuple[str, int, str]]) -> None:
+    """One line and exit 2 when a port the command will listen on is taken (or asked for twice)."""
+    seen: dict[int, str] = {}
+    for host, port, how in ports:
+        name = how.split(":")[0]
+        if port and port in seen:
+            _fail(f"port {port} is set for both {seen[port]} and {name}: change {how.split(': ')[1]}")
+        seen[port] = name
+        if port and _port_in_use(host, port):
+            _fail(f"port {port} ({name}) is already in use on {host}: choose another with {how.split(': ')[1]}")
 
 
 def _check_bind(settings: Settings) -> None:
@@ -133,6 +175,7 @@ def simulate(port: int = typer.Option(8765, "--port", help="Port to listen on.")
              rate: float = typer.Option(10.0, "--rate", help="Book updates per second per market.")) -> None:
     """Run the exchange simulator alone (the ten venues' public protocols on one local port)."""
     settings = _settings(None, exchanges=exchanges, symbols=symbols, simulator_port=port)
+    _check_ports([(host, port, "port: --port")])
     _logging(settings)
     tune_gc()
     from coby.simulator.server import serve

@@ -11,7 +11,8 @@ Where a connector's markets come from, in order:
    client the connector builds uses the real markets.
 
 The preset is ``safe_market_structure`` over the ids of :mod:`coby.symbols`,
-which is what the wire notes verified for all ten venues.
+which is what the wire notes verified for all ten venues, with the tick and lot of
+:mod:`coby.instruments` as its ``precision`` (the simulator quotes the same).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import ccxt
 import ccxt.pro as ccxtpro
 
+from coby.instruments import precision
 from coby.symbols import VenueMarket
 
 # A checker gets (state, ws client, raw frame) and returns None, or (market id | None, detail)
@@ -198,7 +199,10 @@ VENUES: dict[str, Venue] = {v.name: v for v in (
     # bitfinex: no sequence numbers; ccxt checks the crc32 of the top 25 levels (a gap deeper down is only
     # caught once those levels reach the top 25) and needs a new client to recover (wire notes)
     Venue("bitfinex", _bitfinex_urls, book_limits=(25, 100)),
-    Venue("mexc", _mexc_urls, gap_check=("handle_protobuf_message", _mexc_gap)),
+    # mexc: ccxt waits for 25 deltas before it fetches the snapshot - minutes on a thin market, past the
+    # watchdog's stale_after, so the book never came; fetch it after the first delta (ccxt still syncs them)
+    Venue("mexc", _mexc_urls, gap_check=("handle_protobuf_message", _mexc_gap),
+          options={"watchOrderBook": {"snapshotDelay": 1}}),
 )}
 
 
@@ -218,10 +222,19 @@ def override_base(settings: Any, exchange: str) -> str | None:
     return base.rstrip("/") if base else None
 
 
+def _precision(exchange: str, market: VenueMarket) -> dict[str, float]:
+    """ccxt's ``precision`` of the market, in the venue's precision mode (bitfinex: significant digits)."""
+    if exchange == "bitfinex":
+        return {"price": 5, "amount": 8}
+    tick, lot = precision(exchange, f"{market.base}-{market.quote}")
+    return {"price": tick, "amount": lot}
+
+
 def preset_market(venue: Venue, market: VenueMarket) -> dict[str, Any]:
     """A structurally complete spot market, as ``set_markets`` needs it (wire notes, section 2)."""
     raw = {"id": market.id, "symbol": market.symbol, "base": market.base, "quote": market.quote,
-           "baseId": market.base_id, "quoteId": market.quote_id, "type": "spot", "spot": True, "active": True}
+           "baseId": market.base_id, "quoteId": market.quote_id, "type": "spot", "spot": True, "active": True,
+           "precision": _precision(venue.name, market)}
     if venue.market_extra is not None:
         raw.update(venue.market_extra(market))
     return ccxt.Exchange().safe_market_structure(raw)

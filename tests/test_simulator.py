@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from coby.simulator import Market, Simulator, UnsupportedFault
+from coby.simulator.venues._ids import object_id, uuid_id
 from simulator_fixtures import ccxt_client as client, DEFAULT_BOOK_DEPTH, book_levels, poll, unified
 
 VENUES = ("binance", "okx", "bybit", "kraken", "coinbase")
@@ -82,25 +83,29 @@ def test_market_updates_replay_to_the_book_and_never_cross() -> None:
                     book[price] = size
         assert max(bids) < min(asks)
     assert bids == market.bids and asks == market.asks
-    assert all(round(p / 0.1) * 0.1 == pytest.approx(p, abs=1e-9) and round(p, 1) == p for p in bids)
+    assert all(round(p / 0.01) * 0.01 == pytest.approx(p, abs=1e-9) and round(p, 2) == p for p in bids)
     assert 300 <= len(bids) <= 500 and 300 <= len(asks) <= 500
 
 
 def test_market_trades_take_liquidity_in_the_same_update() -> None:
-    """A buy trade is at the best ask and that level shrinks or goes in the same update."""
+    """A buy trade takes the best ask left after the makers moved (every better ask of before is gone in
+    the same update), and that level shrinks by the trade's size or goes."""
     market = Market("okx", "ETH-USDT", seed=5)
     seen = 0
     for _ in range(500):
-        best_ask, best_bid = market.best_ask, market.best_bid
         asks_before, bids_before = dict(market.asks), dict(market.bids)
         update = market.step()
         if len(update.trades) != 1:
             continue
         trade = update.trades[0]
-        price, before = (best_ask, asks_before) if trade.side == "buy" else (best_bid, bids_before)
-        changes = dict(update.asks if trade.side == "buy" else update.bids)
-        assert trade.price == price and price in changes
-        assert changes[price] == round(before[price] - trade.size, 4) or (changes[price] == 0.0 and trade.size == before[price])
+        buy = trade.side == "buy"
+        before = asks_before if buy else bids_before
+        changes = dict(update.asks if buy else update.bids)
+        assert trade.price in before and trade.price in changes
+        better = [p for p in before if (p < trade.price if buy else p > trade.price)]
+        assert all(changes.get(p) == 0.0 for p in better)
+        assert changes[trade.price] == round(before[trade.price] - trade.size, market.size_decimals) or (
+            changes[trade.price] == 0.0 and trade.size == before[trade.price])
         seen += 1
     assert seen > 50
 
@@ -292,6 +297,15 @@ async def test_crossed_delta_is_seen_then_removed(sim: Simulator, exchange: str)
         await assert_book_synced(sim, ex, exchange)
 
 
+def wire_trade_id(exchange: str, symbol: str, trade: Any) -> str:
+    """The id the venue puts on the wire for a simulated trade (bybit: a UUID, kucoin: an object id)."""
+    if exchange == "bybit":
+        return uuid_id(symbol, trade.trade_id)
+    if exchange == "kucoin":
+        return object_id(symbol, trade.trade_id, trade.ts_ms)
+    return str(trade.trade_id)
+
+
 @amod
 @pytest.mark.parametrize("exchange", VENUES)
 async def test_duplicate_trade_reaches_ccxt(sim: Simulator, exchange: str) -> None:
@@ -303,13 +317,14 @@ async def test_duplicate_trade_reaches_ccxt(sim: Simulator, exchange: str) -> No
             await asyncio.sleep(0.1)
             last = sim.markets[exchange, "BTC-USDT"].last_trade
             assert last is not None
-            await poll(lambda: any(t["id"] == str(last.trade_id) for t in ex.trades["BTC/USDT"]), 3)
+            wire_id = wire_trade_id(exchange, "BTC-USDT", last)
+            await poll(lambda: any(t["id"] == wire_id for t in ex.trades["BTC/USDT"]), 3)
             sent = sim.venues[exchange].connections
             await sim.inject(exchange, "duplicate_trade", symbol="BTC-USDT")
             await poll(lambda: all(c.backlog == 0 for c in sent), 3)
             await asyncio.sleep(0.05)
             wanted = 1 if exchange == "coinbase" else 2
-            await poll(lambda: sum(t["id"] == str(last.trade_id) for t in ex.trades["BTC/USDT"]) == wanted, 3)
+            await poll(lambda: sum(t["id"] == wire_id for t in ex.trades["BTC/USDT"]) == wanted, 3)
         finally:
             sim.unfreeze()
 

@@ -1,8 +1,10 @@
 """A local exchange simulator: each venue's real public wire protocol over a believable market.
 
 Unmodified ccxt.pro connects to it (URLs overridden, markets preset) and runs its
-real parsing and book-sync code. ``market`` is the market model, ``venues/`` the
-protocols (one module per exchange), ``faults`` the injectable failures and
+real parsing and book-sync code. ``market`` is the market model (one per venue and
+symbol, quoting around the symbol's one fair value of ``fair``; instruments from
+:mod:`coby.instruments`), ``venues/`` the protocols (one module per exchange, with
+the venues' quirks on by default), ``faults`` the injectable failures and
 ``server`` the aiohttp application that ties them together.
 """
 

@@ -13,7 +13,10 @@ One aiohttp application serves every venue under its own prefix (``/binance/...`
 
 Errors come back as ``{"ok": false, "error": "...", "status": N}``.
 
-Every market ticks in its own task owned by the :class:`Simulator`; each update
+Every market ticks in its own task owned by the :class:`Simulator`, ``rate`` times
+a second scaled by its symbol's activity (thin markets tick less; see
+:mod:`coby.instruments`); all venues of a symbol follow its one fair value
+(:mod:`coby.simulator.fair`) and stamp their events behind the local clock. Each update
 goes to its venue's ``publish``, which fans it out to the subscribed connections
 through their bounded queues. ``aclose()`` cancels the tasks, closes every
 WebSocket and stops the server.
@@ -24,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from coby.instruments import spec
+from coby.simulator.fair import STAMP_LAG_MS, FairValue
 from coby.simulator.faults import ALL_FAULTS, UnsupportedFault
 from coby.simulator.market import Level, Market, wall_clock_ms
 from coby.simulator.venues import ALL_EXCHANGES, Venue, venue_class
@@ -51,6 +56,7 @@ class Simulator:
         rate: float = 10.0,
         seed: int = 1,
         clock: Callable[[], int] = wall_clock_ms,
+        stamp_lag: bool | Mapping[str, int] = True,
     ) -> None:
         self.exchanges = tuple(exchanges)
         self.symbols = tuple(symbols)
@@ -58,8 +64,14 @@ class Simulator:
         self.port = port
         self.rate = self._check_rate(rate)
         self.seed = seed
+        # One fair value per symbol, shared by every venue (each follows it with its own lag and basis).
+        self.fair: dict[str, FairValue] = {sym: FairValue(sym, spec(sym), seed) for sym in self.symbols}
+        # How far each venue's timestamps run behind the local clock: STAMP_LAG_MS (True), none
+        # (False), or those given (e.g. {"binance": 5000}: a venue clock seconds behind ours).
+        lags = dict(STAMP_LAG_MS) if stamp_lag is True else {} if stamp_lag is False else dict(stamp_lag)
         self.markets: dict[tuple[str, str], Market] = {
-            (ex, sym): Market(ex, sym, seed=seed, clock=clock) for ex in self.exchanges for sym in self.symbols
+            (ex, sym): Market(ex, sym, seed=seed, clock=clock, fair=self.fair[sym], stamp_lag_ms=lags.get(ex, 0))
+            for ex in self.exchanges for sym in self.symbols
         }
         self.venues: dict[str, Venue] = {
             ex: venue_class(ex)({sym: self.markets[ex, sym] for sym in self.symbols}, clock=clock)
@@ -170,14 +182,15 @@ class Simulator:
 
     async def _tick(self, exchange: str, symbol: str) -> None:
         market, venue = self.markets[exchange, symbol], self.venues[exchange]
+        activity = market.spec.activity  # a thin market updates less often than the rate
         loop = asyncio.get_running_loop()
         jitter = random.Random(f"{self.seed}:{exchange}:{symbol}")
-        next_at = loop.time() + jitter.uniform(0, 1 / self.rate)  # stagger the markets
+        next_at = loop.time() + jitter.uniform(0, 1 / (self.rate * activity))  # stagger the markets
         while True:
             if self._frozen:
                 await self._unfrozen.wait()
                 next_at = loop.time()
-            next_at += jitter.uniform(0.8, 1.2) / self.rate
+            next_at += jitter.uniform(0.8, 1.2) / (self.rate * activity)
             delay = next_at - loop.time()
             if delay < -1.0:  # far behind (e.g. after a long burst): do not catch up in a rush
                 next_at, delay = loop.time(), 0.0

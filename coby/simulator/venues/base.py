@@ -3,8 +3,8 @@
 How to write a venue (``coby/simulator/venues/<name>.py``)
 -----------------------------------------------------------
 1. Subclass :class:`Venue`; set ``name`` (the URL prefix and exchange name, e.g.
-   ``"htx"``), ``market_ids`` (canonical symbol -> venue market id, e.g.
-   ``{"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt"}``) and ``extra_faults`` (the
+   ``"htx"``; market ids follow the venue's rule in :mod:`coby.symbols`, override
+   ``wire_id`` where the wire differs, as kraken's v2 does) and ``extra_faults`` (the
    protocol-specific faults you honour: ``"gap"`` if the protocol has sequence
    numbers, ``"bad_checksum"`` if it carries a checksum). Export it as a module
    level ``VENUE = MyVenue``; ``coby.simulator.venues.venue_class(name)`` finds it.
@@ -63,6 +63,7 @@ from aiohttp import WSMsgType, web
 
 from coby.simulator.faults import GENERIC_FAULTS, FaultState, UnsupportedFault, fault_params
 from coby.simulator.market import BookWindow, Level, Market, MarketUpdate, wall_clock_ms
+from coby.symbols import canonical_to_unified, derive_market
 
 log = structlog.get_logger(__name__)
 
@@ -176,17 +177,14 @@ class Venue:
     """One simulated exchange. See the module docstring for how to write one."""
 
     name: ClassVar[str] = ""
-    market_ids: ClassVar[dict[str, str]] = {}
     extra_faults: ClassVar[frozenset[str]] = frozenset()
     #: ``drop_book`` / ``drop_trades``: the first element of the venue's book and trade topics.
     stream_channels: ClassVar[dict[str, frozenset[str]]] = {}
     queue_size: ClassVar[int] = 20_000
 
     def __init__(self, markets: Mapping[str, Market], clock: Callable[[], int] = wall_clock_ms) -> None:
-        missing = [s for s in markets if s not in self.market_ids]
-        if missing:
-            raise ValueError(f"{self.name}: no market id for {missing}; add them to market_ids")
         self.markets: dict[str, Market] = dict(markets)
+        self.market_ids: dict[str, str] = {s: self.wire_id(s) for s in self.markets}
         self.clock = clock
         self.faults = FaultState()
         self.connections: set[Connection] = set()
@@ -205,6 +203,11 @@ class Venue:
 
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
+
+    @classmethod
+    def wire_id(cls, symbol: str) -> str:
+        """The venue's market id of a canonical symbol, by the venue's id rule (:mod:`coby.symbols`)."""
+        return derive_market(cls.name, symbol, canonical_to_unified(symbol)).id
 
     def market_id(self, symbol: str) -> str:
         return self.market_ids[symbol]

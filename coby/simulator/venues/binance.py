@@ -43,7 +43,6 @@ def _levels(levels: list[Level]) -> list[list[str]]:
 
 class BinanceVenue(Venue):
     name = "binance"
-    market_ids = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
     extra_faults = frozenset({"gap"})
 
     def routes(self) -> list[web.RouteDef]:

@@ -91,7 +91,6 @@ def book_checksum(bids: list[Level], asks: list[Level]) -> int:
 
 class BitfinexVenue(WindowedVenue):
     name = "bitfinex"
-    market_ids = {"BTC-USDT": "tBTCUST", "ETH-USDT": "tETHUST", "SOL-USDT": "tSOLUST"}
     extra_faults = frozenset({"gap", "bad_checksum"})
     book_depths = frozenset({1, 25, 100, 250})
     heartbeat_interval: float = 15.0  # seconds between [chanId,"hb"] frames
@@ -100,7 +99,10 @@ class BitfinexVenue(WindowedVenue):
         super().__init__(markets, clock)
         self._next_chan = itertools.count(10_001)
         self._chan_ids: dict[Hashable, int] = {}  # topic -> chanId, shared by every connection
-        self._recent: dict[str, deque[SimTrade]] = {s: deque(maxlen=TRADE_SNAPSHOT) for s in self.markets}
+        # what the market traded before the simulator started: the first subscriber gets minutes-old trades
+        self._recent: dict[str, deque[SimTrade]] = {
+            s: deque(m.history, maxlen=TRADE_SNAPSHOT) for s, m in self.markets.items()
+        }
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(self.path("ws/2"), self.websocket)]

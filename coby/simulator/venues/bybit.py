@@ -17,7 +17,9 @@ one that enters is sent); ``u`` is the update id and ``seq`` the cross sequence:
 ``orderbook.1`` sends a snapshot every time. Trades::
 
     {"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1795460197048,"data":[{"T":1795460197048,
-      "s":"BTCUSDT","S":"Sell","v":"0.3796","p":"29999.9","L":"MinusTick","i":"5000861","BT":false}]}
+      "s":"BTCUSDT","S":"Sell","v":"0.3796","p":"29999.9","L":"MinusTick","i":"8f0e62a4-1c3b-4d55-9a77-0b6f3e2d1c90","BT":false}]}
+
+Trade ids are UUIDs (not numbers, not in trade order), as bybit spot sends them.
 
 Keepalive: ``{"req_id":"7","op":"ping"}`` -> ``{"success":true,"ret_msg":"pong",
 "conn_id":"..","req_id":"7","op":"ping"}``. Faults: ``gap`` -> one delta is lost;
@@ -32,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from coby.simulator.market import Level, MarketUpdate
+from coby.simulator.venues._ids import uuid_id
 from coby.simulator.venues.base import Connection, Venue, dumps, fmt_num, loads
 
 BOOK_DEPTHS = (1, 50, 200, 1000)
@@ -39,7 +42,6 @@ BOOK_DEPTHS = (1, 50, 200, 1000)
 
 class BybitVenue(Venue):
     name = "bybit"
-    market_ids = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
     extra_faults = frozenset({"gap"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -136,7 +138,7 @@ class BybitVenue(Venue):
                     "v": fmt_num(t.size, m.size_decimals),
                     "p": fmt_num(t.price, m.price_decimals),
                     "L": direction,
-                    "i": str(t.trade_id),
+                    "i": uuid_id(symbol, t.trade_id),
                     "BT": False,
                 }
             )

@@ -50,12 +50,14 @@ TRADE_SNAPSHOT = 50
 
 class CoinbaseVenue(Venue):
     name = "coinbase"
-    market_ids = {"BTC-USDT": "BTC-USDT", "ETH-USDT": "ETH-USDT", "SOL-USDT": "SOL-USDT"}
     extra_faults = frozenset({"gap"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._recent: dict[str, deque[SimTrade]] = {s: deque(maxlen=TRADE_SNAPSHOT) for s in self.markets}
+        # what the market traded before the simulator started: the first subscriber gets minutes-old trades
+        self._recent: dict[str, deque[SimTrade]] = {
+            s: deque(m.history, maxlen=TRADE_SNAPSHOT) for s, m in self.markets.items()
+        }
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(self.path("ws"), self.websocket)]

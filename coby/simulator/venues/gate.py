@@ -54,7 +54,6 @@ from coby.simulator.venues.base import Connection, dumps, fmt_num, loads
 
 class GateVenue(WindowedVenue):
     name = "gate"
-    market_ids = {"BTC-USDT": "BTC_USDT", "ETH-USDT": "ETH_USDT", "SOL-USDT": "SOL_USDT"}
     extra_faults = frozenset({"gap", "drop_book", "drop_trades"})
     stream_channels = {"book": frozenset({"spot.obu"}), "trades": frozenset({"spot.trades"})}
     book_depths = frozenset({50, 400})

@@ -78,7 +78,6 @@ def wide_trade_id(trade_id: int, ts_ms: int) -> int:
 
 class HtxVenue(WindowedVenue):
     name = "htx"
-    market_ids = {"BTC-USDT": "btcusdt", "ETH-USDT": "ethusdt", "SOL-USDT": "solusdt"}
     extra_faults = frozenset({"gap", "drop_book", "drop_trades"})
     stream_channels = {"book": frozenset({"mbp"}), "trades": frozenset({"trade"})}
     book_depths = frozenset({5, 20, 150, 400})

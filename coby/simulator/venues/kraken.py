@@ -45,6 +45,7 @@ from aiohttp import web
 
 from coby.simulator.market import Level, MarketUpdate, SimTrade
 from coby.simulator.venues.base import Connection, Venue, dumps, loads, rfc3339
+from coby.symbols import canonical_to_unified
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 DEFAULT_DEPTH = 10
@@ -66,12 +67,19 @@ def kraken_checksum(bids: list[Level], asks: list[Level], price_decimals: int) -
 
 class KrakenVenue(Venue):
     name = "kraken"
-    market_ids = {"BTC-USDT": "BTC/USDT", "ETH-USDT": "ETH/USDT", "SOL-USDT": "SOL/USDT"}
     extra_faults = frozenset({"bad_checksum"})
+
+    @classmethod
+    def wire_id(cls, symbol: str) -> str:
+        """WebSocket v2 subscribes by the unified symbol (``BTC/USDT``), not the REST id."""
+        return canonical_to_unified(symbol)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._recent: dict[str, deque[SimTrade]] = {s: deque(maxlen=TRADE_SNAPSHOT) for s in self.markets}
+        # what the market traded before the simulator started: the first subscriber gets minutes-old trades
+        self._recent: dict[str, deque[SimTrade]] = {
+            s: deque(m.history, maxlen=TRADE_SNAPSHOT) for s, m in self.markets.items()
+        }
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(self.path("v2"), self.websocket)]

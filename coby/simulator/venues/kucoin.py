@@ -32,7 +32,9 @@ Trades (``time`` in nanoseconds)::
     {"type":"message","topic":"/market/match:BTC-USDT","subject":"trade.l3match",
      "data":{"makerOrderId":"m5000891","price":"29999.9","sequence":"1004495","side":"sell",
      "size":"0.1859","symbol":"BTC-USDT","takerOrderId":"t5000891","time":"1795460198471000000",
-     "tradeId":"5000891","type":"match"}}
+     "tradeId":"6571e0c2a3f09d1b2c4e5f60","type":"match"}}
+
+Trade ids are 24-hex-digit object ids: not numbers, not in trade order.
 
 What ccxt does under each fault:
 
@@ -57,6 +59,7 @@ from typing import Any
 from aiohttp import web
 
 from coby.simulator.market import Level, SimTrade
+from coby.simulator.venues._ids import object_id
 from coby.simulator.venues._windowed import WindowedVenue
 from coby.simulator.venues.base import Connection, dumps, fmt_num, loads
 
@@ -67,7 +70,6 @@ OK = "200000"
 
 class KucoinVenue(WindowedVenue):
     name = "kucoin"
-    market_ids = {"BTC-USDT": "BTC-USDT", "ETH-USDT": "ETH-USDT", "SOL-USDT": "SOL-USDT"}
     extra_faults = frozenset({"gap"})
     book_depths = frozenset({DEPTH})
 
@@ -173,7 +175,7 @@ class KucoinVenue(WindowedVenue):
                 "symbol": mid,
                 "takerOrderId": f"t{t.trade_id}",
                 "time": str(t.ts_ms * 1_000_000),
-                "tradeId": str(t.trade_id),
+                "tradeId": object_id(symbol, t.trade_id, t.ts_ms),
                 "type": "match",
             }
             frame = {"type": "message", "topic": f"/market/match:{mid}", "subject": "trade.l3match", "data": data}

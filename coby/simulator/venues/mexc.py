@@ -70,7 +70,6 @@ INTERVALS = ("10ms", "100ms")
 
 class MexcVenue(WindowedVenue):
     name = "mexc"
-    market_ids = {"BTC-USDT": "BTCUSDT", "ETH-USDT": "ETHUSDT", "SOL-USDT": "SOLUSDT"}
     extra_faults = frozenset({"gap"})
     book_depths = frozenset({DEPTH})
 

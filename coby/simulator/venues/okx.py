@@ -57,7 +57,6 @@ def okx_checksum(bids: list[list[str]], asks: list[list[str]]) -> int:
 
 class OkxVenue(Venue):
     name = "okx"
-    market_ids = {"BTC-USDT": "BTC-USDT", "ETH-USDT": "ETH-USDT", "SOL-USDT": "SOL-USDT"}
     extra_faults = frozenset({"gap", "bad_checksum"})
 
     def routes(self) -> list[web.RouteDef]:

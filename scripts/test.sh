@@ -47,4 +47,25 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/pytest "$@"
+# A real TimescaleDB (PostgreSQL 17 + TimescaleDB 2.23, a WASM build from npm: tests/timescale/) for the
+# migration, hypertable, compression and retention tests that read COBY_TEST_TIMESCALE; skipped (those
+# tests skip themselves) where Node.js or the npm registry is missing.
+TS_PID=""
+if [ -z "${COBY_TEST_TIMESCALE:-}" ] && command -v node >/dev/null && command -v npm >/dev/null; then
+  mkdir -p .cache/timescale && cp tests/timescale/package.json tests/timescale/serve.mjs .cache/timescale/
+  if (cd .cache/timescale && npm install --no-audit --no-fund --silent >/dev/null 2>&1); then
+    TS_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    node .cache/timescale/serve.mjs "$TS_PORT" > .cache/timescale/server.log 2>&1 &
+    TS_PID=$!
+    for _ in $(seq 1 60); do grep -q listening .cache/timescale/server.log 2>/dev/null && break; sleep 0.5; done
+    if grep -q listening .cache/timescale/server.log; then
+      export COBY_TEST_TIMESCALE="postgresql://postgres:x@127.0.0.1:${TS_PORT}/postgres?sslmode=disable"
+    else
+      echo "scripts/test.sh: the TimescaleDB test server did not start (its tests will skip)" >&2
+    fi
+  else
+    echo "scripts/test.sh: could not install the TimescaleDB test server from npm (its tests will skip)" >&2
+  fi
+fi
+trap '[ -n "$TS_PID" ] && kill "$TS_PID" 2>/dev/null || true' EXIT
+.venv/bin/pytest "$@"

@@ -572,3 +572,67 @@ async def test_a_record_that_is_not_rows_is_skipped_never_run(tmp_path):
     assert chunk.skipped_bytes == HEADER.size + len(evil)
     assert not (tmp_path / "pwned").exists()
     j.close()
+
+
+async def test_full_disk_under_a_live_daemon_keeps_the_live_channels_flowing(pg_url, tmp_path, small_disk):
+    """A live daemon (simulator, binance) whose data_dir fills up: the trades channel keeps flowing,
+    /ready says 'No space left on device', every trade published is either stored or counted lost
+    (exactly), and once space is freed storage is ready again."""
+    import aiohttp
+    import orjson
+
+    from coby.daemon import Daemon
+    from tests.conftest import free_port
+    _clear_binance(pg_url)
+    settings = make_settings(tmp_path, db_url=pg_url, simulate=True, simulator_port=0, api_port=free_port(),
+                             exchanges="binance", symbols="BTC-USDT", flush_interval=0.2,
+                             data_dir=str(small_disk / "data"))
+    lost0 = LOST_ROWS.labels(TRADES.name, "journal_write_failed")._value.get()
+    d = Daemon(settings)
+    await d.start()
+    sub = d.cache.subscribe("trades:BTC-USDT", maxsize=100_000)
+    base = f"http://127.0.0.1:{d.api_port}"
+    published: set[str] = set()
+
+    def drain() -> int:
+        n = 0
+        while not sub.queue.empty():
+            data = orjson.loads(sub.queue.get_nowait()[1])["data"]
+            published.add(f'{data["trade_id"]}@{data["timestamp"]}')
+            n += 1
+        return n
+
+    try:
+        await asyncio.sleep(3)
+        drain()
+        filler = small_disk / "filler"
+        with filler.open("wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        await asyncio.sleep(4)
+        during = drain()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/ready") as r:
+                ready_status, ready = r.status, await r.json()
+        filler.unlink()
+        await asyncio.sleep(3)
+        drain()
+        await flushed(d.storage)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/ready") as r:
+                ready_after = (await r.json())["storage"]
+    finally:
+        await d.stop()
+    drain()
+    lost = LOST_ROWS.labels(TRADES.name, "journal_write_failed")._value.get() - lost0
+    stored = _stored_btc(pg_url)
+    assert during > 0, "the trades channel stopped while the disk was full"
+    assert ready_status == 503 and "No space left on device" in ready["storage_error"]
+    assert ready_after is True
+    assert all(n == 1 for n in stored.values())
+    assert lost > 0
+    assert len(published - set(stored)) == lost

@@ -9,64 +9,29 @@ the disk only after the database has committed it.** A kill -9 loses at most the
   the waiting rows of each table become one record of its journal (``journal.py``), appended and
   fsynced on the journal thread. Rows that cannot be journalled (disk full, I/O error) are counted in
   ``coby_storage_lost_rows_total{reason}`` and logged at a bounded rate; the live path never sees it.
-- The writer task: writes journalled records to the database in journal order, in batches of up to
-  ``max(batch_write_size, 10,000)`` rows; records just journalled come from memory (at most
-  ``data_buffer_size`` rows per table are held), a backlog is read back from disk in bounded chunks.
-  After each commit the journal's cursor moves on and finished segments are deleted.
-- Database unreachable or not yet migrated (``StorageUnavailable``, and any error that is not about
-  a row's content): state ``down``; the writer probes again every ``PROBE_INTERVAL`` and writes the
-  backlog once the database answers. A batch the database refuses for its content
-  (``StorageRefused``) is split until the bad rows are isolated; only those go to
-  ``data_dir/rejected/<table>.jsonl``.
+- The writer task (``writer.py``): journalled rows to the database in journal order; state ``up`` /
+  ``down``; only rows refused for their content are set aside.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
 from coby.config import Settings
-from coby.db.journal import Chunk, Journal, Position, append_records
-from coby.db.tables import TABLES, Table, row_to_json
-from coby.errors import StorageRefused, StorageUnavailable
-from coby.metrics import (
-    BUFFER_DEPTH, FLUSH_FAILURES, JOURNAL_BYTES, JOURNAL_SKIPPED, LOST_ROWS, OVERFLOW, ROWS_DUPLICATE, ROWS_WRITTEN,
-    STORAGE_UP, WRITE_LATENCY,
-)
+from coby.db.journal import Chunk, Journal, append_records
+from coby.db.tables import TABLES, Table
+from coby.db.writer import LOG_EVERY, BatchSink, Lane, Writer, describe, journal_bytes, wait_event
+from coby.metrics import BUFFER_DEPTH, LOST_ROWS
 
 log = structlog.get_logger("coby.storage")
 
-PROBE_INTERVAL = 0.5      # seconds between attempts while the database is down
-MIN_WRITE_BATCH = 10_000  # rows per database batch when a backlog drains
 MAX_WAITING = 200_000     # rows per table waiting for a stalled journal before they are counted lost
 STALL_SECONDS = 5.0       # an append (write + fsync) taking longer than this: the journal's disk is stalled
-LOG_EVERY = 10.0          # seconds: at most one log line per (table, reason) of lost rows
-
-
-class BatchSink(Protocol):
-    async def write_batch(self, table: Table, rows: list[tuple]) -> int:
-        """Store rows idempotently; return how many were new. StorageRefused: a row's content."""
-
-    async def prepare(self) -> None:
-        """Connect and migrate if needed (called before writing after start or an outage)."""
-
-
-@dataclass(slots=True)
-class _Lane:
-    """One table's rows on their way: waiting for the journal, then held in memory for the writer."""
-    journal: Journal
-    waiting: list[tuple] = field(default_factory=list)
-    held: deque = field(default_factory=deque)  # Chunk of records journalled and kept in memory
-    held_rows: int = 0
-    unwritten: int = 0                           # rows journalled by this process, not yet written
-    read: Position = Position(0, 0)              # next position the writer takes
 
 
 class WriteBuffer:
@@ -75,36 +40,44 @@ class WriteBuffer:
         self._batch = settings.batch_write_size
         self._hold = settings.data_buffer_size
         self._interval = settings.flush_interval
-        self._write_rows = max(settings.batch_write_size, MIN_WRITE_BATCH)
         # rows waiting for the journal while its disk does not answer (a hung fsync): beyond, counted lost
         self._max_waiting = max(10 * settings.data_buffer_size, MAX_WAITING)
         self._dir = Path(settings.data_dir)
         self._alert_bytes = settings.journal_alert_bytes
-        self._lanes: dict[Table, _Lane] = {}
+        self._lanes: dict[Table, Lane] = {}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="coby-journal")
         self._journal_wake = asyncio.Event()
-        self._writer_wake = asyncio.Event()
-        self._progress = asyncio.Condition()
+        self.writer = Writer(sink, self._lanes, self._thread, self._dir, settings.batch_write_size,
+                             settings.flush_interval)
         self._journal_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._opened = False
         self._last_log: dict[tuple[str, str], float] = {}
-        #: "starting" (not yet written), "up", "down" (the database does not answer or refuses to migrate)
-        self.state = "starting"
-        self.error: str | None = None
         self.journal_error: str | None = None
         self.lost_rows = 0
-        self._gauges_at = 0.0
         self._journal_busy_since: float | None = None
 
     # --- status --------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """The writer's: "starting", "up" or "down"."""
+        return self.writer.state
+
+    @property
+    def error(self) -> str | None:
+        return self.writer.error
+
     @property
     def healthy(self) -> bool:
         return self.state == "up" and self.journal_error is None
 
     def journal_bytes(self) -> int:
-        return sum(lane.journal.backlog_bytes() for lane in self._lanes.values())
+        return journal_bytes(self._lanes)
+
+    def mark_down(self, error: str) -> None:
+        """The database did not answer at start (said by the storage, which logs it)."""
+        self.writer.mark_down(error)
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether rows are being written now, and if not, why."""
@@ -144,7 +117,7 @@ class WriteBuffer:
         """The journal has been busy with one append for over STALL_SECONDS (a hung disk, not a burst)."""
         return self._journal_busy_since is not None and time.monotonic() - self._journal_busy_since > STALL_SECONDS
 
-    def _lane(self, table: Table) -> _Lane | None:
+    def _lane(self, table: Table) -> Lane | None:
         if self._closed or not self._opened:
             self._lose(table, 1, "closed" if self._closed else "not_started")
             return None
@@ -167,7 +140,7 @@ class WriteBuffer:
         for table in TABLES.values():
             journal = Journal(root, table)
             await loop.run_in_executor(self._thread, journal.open)
-            self._lanes[table] = _Lane(journal, read=journal.committed)
+            self._lanes[table] = Lane(journal, read=journal.committed)
         self._opened = True
         await self._import_spill()
         backlog = self.journal_bytes()
@@ -178,7 +151,7 @@ class WriteBuffer:
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._journal_loop(), name="coby-storage-journal"),
-                           loop.create_task(self._writer_loop(), name="coby-storage-writer")]
+                           loop.create_task(self.writer.run(), name="coby-storage-writer")]
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Journal everything accepted, give the writer ``timeout`` to store it, then stop. What is not
@@ -189,8 +162,8 @@ class WriteBuffer:
             await self._journal_now()
             self._closed = True
             try:
-                await asyncio.wait_for(self._drained(), timeout)
-            except (asyncio.TimeoutError, StorageUnavailable) as e:
+                await asyncio.wait_for(self.writer.drained(), timeout)
+            except asyncio.TimeoutError as e:
                 log.warning("storage_close_journal_kept", reason=str(e) or "timeout", bytes=self.journal_bytes())
         self._closed = True
         for t in self._tasks:
@@ -203,29 +176,27 @@ class WriteBuffer:
         self._tasks.clear()
         loop = asyncio.get_running_loop()
         for lane in self._lanes.values():
-            await loop.run_in_executor(self._thread, lane.journal.close)
+            try:
+                await loop.run_in_executor(self._thread, lane.journal.close)
+            except OSError as e:  # a full disk refusing the last fsync: what was written is read back
+                log.warning("journal_close_failed", table=lane.journal.table.name, error=describe(e))
         self._thread.shutdown(wait=False)
 
     async def flush(self) -> None:
         """Journal what waits and wait until the database has it. StorageUnavailable if it is down."""
         await self._journal_now()
-        await self._drained(raise_when_down=True)
-
-    async def _drained(self, raise_when_down: bool = False) -> None:
-        async with self._progress:
-            while True:
-                if all(lane.read >= lane.journal.durable and not lane.held for lane in self._lanes.values()):
-                    return
-                if raise_when_down and self.state == "down":
-                    raise StorageUnavailable(self.error or "database down")
-                self._writer_wake.set()
-                await self._progress.wait()
+        await self.writer.drained(raise_when_down=True)
 
     # --- the journal -------------------------------------------------------------------------------
     async def _journal_loop(self) -> None:
         while True:
-            await _wait(self._journal_wake, self._interval)
-            await self._journal_now()
+            await wait_event(self._journal_wake, self._interval)
+            try:
+                await self._journal_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - never dies (I/O errors are handled inside; this is a bug)
+                log.exception("storage_journal_error")
 
     async def _journal_now(self) -> None:
         """Journal what waits now. Serialised: a flush that finds an append in flight waits for it, so
@@ -260,130 +231,7 @@ class WriteBuffer:
                 lane.held.append(Chunk(start, end, rows))
                 lane.held_rows += len(rows)
             BUFFER_DEPTH.labels(table.name).set(lane.held_rows)
-        self._writer_wake.set()
-
-    # --- the writer ---------------------------------------------------------------------------------
-    async def _writer_loop(self) -> None:
-        while True:
-            if self.state != "up":
-                if not await self._prepare():
-                    await self._wait_writer(PROBE_INTERVAL)
-                    continue
-            wrote = False
-            for lane in list(self._lanes.values()):
-                try:
-                    wrote |= await self._write_next(lane)
-                except StorageUnavailable as e:
-                    self._down(str(e))
-                    break
-            async with self._progress:
-                self._progress.notify_all()
-            if time.monotonic() - self._gauges_at >= 1.0:
-                self._gauges_at = time.monotonic()
-                self.update_gauges()
-            if not wrote and self.state == "up":
-                await self._wait_writer(max(self._interval, 0.05))
-            elif self.state != "up":
-                await self._wait_writer(PROBE_INTERVAL)
-
-    async def _wait_writer(self, timeout: float) -> None:
-        await _wait(self._writer_wake, timeout)
-
-    async def _prepare(self) -> bool:
-        try:
-            await self._sink.prepare()
-        except Exception as e:  # noqa: BLE001 - down until it answers; said once per state change
-            self._down(_describe(e))
-            async with self._progress:
-                self._progress.notify_all()
-            return False
-        if self.state != "up":
-            log.info("storage_up", previous=self.state, backlog_bytes=self.journal_bytes())
-        self.state, self.error = "up", None
-        STORAGE_UP.set(1)
-        return True
-
-    def mark_down(self, error: str) -> None:
-        """The database did not answer at start (said by the storage, which logs it)."""
-        self.state, self.error = "down", error
-        STORAGE_UP.set(0)
-
-    def _down(self, error: str) -> None:
-        if self.state != "down":
-            log.warning("storage_down", error=error, backlog_bytes=self.journal_bytes())
-        self.state, self.error = "down", error
-        STORAGE_UP.set(0)
-
-    async def _write_next(self, lane: _Lane) -> bool:
-        """Write the next batch of one table (from memory, or from disk when behind). True if it wrote."""
-        journal = lane.journal
-        while lane.held and lane.held[0].start < lane.read:  # already written (read back from disk)
-            lane.held_rows -= len(lane.held.popleft().rows)
-        if lane.read >= journal.durable and not lane.held:
-            return False
-        if lane.held and lane.held[0].start == lane.read:
-            chunks = [lane.held.popleft()]
-            n = len(chunks[0].rows)
-            while lane.held and n + len(lane.held[0].rows) <= self._write_rows:
-                chunks.append(lane.held.popleft())
-                n += len(chunks[-1].rows)
-            lane.held_rows -= n
-            rows = chunks[0].rows if len(chunks) == 1 else [r for c in chunks for r in c.rows]
-            end = chunks[-1].end
-        else:
-            stop = lane.held[0].start if lane.held else journal.durable
-            chunk = await asyncio.get_running_loop().run_in_executor(
-                None, journal.read, lane.read, stop, self._write_rows)
-            if chunk.skipped_bytes:
-                JOURNAL_SKIPPED.labels(journal.table.name).inc(chunk.skipped_bytes)
-            rows, end = chunk.rows, chunk.end
-        if rows:
-            try:  # the batch is named by the journal position it ends at: its log lines carry it
-                with structlog.contextvars.bound_contextvars(batch=f"{journal.table.name}@{end.segment}.{end.offset}"):
-                    await self._write(journal.table, rows)
-            except BaseException:  # the rows stay in the journal; lane.read has not moved: read again from disk
-                FLUSH_FAILURES.labels(journal.table.name).inc()
-                raise
-        lane.read = end
-        lane.unwritten = max(0, lane.unwritten - len(rows))
-        await asyncio.get_running_loop().run_in_executor(self._thread, journal.commit, end)
-        return True
-
-    def update_gauges(self) -> None:
-        """The journal and buffer gauges (the writer calls it at most once a second)."""
-        for table, lane in self._lanes.items():
-            JOURNAL_BYTES.labels(table.name).set(lane.journal.backlog_bytes())
-            BUFFER_DEPTH.labels(table.name).set(lane.held_rows + len(lane.waiting))
-
-    async def _write(self, table: Table, rows: list[tuple]) -> None:
-        """Write one batch; isolate the rows the database refuses. StorageUnavailable propagates."""
-        t0 = time.perf_counter()
-        try:
-            inserted = await self._sink.write_batch(table, rows)
-        except StorageRefused as e:
-            if len(rows) == 1:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._reject, table, rows[0], str(e))
-                return
-            mid = len(rows) // 2
-            await self._write(table, rows[:mid])
-            await self._write(table, rows[mid:])
-            return
-        except StorageUnavailable:
-            raise
-        except Exception as e:  # noqa: BLE001 - not about the rows: keep them, treat as down
-            raise StorageUnavailable(_describe(e)) from e
-        WRITE_LATENCY.labels(table.name).observe(time.perf_counter() - t0)
-        ROWS_WRITTEN.labels(table.name).inc(inserted)
-        if len(rows) > inserted:
-            ROWS_DUPLICATE.labels(table.name).inc(len(rows) - inserted)
-
-    def _reject(self, table: Table, row: tuple, error: str) -> None:
-        path = self._dir / "rejected" / f"{table.name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as fh:
-            fh.write(row_to_json(table, row) + b"\n")
-        log.error("storage_row_rejected", table=table.name, error=error.strip()[:300], row=repr(row)[:300])
-        OVERFLOW.labels(table.name, "rejected").inc()
+        self.writer.wake_event.set()
 
     # --- an earlier version's spill files --------------------------------------------------------------
     async def _import_spill(self) -> None:
@@ -393,18 +241,3 @@ class WriteBuffer:
         if spill.is_dir():
             await asyncio.get_running_loop().run_in_executor(
                 self._thread, import_spill, spill, {t: lane.journal for t, lane in self._lanes.items()})
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for ``event`` (then clear it) or ``timeout``. asyncio.timeout, not wait_for: Python 3.11's
-    wait_for swallows a cancellation that arrives as the event is set, and the task would not stop."""
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        pass
-    event.clear()
-
-
-def _describe(e: BaseException) -> str:
-    return (str(e).strip() or type(e).__name__)[:300]

@@ -183,21 +183,29 @@ class Journal:
 
     # --- committing ---------------------------------------------------------------------------
     def commit(self, pos: Position) -> int:
-        """The database has stored everything before ``pos``: save the cursor, delete finished segments.
-        Returns the bytes freed."""
+        """The database has stored everything before ``pos``: delete finished segments, save the cursor.
+        Returns the bytes freed. Never raises: the cursor only spares a restart re-writing rows (which
+        are idempotent), so a full disk that refuses it costs nothing but that."""
         if pos <= self.committed:
             return 0
         self.committed = pos
-        tmp = self.dir / "cursor.tmp"
-        tmp.write_text(f"{pos.segment} {pos.offset}")
-        os.replace(tmp, self.dir / "cursor")
         freed = 0
         for seg in self.segments():
             if seg >= pos.segment or seg >= self.active:
                 break
             path = self._path(seg)
-            freed += path.stat().st_size
-            path.unlink()
+            try:
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+            except OSError:
+                pass
+        try:
+            tmp = self.dir / "cursor.tmp"
+            tmp.write_text(f"{pos.segment} {pos.offset}")
+            os.replace(tmp, self.dir / "cursor")
+        except OSError:
+            pass
         return freed
 
     def backlog_bytes(self) -> int:

@@ -31,6 +31,8 @@ from coby.metrics import BUFFER_DEPTH, LOST_ROWS
 log = structlog.get_logger("coby.storage")
 
 MAX_WAITING = 200_000     # rows per table waiting for a stalled journal before they are counted lost
+JOURNAL_ERROR_HOLD = 5.0  # seconds without a failed append before the journal counts as well again: a full
+#                          disk lets a small record through now and then, and must not look ready for it
 STALL_SECONDS = 5.0       # an append (write + fsync) taking longer than this: the journal's disk is stalled
 
 
@@ -54,7 +56,9 @@ class WriteBuffer:
         self._closed = False
         self._opened = False
         self._last_log: dict[tuple[str, str], float] = {}
-        self.journal_error: str | None = None
+        self.journal_error: str | None = None  # the last append's error, kept JOURNAL_ERROR_HOLD after it
+        self._journal_failed_at = 0.0
+        self._journal_ok_at = 0.0
         self.lost_rows = 0
         self._journal_busy_since: float | None = None
 
@@ -70,7 +74,16 @@ class WriteBuffer:
 
     @property
     def healthy(self) -> bool:
-        return self.state == "up" and self.journal_error is None
+        return self.state == "up" and self._journal_trouble() is None
+
+    def _journal_trouble(self) -> str | None:
+        """The journal's last error, until an append has succeeded after it and JOURNAL_ERROR_HOLD has
+        passed without another failure."""
+        if self.journal_error is not None and self._journal_ok_at > self._journal_failed_at \
+                and time.monotonic() - self._journal_failed_at > JOURNAL_ERROR_HOLD:
+            log.info("journal_recovered", error=self.journal_error)
+            self.journal_error = None
+        return self.journal_error
 
     def journal_bytes(self) -> int:
         return journal_bytes(self._lanes)
@@ -81,7 +94,7 @@ class WriteBuffer:
 
     def ready(self) -> tuple[bool, str | None]:
         """Whether rows are being written now, and if not, why."""
-        if self.journal_error is not None:
+        if self._journal_trouble() is not None:
             return False, f"journal: {self.journal_error}"
         if self.state != "up":
             return False, f"database {self.state}" + (f": {self.error}" if self.error else "")
@@ -219,13 +232,12 @@ class WriteBuffer:
         for (lane, rows), (start, end, error) in zip(work, results):
             table = lane.journal.table
             if error is not None:
-                self.journal_error = error
+                self.journal_error, self._journal_failed_at = error, time.monotonic()
                 if start == end:  # nothing reached the file: the rows are gone
                     self._lose(table, len(rows), "journal_write_failed", error)
                     continue
-            elif self.journal_error is not None:
-                log.info("journal_recovered", table=table.name)
-                self.journal_error = None
+            else:
+                self._journal_ok_at = time.monotonic()
             lane.unwritten += len(rows)
             if lane.held_rows + len(rows) <= self._hold:
                 lane.held.append(Chunk(start, end, rows))

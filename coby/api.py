@@ -28,6 +28,7 @@ from aiohttp import web
 from coby import __version__
 from coby.codec import dumps, to_dict
 from coby.config import EXCHANGE_ALIASES, Settings
+from coby.bookframe import bucket_units
 from coby.db.tables import CONSOLIDATED
 from coby.heatmap_history import MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
 from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
@@ -304,7 +305,8 @@ async def symbols(request: web.Request) -> web.Response:
     check_query(request, ())
     s = _daemon(request).settings
     return json_response({"ok": True, "symbols": list(s.symbols), "exchanges": list(s.exchanges),
-                          "timeframes": list(TIMEFRAMES)})
+                          "timeframes": list(TIMEFRAMES),
+                          "bucket_sizes": {sym: s.bucket_size(sym) for sym in s.symbols}})
 
 
 def _depth(request: web.Request, settings: Settings) -> int | None:
@@ -407,6 +409,10 @@ async def heatmap_history_route(request: web.Request) -> web.Response:
                             "ask for shorter ranges")
     configured = s.bucket_size(sym)
     bucket = float_param(request, "bucket_size", configured / 10_000, configured * 1000) or configured
+    try:
+        bucket = bucket_units(bucket) / 1e9  # prices are exact to 1e-9 (coby.bookframe)
+    except ValueError:
+        raise ApiError(400, f"invalid bucket_size={bucket!r}: must be a multiple of 1e-9") from None
     step = column_step(start, end, float_param(request, "step", 0.5, HEATMAP_MAX_RANGE), s.snapshot_interval)
     columns = await heatmap_history(daemon.storage, sym, start, end, bucket_size=bucket, step=step,
                                     stale_after=s.stale_after)

@@ -23,7 +23,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from coby.buckets import bucket_price
+from coby.bookframe import ASK, BID, bucket_edge, bucket_index, bucket_units
 from coby.models import OrderBookSnapshot, to_ms, utc_from_ms
 
 MAX_RANGE = 3600.0  # seconds of history per request
@@ -38,41 +38,56 @@ def column_step(start: datetime, end: datetime, step: float | None, snapshot_int
     return max(base, math.ceil(span / MAX_COLUMNS * 1000) / 1000)
 
 
-def _column(ts_ms: int, books: dict[str, OrderBookSnapshot], bucket_size: float, stale_ms: int) -> dict[str, Any]:
-    sides: dict[str, dict[float, list]] = {"bid": {}, "ask": {}}
-    best_bid = best_ask = None
-    for book in books.values():
-        if ts_ms - to_ms(book.timestamp) > stale_ms:
-            continue
-        for side, levels in (("bid", book.bids), ("ask", book.asks)):
-            cells = sides[side]
-            seen: set[float] = set()
-            for p, s in zip(levels.prices, levels.sizes):
-                key = bucket_price(p, side, bucket_size)
-                cell = cells.get(key)
-                if cell is None:
-                    cells[key] = cell = [key, 0.0, 0]
+class _Binned:
+    """One venue's snapshot in buckets, computed once however many columns it stays in."""
+
+    __slots__ = ("ts_ms", "bids", "asks", "best_bid", "best_ask")
+
+    def __init__(self, book: OrderBookSnapshot, units: int) -> None:
+        self.ts_ms = to_ms(book.timestamp)
+        self.bids = _bin(book.bids.prices, book.bids.sizes, BID, units)
+        self.asks = _bin(book.asks.prices, book.asks.sizes, ASK, units)
+        self.best_bid = book.bids.prices[0] if len(book.bids.prices) else None
+        self.best_ask = book.asks.prices[0] if len(book.asks.prices) else None
+
+
+def _bin(prices: Any, sizes: Any, side: int, units: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for p, s in zip(prices, sizes):
+        k = bucket_index(p, side, units)
+        out[k] = out.get(k, 0.0) + s
+    return out
+
+
+def _side(books: list[_Binned], attr: str, units: int) -> list[list]:
+    cells: dict[int, list] = {}
+    for b in books:
+        for k, s in getattr(b, attr).items():
+            cell = cells.get(k)
+            if cell is None:
+                cells[k] = [bucket_edge(k, units), s, 1]
+            else:
                 cell[1] += s
-                if key not in seen:
-                    seen.add(key)
-                    cell[2] += 1
-        if len(book.bids.prices):
-            best_bid = max(best_bid or -math.inf, book.bids.prices[0])
-        if len(book.asks.prices):
-            best_ask = min(best_ask or math.inf, book.asks.prices[0])
-    return {"timestamp": utc_from_ms(ts_ms),
-            "bids": sorted(sides["bid"].values(), key=lambda c: -c[0]),
-            "asks": sorted(sides["ask"].values(), key=lambda c: c[0]),
-            "best_bid": best_bid, "best_ask": best_ask}
+                cell[2] += 1
+    return [cells[k] for k in sorted(cells)]  # signed indexes: best (nearest the mid) first on both sides
+
+
+def _column(ts_ms: int, books: dict[str, _Binned], units: int, stale_ms: int) -> dict[str, Any]:
+    fresh = [b for b in books.values() if ts_ms - b.ts_ms <= stale_ms]
+    bids = [b.best_bid for b in fresh if b.best_bid is not None]
+    asks = [b.best_ask for b in fresh if b.best_ask is not None]
+    return {"timestamp": utc_from_ms(ts_ms), "bids": _side(fresh, "bids", units), "asks": _side(fresh, "asks", units),
+            "best_bid": max(bids) if bids else None, "best_ask": min(asks) if asks else None}
 
 
 async def heatmap_history(storage: Any, symbol: str, start: datetime, end: datetime, *, bucket_size: float,
                           step: float, stale_after: float) -> list[dict[str, Any]]:
     """The columns of [start, end), oldest first; a column with no fresh book is left out."""
+    units = bucket_units(bucket_size)  # ValueError unless a positive multiple of 1e-9
     step_ms = max(1, int(round(step * 1000)))
     stale_ms = int(stale_after * 1000)
     start_ms, end_ms = to_ms(start), to_ms(end)
-    books: dict[str, OrderBookSnapshot] = {}
+    books: dict[str, _Binned] = {}
     columns: list[dict[str, Any]] = []
     # the column ending at ``edge`` holds the books up to it; the first edge is start + step
     edge = start_ms + step_ms
@@ -81,7 +96,7 @@ async def heatmap_history(storage: Any, symbol: str, start: datetime, end: datet
         nonlocal edge
         while edge < ts_ms and edge <= end_ms:
             if books:
-                col = _column(edge, books, bucket_size, stale_ms)
+                col = _column(edge, books, units, stale_ms)
                 if col["bids"] or col["asks"]:
                     columns.append(col)
             edge += step_ms
@@ -91,6 +106,6 @@ async def heatmap_history(storage: Any, symbol: str, start: datetime, end: datet
             t = to_ms(snap.timestamp)
             if t > edge:
                 emit_until(t)
-            books[snap.exchange] = snap
+            books[snap.exchange] = _Binned(snap, units)
     emit_until(end_ms + 1)
     return columns

@@ -146,7 +146,9 @@ def _schemas() -> dict[str, Any]:
     })
     out["Symbols"] = _obj({"ok": _ok(), "symbols": {"type": "array", "items": {"type": "string"}},
                            "exchanges": {"type": "array", "items": {"type": "string"}},
-                           "timeframes": {"type": "array", "items": {"type": "string"}}})
+                           "timeframes": {"type": "array", "items": {"type": "string"}}},
+                          bucket_sizes={"type": "object", "additionalProperties": {"type": "number"},
+                                        "description": "each symbol's configured bucket width"})
     out["MetricsData"] = _obj({
         "metrics": {"type": "object", "additionalProperties": {"$ref": REF + "OrderBookMetrics"},
                     "description": "per exchange"},
@@ -264,7 +266,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                                            **errors}}},
         "/api/v1/status": get("daemon and per-venue status", [], "Status", op="status"),
-        "/api/v1/symbols": get("configured symbols, exchanges and timeframes", [], "Symbols", op="symbols"),
+        "/api/v1/symbols": get("configured symbols, exchanges, timeframes and bucket sizes", [], "Symbols", op="symbols"),
         "/api/v1/orderbook/{exchange}/{symbol}": get("latest order book of one venue", [exchange_path, symbol, depth],
                                                      "LatestOrderBook", not_found, op="orderbook"),
         "/api/v1/consolidated/{symbol}": get("latest consolidated book", [symbol, depth], "LatestConsolidated",

@@ -268,7 +268,7 @@ async def test_replay_plays_pauses_seeks_and_returns_to_live(server, browser):
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 6", timeout=30)
         await _until(page, "() => document.querySelectorAll('#tape li').length > 0")
         assert await _heat_pixels(page) > 300
-        recorded = await page.evaluate("window.coby.views.heatmap.head")
+        recorded = await page.evaluate("window.coby.views.heatmap.latest")
         assert start * 1000 - 2000 <= recorded <= end * 1000, "the heatmap shows the recorded range, not live data"
 
         await page.click("#replay-pause")

@@ -48,6 +48,8 @@ async def test_heatmap_history_buckets_stored_snapshots_at_any_width(tmp_path, s
             assert len(fine["columns"][0]["bids"]) == 21 > len(first["bids"])
             assert fine["columns"][0]["bids"][0][0] == 100.0 and fine["columns"][0]["asks"][0][0] == 101.0
 
+            odd = await get(client, q + "&bucket_size=0.1234567891234", 200)
+            assert odd["bucket_size"] == 0.123456789  # rounded to the 1e-9 grid prices live on
             hour = await get(client, f"/api/v1/heatmap/BTC-USDT/history?start={end - 3_600_000}&end={end}", 200)
             assert hour["step"] == 6.0 and hour["count"] <= 600
 

@@ -12,23 +12,31 @@ A column holds, per venue, the newest snapshot at or before its end that is at m
 ``stale_after`` seconds old (a venue that stopped sending drops out, as it does live).
 
 Work and response are bounded: the range is at most ``MAX_RANGE`` seconds, so at most
-``MAX_RANGE / snapshot_interval`` snapshots per venue are read (in keyset chunks, never all in
-memory); there are at most ``MAX_COLUMNS`` columns (a longer range gets a longer step); a column
-has at most ``2 * venues * snapshot_depth`` buckets.
+``MAX_RANGE / snapshot_interval`` snapshot rows per venue are read (36,000 for ten venues at 1 s;
+their book JSON is parsed only for the snapshots a column uses); there are at most
+``MAX_COLUMNS`` columns (a longer range gets a longer step); a column has at most
+``2 * venues * snapshot_depth`` buckets. The work is columnar (polars: an as-of join picks each
+column's snapshots, a group-by sums the buckets) and runs in a worker thread, so the event loop
+keeps serving while a long range is computed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from coby.bookframe import ASK, BID, bucket_edge, bucket_index, bucket_units
-from coby.models import OrderBookSnapshot, to_ms, utc_from_ms
+import polars as pl
+
+from coby.bookframe import PRICE_SCALE, bucket_units
+from coby.db.tables import SNAPSHOTS
+from coby.models import to_ms, utc_from_ms
 
 MAX_RANGE = 3600.0  # seconds of history per request
 MAX_COLUMNS = 600
 MIN_STEP = 0.5  # seconds
+_EXCHANGE, _TS, _BIDS, _ASKS = (SNAPSHOTS.names.index(c) for c in ("exchange", "timestamp", "bids", "asks"))
 
 
 def column_step(start: datetime, end: datetime, step: float | None, snapshot_interval: float) -> float:
@@ -38,74 +46,67 @@ def column_step(start: datetime, end: datetime, step: float | None, snapshot_int
     return max(base, math.ceil(span / MAX_COLUMNS * 1000) / 1000)
 
 
-class _Binned:
-    """One venue's snapshot in buckets, computed once however many columns it stays in."""
-
-    __slots__ = ("ts_ms", "bids", "asks", "best_bid", "best_ask")
-
-    def __init__(self, book: OrderBookSnapshot, units: int) -> None:
-        self.ts_ms = to_ms(book.timestamp)
-        self.bids = _bin(book.bids.prices, book.bids.sizes, BID, units)
-        self.asks = _bin(book.asks.prices, book.asks.sizes, ASK, units)
-        self.best_bid = book.bids.prices[0] if len(book.bids.prices) else None
-        self.best_ask = book.asks.prices[0] if len(book.asks.prices) else None
+_LEVELS = pl.List(pl.List(pl.Float64))
 
 
-def _bin(prices: Any, sizes: Any, side: int, units: int) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for p, s in zip(prices, sizes):
-        k = bucket_index(p, side, units)
-        out[k] = out.get(k, 0.0) + s
-    return out
+def _levels(snaps: pl.DataFrame, side: str, units: int) -> pl.DataFrame:
+    """(sid, idx, size) of one side: each level's bucket as an index of ``units`` (bids floor, asks ceil)."""
+    scaled = (pl.col("level").list.get(0) * PRICE_SCALE).round(0).cast(pl.Int64)
+    idx = scaled // units if side == "bids" else (scaled + units - 1) // units
+    return (snaps.select("sid", pl.col(side).alias("level"))
+            .explode("level").drop_nulls("level")
+            .select("sid", idx.alias("idx"), pl.col("level").list.get(1).alias("size")))
 
 
-def _side(books: list[_Binned], attr: str, units: int) -> list[list]:
-    cells: dict[int, list] = {}
-    for b in books:
-        for k, s in getattr(b, attr).items():
-            cell = cells.get(k)
-            if cell is None:
-                cells[k] = [bucket_edge(k, units), s, 1]
-            else:
-                cell[1] += s
-                cell[2] += 1
-    return [cells[k] for k in sorted(cells)]  # signed indexes: best (nearest the mid) first on both sides
-
-
-def _column(ts_ms: int, books: dict[str, _Binned], units: int, stale_ms: int) -> dict[str, Any]:
-    fresh = [b for b in books.values() if ts_ms - b.ts_ms <= stale_ms]
-    bids = [b.best_bid for b in fresh if b.best_bid is not None]
-    asks = [b.best_ask for b in fresh if b.best_ask is not None]
-    return {"timestamp": utc_from_ms(ts_ms), "bids": _side(fresh, "bids", units), "asks": _side(fresh, "asks", units),
-            "best_bid": max(bids) if bids else None, "best_ask": min(asks) if asks else None}
+def columns_of(rows: list[tuple], start_ms: int, end_ms: int, step_ms: int, units: int,
+               stale_ms: int) -> list[dict[str, Any]]:
+    """The columns of stored snapshot rows (in polars, off the event loop: see ``heatmap_history``)."""
+    if not rows:
+        return []
+    snaps = pl.DataFrame({"sid": range(len(rows)), "exchange": [r[_EXCHANGE] for r in rows],
+                          "ts": [to_ms(r[_TS]) for r in rows], "bids": [r[_BIDS] for r in rows],
+                          "asks": [r[_ASKS] for r in rows]},
+                         schema={"sid": pl.Int64, "exchange": pl.Utf8, "ts": pl.Int64, "bids": pl.Utf8,
+                                 "asks": pl.Utf8}).sort("ts")
+    edges = pl.DataFrame({"edge": range(start_ms + step_ms, end_ms + 1, step_ms)}, schema={"edge": pl.Int64})
+    venues = snaps.select("exchange").unique()
+    # per (edge, venue): the newest snapshot at or before the edge, at most stale_ms old
+    grid = (edges.join(venues, how="cross").sort("edge")
+            .join_asof(snaps.select("ts", "exchange", "sid"), left_on="edge", right_on="ts", by="exchange",
+                       strategy="backward", tolerance=stale_ms, check_sortedness=False)  # both sorted
+            .drop_nulls("sid").select("edge", "exchange", "sid"))
+    if grid.is_empty():
+        return []
+    used = (snaps.join(grid.select("sid").unique(), on="sid")  # only these are parsed
+            .with_columns(pl.col("bids").str.json_decode(_LEVELS), pl.col("asks").str.json_decode(_LEVELS)))
+    out: dict[int, dict[str, Any]] = {}
+    for side, desc in (("bids", True), ("asks", False)):
+        levels = _levels(used, side, units)
+        cells = (grid.join(levels, on="sid")
+                 .group_by("edge", "idx").agg(pl.col("size").sum(), pl.col("exchange").n_unique().alias("venues"))
+                 .sort(["edge", "idx"], descending=[False, desc]))
+        col = None
+        for edge, i, size, n in cells.select("edge", "idx", "size", "venues").iter_rows():  # in edge order
+            if col is None or col[0] != edge:
+                col = (edge, out.setdefault(edge, {"bids": [], "asks": []})[side])
+            col[1].append([i * units / PRICE_SCALE, size, n])
+    # the best bid and ask: the venues' best levels (not bucketed)
+    tops = used.select("sid", pl.col("bids").list.first().list.first().alias("bid"),
+                       pl.col("asks").list.first().list.first().alias("ask"))
+    bbo = grid.join(tops, on="sid").group_by("edge").agg(pl.col("bid").max(), pl.col("ask").min())
+    best = {e: (b, a) for e, b, a in bbo.iter_rows()}
+    return [{"timestamp": utc_from_ms(edge), "bids": col["bids"], "asks": col["asks"],
+             "best_bid": best.get(edge, (None, None))[0], "best_ask": best.get(edge, (None, None))[1]}
+            for edge, col in sorted(out.items())]
 
 
 async def heatmap_history(storage: Any, symbol: str, start: datetime, end: datetime, *, bucket_size: float,
                           step: float, stale_after: float) -> list[dict[str, Any]]:
     """The columns of [start, end), oldest first; a column with no fresh book is left out."""
     units = bucket_units(bucket_size)  # ValueError unless a positive multiple of 1e-9
-    step_ms = max(1, int(round(step * 1000)))
-    stale_ms = int(stale_after * 1000)
-    start_ms, end_ms = to_ms(start), to_ms(end)
-    books: dict[str, _Binned] = {}
-    columns: list[dict[str, Any]] = []
-    # the column ending at ``edge`` holds the books up to it; the first edge is start + step
-    edge = start_ms + step_ms
-
-    def emit_until(ts_ms: int) -> None:
-        nonlocal edge
-        while edge < ts_ms and edge <= end_ms:
-            if books:
-                col = _column(edge, books, units, stale_ms)
-                if col["bids"] or col["asks"]:
-                    columns.append(col)
-            edge += step_ms
-
-    async for chunk in storage.iter_snapshots(start - timedelta(seconds=stale_after), end, symbols=[symbol]):
-        for snap in chunk:
-            t = to_ms(snap.timestamp)
-            if t > edge:
-                emit_until(t)
-            books[snap.exchange] = _Binned(snap, units)
-    emit_until(end_ms + 1)
-    return columns
+    rows: list[tuple] = []
+    async for chunk in storage.iter_rows(SNAPSHOTS, start - timedelta(seconds=stale_after), end, symbols=[symbol]):
+        rows.extend(chunk)
+    # polars does the work in its own threads; the event loop keeps serving meanwhile
+    return await asyncio.to_thread(columns_of, rows, to_ms(start), to_ms(end), max(1, int(round(step * 1000))), units,
+                                   int(stale_after * 1000))

@@ -152,7 +152,10 @@ async def test_history_fills_heatmap_and_candles_on_load_and_on_symbol_switch(se
         await page.select_option("#symbol", "ETH-USDT")
         painted = await _filled(page, "ETH-USDT", 2)
         refill = time.monotonic() - started
-        print(f"symbol switch refilled in {refill:.2f} s, painted {painted:.3f}")
+        loads = await page.evaluate("[document.getElementById('heatmap').dataset.historyMs,"
+                                    " document.getElementById('chart').dataset.historyMs]")
+        print(f"symbol switch refilled in {refill:.2f} s, painted {painted:.3f}; heatmap history {loads[0]} ms,"
+              f" candles {loads[1]} ms")
         assert refill <= 2.0 and painted >= 0.9
         assert watch.problems == []
     finally:

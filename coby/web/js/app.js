@@ -125,9 +125,10 @@ async function loadCandles() {
   const tfMs = (TF_SECONDS[tf] || 60) * 1000;
   let end = Date.now() + tfMs;
   let bars = [];
+  const began = performance.now();
   try {
     for (let i = 0; i < 8 && bars.length < WANT_BARS; i += 1) {
-      const start = end - Math.min(MAX_SPAN, (WANT_BARS - bars.length + 1) * tfMs);
+      const start = end - Math.min(MAX_SPAN, (WANT_BARS - bars.length + 50) * tfMs);
       const r = await api.get(`/api/v1/ohlcv/${state.symbol}${api.query({ timeframe: tf, start, end, limit: 1000 })}`);
       if (gen !== generation) return;
       bars = [...r.bars, ...bars];
@@ -135,6 +136,7 @@ async function loadCandles() {
       end = start;
     }
     views.candles.setHistory(bars);
+    $("chart").dataset.historyMs = String(Math.round(performance.now() - began));
   } catch (e) {
     notify(`candles: ${e.message}`);
   }
@@ -161,6 +163,7 @@ async function loadHeatmap() {
   const path = `/api/v1/heatmap/${state.symbol}/history`;
   try {
     hv.loading = true;
+    const began = performance.now();
     hv.setConfigured((state.bucketSizes || {})[state.symbol]); // sets the resolutions on offer
     if (hv.bucket === null) { // a daemon without bucket_sizes in /api/v1/symbols: ask the route
       const r = await api.get(`${path}${api.query({ start: Date.now() - 1000 })}`);
@@ -171,12 +174,14 @@ async function loadHeatmap() {
     const end = Date.now();
     const start = end - hv.windowMs;
     const [h, t] = await Promise.all([
-      api.get(`${path}${api.query({ start, end, bucket_size: bucket })}`),
+      // about 300 columns: finer than a screen needs only costs the daemon time (it reads every snapshot)
+      api.get(`${path}${api.query({ start, end, bucket_size: bucket, step: Math.max(1, hv.windowMs / 300_000) })}`),
       api.get(`/api/v1/trades/${state.symbol}${api.query({ start, end, order: "desc", limit: 1000 })}`),
     ]);
     if (gen !== generation || load !== heatLoads || bucket !== hv.bucket) return;
     const trades = t.trades.reverse().map((x) => ({ t: Date.parse(x.timestamp), price: x.price, size: x.size, side: x.side }));
     hv.setHistory(columnsFromHistory(h), trades);
+    $("heatmap").dataset.historyMs = String(Math.round(performance.now() - began)); // for tests and the curious
   } catch (e) {
     hv.loading = false;
     notify(`heatmap: ${e.message}`);

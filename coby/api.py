@@ -401,7 +401,10 @@ async def heatmap_history_route(request: web.Request) -> web.Response:
     sym = valid_symbol(s, request.match_info["symbol"])
     q = request.query
     end = parse_time("end", q["end"]) if "end" in q else utcnow()
-    start = parse_time("start", q["start"]) if "start" in q else end - timedelta(minutes=10)
+    try:
+        start = parse_time("start", q["start"]) if "start" in q else end - timedelta(minutes=10)
+    except OverflowError:  # an end within 10 minutes of year 1
+        start = datetime.min.replace(tzinfo=UTC)
     if start >= end:
         raise ApiError(400, "start must be before end")
     if (end - start).total_seconds() > HEATMAP_MAX_RANGE:

@@ -105,7 +105,11 @@ async def heatmap_history(storage: Any, symbol: str, start: datetime, end: datet
     """The columns of [start, end), oldest first; a column with no fresh book is left out."""
     units = bucket_units(bucket_size)  # ValueError unless a positive multiple of 1e-9
     rows: list[tuple] = []
-    async for chunk in storage.iter_rows(SNAPSHOTS, start - timedelta(seconds=stale_after), end, symbols=[symbol]):
+    try:
+        since = start - timedelta(seconds=stale_after)  # the books still fresh at start
+    except OverflowError:
+        since = start
+    async for chunk in storage.iter_rows(SNAPSHOTS, since, end, symbols=[symbol]):
         rows.extend(chunk)
     # polars does the work in its own threads; the event loop keeps serving meanwhile
     return await asyncio.to_thread(columns_of, rows, to_ms(start), to_ms(end), max(1, int(round(step * 1000))), units,

@@ -130,33 +130,40 @@ function drawBubbles(v, ctx, vp) {
   }
 }
 
-/** The best bid and ask as step lines, over the bubbles. */
+/** The best bid and ask as step lines over the bubbles, each with a dark casing so it reads on white cells. */
 function drawBbo(v, ctx, vp) {
-  const { t0, x, y, pw } = vp;
   for (const [key, colour] of [["bid", BID], ["ask", ASK]]) {
+    bboPath(v, ctx, vp, key);
+    ctx.strokeStyle = "rgba(0,0,0,0.75)";
+    ctx.lineWidth = 3.5;
+    ctx.stroke();
     ctx.strokeStyle = colour;
     ctx.lineWidth = 1.5;
-    ctx.beginPath();
-    let lastY = null;
-    let lastT = null;
-    for (const c of v.columns) {
-      const p = c[key];
-      if (p == null || c.t < t0 - GAP_MS) continue;
-      const px = x(c.t);
-      const py = y(p);
-      if (lastY === null || c.t - lastT > GAP_MS) {
-        if (lastY !== null) ctx.lineTo(x(lastT + 1000), lastY);
-        ctx.moveTo(px, py);
-      } else {
-        ctx.lineTo(px, lastY);
-        ctx.lineTo(px, py);
-      }
-      lastY = py;
-      lastT = c.t;
-    }
-    if (lastY !== null) ctx.lineTo(Math.min(pw, x(lastT + GAP_MS)), lastY);
     ctx.stroke();
   }
+}
+
+function bboPath(v, ctx, vp, key) {
+  const { t0, x, y, pw } = vp;
+  ctx.beginPath();
+  let lastY = null;
+  let lastT = null;
+  for (const c of v.columns) {
+    const p = c[key];
+    if (p == null || c.t < t0 - GAP_MS) continue;
+    const px = x(c.t);
+    const py = y(p);
+    if (lastY === null || c.t - lastT > GAP_MS) {
+      if (lastY !== null) ctx.lineTo(x(lastT + 1000), lastY);
+      ctx.moveTo(px, py);
+    } else {
+      ctx.lineTo(px, lastY);
+      ctx.lineTo(px, py);
+    }
+    lastY = py;
+    lastT = c.t;
+  }
+  if (lastY !== null) ctx.lineTo(Math.min(pw, x(lastT + GAP_MS)), lastY);
 }
 
 function axes(v, ctx, vp, W, H) {

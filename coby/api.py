@@ -28,9 +28,8 @@ from aiohttp import web
 from coby import __version__
 from coby.codec import dumps, to_dict
 from coby.config import EXCHANGE_ALIASES, Settings
-from coby.bookframe import bucket_units
 from coby.db.tables import CONSOLIDATED
-from coby.heatmap_history import MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
+from coby.heatmap_history import MAX_BUCKET, MIN_BUCKET, MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
 from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
 from coby.ohlcv import TIMEFRAMES as OHLCV_TIMEFRAMES
 
@@ -411,11 +410,9 @@ async def heatmap_history_route(request: web.Request) -> web.Response:
         raise ApiError(400, f"time range too long: {(end - start).total_seconds():g} s > {HEATMAP_MAX_RANGE:g} s; "
                             "ask for shorter ranges")
     configured = s.bucket_size(sym)
-    bucket = float_param(request, "bucket_size", configured / 10_000, configured * 1000) or configured
-    try:
-        bucket = bucket_units(bucket) / 1e9  # prices are exact to 1e-9 (coby.bookframe)
-    except ValueError:
-        raise ApiError(400, f"invalid bucket_size={bucket!r}: must be a multiple of 1e-9") from None
+    # any width: a column has at most one bucket per stored level whatever it is; prices are exact to 1e-9
+    width = float_param(request, "bucket_size", MIN_BUCKET, MAX_BUCKET) or configured
+    bucket = max(1, round(width * 1e9)) / 1e9
     step = column_step(start, end, float_param(request, "step", 0.5, HEATMAP_MAX_RANGE), s.snapshot_interval)
     columns = await heatmap_history(daemon.storage, sym, start, end, bucket_size=bucket, step=step,
                                     stale_after=s.stale_after)

@@ -36,6 +36,7 @@ from coby.models import to_ms, utc_from_ms
 MAX_RANGE = 3600.0  # seconds of history per request
 MAX_COLUMNS = 600
 MIN_STEP = 0.5  # seconds
+MIN_BUCKET, MAX_BUCKET = 1e-9, 1e9  # bucket widths: the price grid, and one bucket for any market
 _EXCHANGE, _TS, _BIDS, _ASKS = (SNAPSHOTS.names.index(c) for c in ("exchange", "timestamp", "bids", "asks"))
 
 

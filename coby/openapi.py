@@ -24,7 +24,10 @@ from coby import __version__, models
 from coby.api import MAX_DEPTH, MAX_MS, TIMEFRAMES
 from coby.codec import dumps
 from coby.config import Settings
-from coby.heatmap_history import MAX_COLUMNS as HEATMAP_MAX_COLUMNS, MAX_RANGE as HEATMAP_MAX_RANGE
+from coby.heatmap_history import (
+    MAX_BUCKET as HEATMAP_MAX_BUCKET, MAX_COLUMNS as HEATMAP_MAX_COLUMNS, MAX_RANGE as HEATMAP_MAX_RANGE,
+    MIN_BUCKET as HEATMAP_MIN_BUCKET,
+)
 
 REF = "#/components/schemas/"
 EXPOSED = (models.PriceLevel, models.OrderBookSnapshot, models.TradeEvent, models.OrderBookMetrics,
@@ -279,10 +282,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
               "description": "inclusive; default end - 10 minutes"},
              {"name": "end", "in": "query", "required": False, "schema": t,
               "description": f"exclusive; default now; at most {HEATMAP_MAX_RANGE:g} s after start"},
-             {"name": "bucket_size", "in": "query", "required": False, "schema": {"type": "number",
-                                                                                   "exclusiveMinimum": 0},
-              "description": "bucket width in quote currency; default and bounds: the symbol's configured "
-                             "bucket size (from a 10,000th of it to 1,000 times it)"},
+             {"name": "bucket_size", "in": "query", "required": False,
+              "schema": {"type": "number", "minimum": HEATMAP_MIN_BUCKET, "maximum": HEATMAP_MAX_BUCKET},
+              "description": "bucket width in quote currency, rounded to 1e-9; default: the symbol's configured "
+                             "bucket size"},
              {"name": "step", "in": "query", "required": False,
               "schema": {"type": "number", "minimum": 0.5, "maximum": HEATMAP_MAX_RANGE},
               "description": f"seconds per column; default snapshot_interval; widened to at most "

@@ -176,7 +176,8 @@ async def test_history_fills_heatmap_and_candles_on_load_and_on_symbol_switch(se
 
 
 async def test_resolution_scale_zoom_pan_and_hover_are_the_users(seeded, browser):
-    """A finer resolution paints more rows; the colour scale switches; shift+wheel narrows the price range;
+    """A finer resolution paints more rows; the colour scale switches; shift+wheel narrows the price range, the
+    wheel widens the time window;
     dragging stops following the price and double-clicking follows again; hovering a cell shows its price,
     time and size per venue; a crossed book shows a badge whose tooltip names the venues, inside the ladder."""
     context, page, watch = await _page(browser, seeded)
@@ -206,6 +207,9 @@ async def test_resolution_scale_zoom_pan_and_hover_are_the_users(seeded, browser
         await page.keyboard.up("Shift")
         await _until(page, "s => { const d = document.getElementById('heatmap').dataset; return d.hi - d.lo < s * 0.8; }",
                      arg=before)
+        await page.mouse.wheel(0, 200)  # the wheel alone zooms time: 1m widens, and no window button matches it
+        await _until(page, "() => Number(document.getElementById('heatmap').dataset.windowMs) > 60000"
+                           " && !document.querySelector('#heat-window .seg.active')")
         await page.mouse.down()
         await page.mouse.move(cx + 80, cy + 40, steps=4)
         await page.mouse.up()

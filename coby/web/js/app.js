@@ -171,12 +171,11 @@ async function loadHeatmap() {
       hv.setConfigured(r.configured_bucket_size);
     }
     const bucket = hv.bucket;
-    const end = Date.now();
-    const start = end - hv.windowMs;
-    const [h, t] = await Promise.all([
+    const start = Math.round(Date.now() - hv.windowMs);
+    const [h, t] = await Promise.all([ // no end: the daemon's now, so no column is ahead of its live books
       // about 300 columns: finer than a screen needs only costs the daemon time (it reads every snapshot)
-      api.get(`${path}${api.query({ start, end, bucket_size: bucket, step: Math.max(1, hv.windowMs / 300_000) })}`),
-      api.get(`/api/v1/trades/${state.symbol}${api.query({ start, end, order: "desc", limit: 1000 })}`),
+      api.get(`${path}${api.query({ start, bucket_size: bucket, step: Math.max(1, hv.windowMs / 300_000) })}`),
+      api.get(`/api/v1/trades/${state.symbol}${api.query({ start, order: "desc", limit: 1000 })}`),
     ]);
     if (gen !== generation || load !== heatLoads || bucket !== hv.bucket) return;
     const trades = t.trades.reverse().map((x) => ({ t: Date.parse(x.timestamp), price: x.price, size: x.size, side: x.side }));
@@ -188,6 +187,9 @@ async function loadHeatmap() {
   }
 }
 views.heatmap.onNeedHistory = () => loadHeatmap();
+views.heatmap.onWindow = (windowMs) => { // a zoomed window matches no button
+  for (const b of $("heat-window").children) b.classList.toggle("active", Number(b.dataset.window) * 1000 === windowMs);
+};
 
 // --- streams ------------------------------------------------------------------------------------------
 function openFeed(path, reconnect) {
@@ -319,10 +321,7 @@ async function start() {
     return b;
   }));
   for (const b of $("heat-window").children) {
-    b.addEventListener("click", () => {
-      for (const o of $("heat-window").children) o.classList.toggle("active", o === b);
-      views.heatmap.setWindow(Number(b.dataset.window));
-    });
+    b.addEventListener("click", () => views.heatmap.setWindow(Number(b.dataset.window)));
   }
   $("mode-live").addEventListener("click", () => setMode("live"));
   $("mode-replay").addEventListener("click", () => setMode("replay"));

@@ -30,6 +30,7 @@ export class HeatmapView {
     this.scale = controls.scale.value;
     this.minNotional = Number(controls.minimum.value);
     this.onNeedHistory = () => {};
+    this.onWindow = () => {}; // the window changed (a button, the wheel, a pinch)
     this.schedule = throttle(() => this.draw(), 100);
     controls.ramp.style.background = GRADIENT;
     controls.scale.addEventListener("change", () => { this.scale = controls.scale.value; this.schedule(); });
@@ -102,8 +103,12 @@ export class HeatmapView {
   }
 
   setWindow(seconds) {
-    this.windowMs = Math.min(MAX_WINDOW, Math.max(MIN_WINDOW, seconds * 1000));
-    if (this.columns.length && this.columns[0].t > (this.latest || 0) - this.windowMs + GAP_MS) this.onNeedHistory();
+    this.windowMs = Math.round(Math.min(MAX_WINDOW, Math.max(MIN_WINDOW, seconds * 1000)));
+    this.onWindow(this.windowMs);
+    if (this.columns.length && this.columns[0].t > (this.latest || 0) - this.windowMs + GAP_MS) {
+      clearTimeout(this.widen); // a wheel turn is many events: one load when it stops
+      this.widen = setTimeout(() => this.onNeedHistory(), 250);
+    }
     this.schedule();
   }
 

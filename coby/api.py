@@ -15,6 +15,7 @@ line), which the error boundary in ``coby.http`` renders as ``{"ok": false, ...}
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from coby import __version__
 from coby.codec import dumps, to_dict
 from coby.config import EXCHANGE_ALIASES, Settings
 from coby.db.tables import CONSOLIDATED
+from coby.heatmap_history import MAX_BUCKET, MIN_BUCKET, MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
 from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
 from coby.ohlcv import TIMEFRAMES as OHLCV_TIMEFRAMES
 
@@ -100,6 +102,19 @@ def int_param(request: web.Request, name: str, default: int | None, lo: int, hi:
     value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, f"invalid {name}={value}: must be from {lo} to {hi}")
+    return value
+
+
+def float_param(request: web.Request, name: str, lo: float, hi: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not lo <= value <= hi:  # NaN and infinities fail here too
+        raise ApiError(400, f"invalid {name} {_show(raw)}: expected a number from {lo:g} to {hi:g}")
     return value
 
 
@@ -289,7 +304,8 @@ async def symbols(request: web.Request) -> web.Response:
     check_query(request, ())
     s = _daemon(request).settings
     return json_response({"ok": True, "symbols": list(s.symbols), "exchanges": list(s.exchanges),
-                          "timeframes": list(TIMEFRAMES)})
+                          "timeframes": list(TIMEFRAMES),
+                          "bucket_sizes": {sym: s.bucket_size(sym) for sym in s.symbols}})
 
 
 def _depth(request: web.Request, settings: Settings) -> int | None:
@@ -376,6 +392,35 @@ async def orderbook_history(request: web.Request) -> web.Response:
                           "snapshots": to_dict(rows)})
 
 
+async def heatmap_history_route(request: web.Request) -> web.Response:
+    """Columns of the consolidated book in buckets of any width, from stored snapshots (coby.heatmap_history)."""
+    check_query(request, ("start", "end", "bucket_size", "step"))
+    daemon = _daemon(request)
+    s = daemon.settings
+    sym = valid_symbol(s, request.match_info["symbol"])
+    q = request.query
+    end = parse_time("end", q["end"]) if "end" in q else utcnow()
+    try:
+        start = parse_time("start", q["start"]) if "start" in q else end - timedelta(minutes=10)
+    except OverflowError:  # an end within 10 minutes of year 1
+        start = datetime.min.replace(tzinfo=UTC)
+    if start >= end:
+        raise ApiError(400, "start must be before end")
+    if (end - start).total_seconds() > HEATMAP_MAX_RANGE:
+        raise ApiError(400, f"time range too long: {(end - start).total_seconds():g} s > {HEATMAP_MAX_RANGE:g} s; "
+                            "ask for shorter ranges")
+    configured = s.bucket_size(sym)
+    # any width: a column has at most one bucket per stored level whatever it is; prices are exact to 1e-9
+    width = float_param(request, "bucket_size", MIN_BUCKET, MAX_BUCKET) or configured
+    bucket = max(1, round(width * 1e9)) / 1e9
+    step = column_step(start, end, float_param(request, "step", 0.5, HEATMAP_MAX_RANGE), s.snapshot_interval)
+    columns = await heatmap_history(daemon.storage, sym, start, end, bucket_size=bucket, step=step,
+                                    stale_after=s.stale_after)
+    return json_response({"ok": True, "symbol": sym, "start": start, "end": end, "bucket_size": bucket,
+                          "configured_bucket_size": configured, "step": step, "count": len(columns),
+                          "columns": columns})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/v1/status", status)
@@ -383,6 +428,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/orderbook/{exchange}/{symbol}", orderbook)
     r.add_get("/api/v1/consolidated/{symbol}", consolidated)
     r.add_get("/api/v1/heatmap/{symbol}", _latest_route("heatmap", "heatmap"))
+    r.add_get("/api/v1/heatmap/{symbol}/history", heatmap_history_route)
     r.add_get("/api/v1/metrics/{symbol}", _latest_route("metrics", "metrics"))
     r.add_get("/api/v1/trades/{symbol}", trades)
     r.add_get("/api/v1/ohlcv/{symbol}", ohlcv)

@@ -177,6 +177,16 @@ class CobyClient:
         return await self._pages(f"/api/v1/ohlcv/{symbol}", "bars", OHLCVBar, limit,
                                  {"timeframe": timeframe, "start": start, "end": end, "exchange": exchange})
 
+    async def heatmap_history(self, symbol: str, start: datetime | int | str | None = None,
+                              end: datetime | int | str | None = None, *, bucket_size: float | None = None,
+                              step: float | None = None) -> dict[str, Any]:
+        """The consolidated book in buckets of ``bucket_size`` (default: the configured width), one column per
+        ``step`` seconds of [start, end) (default: the last 10 minutes), recomputed from stored snapshots.
+        The answer's JSON: ``columns`` of ``{"timestamp", "bids", "asks", "best_bid", "best_ask"}``, each
+        side a list of ``[price, size, venues]`` (docs/api.md)."""
+        return await self._request("GET", f"/api/v1/heatmap/{symbol}/history",
+                                   {"start": start, "end": end, "bucket_size": bucket_size, "step": step})
+
     async def _pages(self, path: str, key: str, cls: type, limit: int | None, params: dict[str, Any]) -> list:
         rows: list = []
         while True:

@@ -24,6 +24,10 @@ from coby import __version__, models
 from coby.api import MAX_DEPTH, MAX_MS, TIMEFRAMES
 from coby.codec import dumps
 from coby.config import Settings
+from coby.heatmap_history import (
+    MAX_BUCKET as HEATMAP_MAX_BUCKET, MAX_COLUMNS as HEATMAP_MAX_COLUMNS, MAX_RANGE as HEATMAP_MAX_RANGE,
+    MIN_BUCKET as HEATMAP_MIN_BUCKET,
+)
 
 REF = "#/components/schemas/"
 EXPOSED = (models.PriceLevel, models.OrderBookSnapshot, models.TradeEvent, models.OrderBookMetrics,
@@ -145,7 +149,9 @@ def _schemas() -> dict[str, Any]:
     })
     out["Symbols"] = _obj({"ok": _ok(), "symbols": {"type": "array", "items": {"type": "string"}},
                            "exchanges": {"type": "array", "items": {"type": "string"}},
-                           "timeframes": {"type": "array", "items": {"type": "string"}}})
+                           "timeframes": {"type": "array", "items": {"type": "string"}}},
+                          bucket_sizes={"type": "object", "additionalProperties": {"type": "number"},
+                                        "description": "each symbol's configured bucket width"})
     out["MetricsData"] = _obj({
         "metrics": {"type": "object", "additionalProperties": {"$ref": REF + "OrderBookMetrics"},
                     "description": "per exchange"},
@@ -158,6 +164,21 @@ def _schemas() -> dict[str, Any]:
     out["TradesPage"] = _history("trades", "TradeEvent")
     out["OHLCVPage"] = _history("bars", "OHLCVBar", timeframe={"type": "string"})
     out["OrderBookHistoryPage"] = _history("snapshots", "OrderBookSnapshot")
+    cell = {"type": "array", "description": "[bucket price, summed size, venues in the bucket]",
+            "prefixItems": [{"type": "number"}, {"type": "number"}, {"type": "integer", "minimum": 0}],
+            "minItems": 3, "maxItems": 3, "items": False}
+    ts = {"type": "string", "format": "date-time"}
+    price = {"type": ["number", "null"]}
+    out["HeatmapColumn"] = _obj({"timestamp": ts, "bids": {"type": "array", "items": cell,
+                                                           "description": "best (highest) first; key: lower edge"},
+                                 "asks": {"type": "array", "items": cell,
+                                          "description": "best (lowest) first; key: upper edge"},
+                                 "best_bid": price, "best_ask": price})
+    out["HeatmapHistory"] = _obj({"ok": _ok(), "symbol": {"type": "string"}, "start": ts, "end": ts,
+                                  "bucket_size": {"type": "number"}, "configured_bucket_size": {"type": "number"},
+                                  "step": {"type": "number", "description": "seconds per column"},
+                                  "count": {"type": "integer", "minimum": 0},
+                                  "columns": {"type": "array", "items": {"$ref": REF + "HeatmapColumn"}}})
     out["Health"] = _obj({"ok": _ok()})
     out["Ready"] = _obj({"ok": {"type": "boolean"}, "storage": {"type": "boolean"},
                          "live_exchanges": {"type": "array", "items": {"type": "string"}}})
@@ -248,12 +269,28 @@ def build_document(settings: Settings) -> dict[str, Any]:
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                                            **errors}}},
         "/api/v1/status": get("daemon and per-venue status", [], "Status", op="status"),
-        "/api/v1/symbols": get("configured symbols, exchanges and timeframes", [], "Symbols", op="symbols"),
+        "/api/v1/symbols": get("configured symbols, exchanges, timeframes and bucket sizes", [], "Symbols", op="symbols"),
         "/api/v1/orderbook/{exchange}/{symbol}": get("latest order book of one venue", [exchange_path, symbol, depth],
                                                      "LatestOrderBook", not_found, op="orderbook"),
         "/api/v1/consolidated/{symbol}": get("latest consolidated book", [symbol, depth], "LatestConsolidated",
                                              not_found, op="consolidated"),
         "/api/v1/heatmap/{symbol}": get("latest heatmap", [symbol], "LatestHeatmap", not_found, op="heatmap"),
+        "/api/v1/heatmap/{symbol}/history": get(
+            "the consolidated book in buckets of any width, one column per step, from stored snapshots",
+            [symbol,
+             {"name": "start", "in": "query", "required": False, "schema": t,
+              "description": "inclusive; default end - 10 minutes"},
+             {"name": "end", "in": "query", "required": False, "schema": t,
+              "description": f"exclusive; default now; at most {HEATMAP_MAX_RANGE:g} s after start"},
+             {"name": "bucket_size", "in": "query", "required": False,
+              "schema": {"type": "number", "minimum": HEATMAP_MIN_BUCKET, "maximum": HEATMAP_MAX_BUCKET},
+              "description": "bucket width in quote currency, rounded to 1e-9; default: the symbol's configured "
+                             "bucket size"},
+             {"name": "step", "in": "query", "required": False,
+              "schema": {"type": "number", "minimum": 0.5, "maximum": HEATMAP_MAX_RANGE},
+              "description": f"seconds per column; default snapshot_interval; widened to at most "
+                             f"{HEATMAP_MAX_COLUMNS} columns"}],
+            "HeatmapHistory", not_found, unavailable, op="heatmap_history"),
         "/api/v1/metrics/{symbol}": get("latest book metrics and imbalance", [symbol], "LatestMetrics", not_found,
                                         op="book_metrics"),
         "/api/v1/trades/{symbol}": get("stored trades, paged", [symbol, exchange_q, *history, order], "TradesPage",

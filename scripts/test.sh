@@ -28,7 +28,7 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
 fi
 
-# Debian's Chromium for the dashboard's browser tests (tests/test_dashboard.py), when it is missing
+# Debian's Chromium for the dashboard's browser tests (tests/test_dashboard*.py), when it is missing
 # and apt can install it (as root); Playwright drives it by path, it never downloads a browser.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "installing Chromium" >&2

@@ -4,8 +4,8 @@ through ccxt.pro, SQLite, the in-process cache, the API on a fixed local port.
 
 Every page test listens for console errors, uncaught exceptions, failed requests and HTTP errors,
 and asserts there were none (the restart test allows only the refused connections of the restart
-itself). Screenshots go to ``test-artifacts/dashboard/``; with ``COBY_UPDATE_SCREENSHOT=1`` the live
-one is also copied to ``docs/dashboard.png`` (README).
+itself). Screenshots go to ``test-artifacts/dashboard/`` (the README's picture comes from
+tests/test_dashboard_history.py, which has history to show).
 
 Chromium comes from ``scripts/test.sh`` (``apt-get install chromium`` when missing); without it
 these tests are skipped, or fail when ``CI`` is set.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,10 +170,7 @@ async def test_live_page_loads_connects_and_draws_every_view_without_errors(serv
         await _until(page, "() => document.querySelectorAll('#venues .venue[data-live=true]').length === 10")
         live = await page.eval_on_selector_all("#venues .venue[data-live=true]", "els => els.map(e => e.dataset.venue)")
         assert sorted(live) == sorted(EXCHANGES)
-        update_docs = bool(os.environ.get("COBY_UPDATE_SCREENSHOT"))
-        columns = 100 if update_docs else 20  # the README's picture: most of the one-minute window
-        await _until(page, "n => Number(document.getElementById('heatmap').dataset.columns) >= n", arg=columns,
-                     timeout=columns / 2 + 20)
+        await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 20")
         assert await _heat_pixels(page) > 3000
         await _until(page, "() => document.querySelectorAll('#ladder .lrow.bid').length > 3"
                            " && document.querySelectorAll('#ladder .lrow.ask').length > 3")
@@ -185,9 +181,7 @@ async def test_live_page_loads_connects_and_draws_every_view_without_errors(serv
         size = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
         assert size[0] <= DESKTOP["width"] and size[1] <= DESKTOP["height"], size
         await page.wait_for_timeout(500)
-        shot = await _shot(page, "live-1280x800.png")
-        if update_docs:
-            shutil.copy(shot, ROOT / "docs" / "dashboard.png")
+        await _shot(page, "live-1280x800.png")
         assert watch.problems == []
     finally:
         await context.close()
@@ -268,7 +262,7 @@ async def test_replay_plays_pauses_seeks_and_returns_to_live(server, browser):
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 6", timeout=30)
         await _until(page, "() => document.querySelectorAll('#tape li').length > 0")
         assert await _heat_pixels(page) > 300
-        recorded = await page.evaluate("window.coby.views.heatmap.head")
+        recorded = await page.evaluate("window.coby.views.heatmap.latest")
         assert start * 1000 - 2000 <= recorded <= end * 1000, "the heatmap shows the recorded range, not live data"
 
         await page.click("#replay-pause")

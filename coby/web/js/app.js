@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import { CandlesView } from "./candles.js";
 import { Feed } from "./feed.js";
 import { el } from "./format.js";
+import { columnsFromHistory } from "./heatcolumns.js";
 import { HeatmapView } from "./heatmap.js";
 import { ImbalanceView } from "./imbalance.js";
 import { LadderView } from "./ladder.js";
@@ -17,7 +18,10 @@ const params = new URLSearchParams(location.search);
 
 const state = { mode: "live", symbol: null, timeframe: params.get("timeframe") || "1m", symbols: [], timeframes: [] };
 const views = {
-  heatmap: new HeatmapView($("heatmap"), $("heat-tip")),
+  heatmap: new HeatmapView($("heatmap"), $("heat-tip"), {
+    resolution: $("heat-res"), scale: $("heat-scale"), minimum: $("heat-min"), ramp: $("heat-ramp"),
+    scaleText: $("heat-scale-text"), follow: $("heat-follow"),
+  }),
   ladder: new LadderView($("ladder"), $("ladder-flags"), $("ladder-legend"), $("ladder-group")),
   tape: new TapeView($("tape"), $("tape-rate")),
   candles: new CandlesView($("chart"), $("candle-info")),
@@ -57,14 +61,14 @@ function channels() {
   return [`heatmap:${s}`, `consolidated:${s}`, `metrics:${s}`, `trades:${s}`, `ohlcv:${s}:${state.timeframe}`, "status"];
 }
 
-function addTrade(t) {
+function addTrade(t, { heatmap = true } = {}) {
   const key = `${t.exchange}:${t.trade_id}`;
   if (seenTrades.has(key)) return;
   seenTrades.add(key);
   seenOrder.push(key);
   if (seenOrder.length > 5000) seenTrades.delete(seenOrder.shift());
   views.tape.add(t);
-  views.heatmap.addTrade({ data: t });
+  if (heatmap) views.heatmap.addTrade({ data: t });
   views.venues.trade(t);
 }
 
@@ -72,7 +76,7 @@ function dispatch(env) {
   switch (env.channel.split(":", 1)[0]) {
     case "heatmap":
       views.ladder.setBucket(env.data.bucket_size);
-      views.heatmap.addHeatmap(env);
+      views.heatmap.setConfigured(env.data.bucket_size);
       break;
     case "consolidated":
       views.heatmap.addBook(env);
@@ -110,14 +114,29 @@ function resetViews({ venues = false } = {}) {
 // --- live history from REST: stored candles, and the last minutes of trades ----------------------------
 const TF_SECONDS = { "1s": 1, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400 };
 
+const WANT_BARS = 400;
+const MAX_SPAN = 6.9 * 86400_000; // under api_max_range_days (7 by default)
+
+/** The newest WANT_BARS stored bars: pages back in ranges the API accepts, at most 8 requests. */
 async function loadCandles() {
   if (state.mode !== "live") return;
   const gen = generation;
   const tf = state.timeframe;
-  const span = Math.min((TF_SECONDS[tf] || 60) * 1000 * 1000, 6.9 * 86400 * 1000); // at most api_max_range_days
+  const tfMs = (TF_SECONDS[tf] || 60) * 1000;
+  let end = Date.now() + tfMs;
+  let bars = [];
+  const began = performance.now();
   try {
-    const r = await api.get(`/api/v1/ohlcv/${state.symbol}${api.query({ timeframe: tf, start: Date.now() - span, limit: 1000 })}`);
-    if (gen === generation) views.candles.setHistory(r.bars);
+    for (let i = 0; i < 8 && bars.length < WANT_BARS; i += 1) {
+      const start = end - Math.min(MAX_SPAN, (WANT_BARS - bars.length + 50) * tfMs);
+      const r = await api.get(`/api/v1/ohlcv/${state.symbol}${api.query({ timeframe: tf, start, end, limit: 1000 })}`);
+      if (gen !== generation) return;
+      bars = [...r.bars, ...bars];
+      if (!r.bars.length) break; // older than the stored history
+      end = start;
+    }
+    views.candles.setHistory(bars);
+    $("chart").dataset.historyMs = String(Math.round(performance.now() - began));
   } catch (e) {
     notify(`candles: ${e.message}`);
   }
@@ -128,11 +147,49 @@ async function loadTrades() {
   const gen = generation;
   try {
     const r = await api.get(`/api/v1/trades/${state.symbol}${api.query({ start: Date.now() - 180_000, order: "desc", limit: 200 })}`);
-    if (gen === generation) for (const t of r.trades.reverse()) addTrade(t);
+    if (gen === generation) for (const t of r.trades.reverse()) addTrade(t, { heatmap: false }); // it loads its own
   } catch (e) {
     notify(`trades: ${e.message}`);
   }
 }
+
+// The heatmap's window from stored snapshots at its resolution, and its trades; the newest request wins.
+let heatLoads = 0;
+async function loadHeatmap() {
+  if (state.mode !== "live") return;
+  const gen = generation;
+  const load = ++heatLoads;
+  const hv = views.heatmap;
+  const path = `/api/v1/heatmap/${state.symbol}/history`;
+  try {
+    hv.loading = true;
+    const began = performance.now();
+    hv.setConfigured((state.bucketSizes || {})[state.symbol]); // sets the resolutions on offer
+    if (hv.bucket === null) { // a daemon without bucket_sizes in /api/v1/symbols: ask the route
+      const r = await api.get(`${path}${api.query({ start: Date.now() - 1000 })}`);
+      if (gen !== generation || load !== heatLoads) return;
+      hv.setConfigured(r.configured_bucket_size);
+    }
+    const bucket = hv.bucket;
+    const start = Math.round(Date.now() - hv.windowMs);
+    const [h, t] = await Promise.all([ // no end: the daemon's now, so no column is ahead of its live books
+      // about 300 columns: finer than a screen needs only costs the daemon time (it reads every snapshot)
+      api.get(`${path}${api.query({ start, bucket_size: bucket, step: Math.max(1, hv.windowMs / 300_000) })}`),
+      api.get(`/api/v1/trades/${state.symbol}${api.query({ start, order: "desc", limit: 1000 })}`),
+    ]);
+    if (gen !== generation || load !== heatLoads || bucket !== hv.bucket) return;
+    const trades = t.trades.reverse().map((x) => ({ t: Date.parse(x.timestamp), price: x.price, size: x.size, side: x.side }));
+    hv.setHistory(columnsFromHistory(h), trades);
+    $("heatmap").dataset.historyMs = String(Math.round(performance.now() - began)); // for tests and the curious
+  } catch (e) {
+    hv.loading = false;
+    notify(`heatmap: ${e.message}`);
+  }
+}
+views.heatmap.onNeedHistory = () => loadHeatmap();
+views.heatmap.onWindow = (windowMs) => { // a zoomed window matches no button
+  for (const b of $("heat-window").children) b.classList.toggle("active", Number(b.dataset.window) * 1000 === windowMs);
+};
 
 // --- streams ------------------------------------------------------------------------------------------
 function openFeed(path, reconnect) {
@@ -142,7 +199,10 @@ function openFeed(path, reconnect) {
     onState: (s) => {
       if (f !== feed) return;
       showConnection(s);
-      if (s === "open" && state.mode === "live") loadCandles(); // bars may have closed while we were away
+      if (s === "open" && state.mode === "live") { // history first (again after a reconnect: fills the gap)
+        loadCandles();
+        loadHeatmap();
+      }
     },
     onError: (text) => notify(text),
     reconnect,
@@ -176,6 +236,7 @@ function setSymbol(symbol) {
   if (feed) feed.setChannels(channels());
   loadCandles();
   loadTrades();
+  loadHeatmap();
 }
 
 function setTimeframe(tf) {
@@ -243,6 +304,7 @@ async function start() {
   }
   state.symbols = info.symbols;
   state.timeframes = info.timeframes;
+  state.bucketSizes = info.bucket_sizes || {};
   const wanted = (params.get("symbol") || "").toUpperCase();
   state.symbol = state.symbols.includes(wanted) ? wanted : state.symbols[0];
   if (!state.timeframes.includes(state.timeframe)) state.timeframe = state.timeframes.includes("1m") ? "1m" : state.timeframes[0];
@@ -259,10 +321,7 @@ async function start() {
     return b;
   }));
   for (const b of $("heat-window").children) {
-    b.addEventListener("click", () => {
-      for (const o of $("heat-window").children) o.classList.toggle("active", o === b);
-      views.heatmap.setWindow(Number(b.dataset.window));
-    });
+    b.addEventListener("click", () => views.heatmap.setWindow(Number(b.dataset.window)));
   }
   $("mode-live").addEventListener("click", () => setMode("live"));
   $("mode-replay").addEventListener("click", () => setMode("replay"));

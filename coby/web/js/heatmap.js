@@ -1,378 +1,308 @@
-// The Bookmap-style heatmap: time runs left to right, price bottom to top. Each heatmap message
-// (one per aggregation tick) adds a column of price buckets coloured by intensity; the best bid
-// and ask of the consolidated book are drawn as lines; trades as bubbles sized by volume.
-// Plain canvas: no charting library draws a rolling time x price image.
+// The Bookmap-style heatmap: time runs left to right, price bottom to top; each column is the
+// consolidated book at one moment in cells of the chosen resolution, coloured by size; the best
+// bid and ask as lines; trades as bubbles under them. History first: the app fills the window
+// from GET /api/v1/heatmap/{symbol}/history (setHistory), then live columns come from the
+// consolidated book (addBook), at the same resolution.
 //
-// Time is the data's own (envelope timestamps), not the wall clock, so a replay scrolls at its
-// own pace. The heatmap channel drives the clock: channels are ordered only within themselves, so
-// the consolidated book and trades may run a little ahead or behind it. A heatmap older than the
-// one before it means the stream went back in time (a replay seek): the picture starts afresh.
+// Time is the data's own, so a replay scrolls at its own pace; a book older than the last column
+// means the stream went back in time (a replay seek) and the picture starts afresh.
+// Zoom and pan: the wheel zooms time, shift+wheel (or the wheel over the price axis, or a pinch)
+// zooms price; dragging pans both and stops following the price; a double-click follows again.
 
-import { clock, decimalsFor, ms, niceStep, price, size, throttle } from "./format.js";
+import { GRADIENT, columnFromBook, resolutions, tickOf } from "./heatcolumns.js";
+import { AXIS_W, GAP_MS, cellAt, paint } from "./heatdraw.js";
+import { clock, decimalsFor, el, price, size, throttle } from "./format.js";
 
-const BG = "#0b0e14";
-const GRID = "rgba(255,255,255,0.06)";
-const AXIS_TEXT = "#8b93a7";
-const BID = "#26a69a";
-const ASK = "#ef5350";
 const MAX_WINDOW = 600_000;
-const MAX_TRADES = 6000;
-const AXIS_W = 64;
-const AXIS_H = 18;
-
-// intensity 0..1 -> colour: deep blue, blue, cyan, yellow, orange, white (Bookmap's palette family)
-const STOPS = [[0, [13, 27, 62]], [0.2, [21, 70, 160]], [0.4, [0, 160, 200]], [0.6, [120, 220, 120]],
-  [0.78, [255, 225, 60]], [0.92, [255, 120, 50]], [1, [255, 255, 255]]];
-const LUT = Array.from({ length: 256 }, (_, i) => {
-  const x = i / 255;
-  let k = 1;
-  while (k < STOPS.length - 1 && STOPS[k][0] < x) k += 1;
-  const [x0, c0] = STOPS[k - 1];
-  const [x1, c1] = STOPS[k];
-  const f = (x - x0) / (x1 - x0 || 1);
-  const c = c0.map((v, j) => Math.round(v + (c1[j] - v) * f));
-  return `rgb(${c[0]},${c[1]},${c[2]})`;
-});
+const MIN_WINDOW = 15_000;
+const MAX_TRADES = 20_000;
+const DEFAULT_ROWS = 60; // rows in view at the default resolution
+const DEFAULT_FRACTION = 0.1; // of the configured bucket
 
 export class HeatmapView {
-  constructor(canvas, tip) {
+  /** controls: {resolution, scale, minimum (select elements), ramp, scaleText, follow (button)} */
+  constructor(canvas, tip, controls) {
     this.canvas = canvas;
     this.tip = tip;
+    this.c = controls;
     this.ctx = canvas.getContext("2d");
     this.windowMs = 60_000;
+    this.scale = controls.scale.value;
+    this.minNotional = Number(controls.minimum.value);
+    this.onNeedHistory = () => {};
+    this.onWindow = () => {}; // the window changed (a button, the wheel, a pinch)
     this.schedule = throttle(() => this.draw(), 100);
+    controls.ramp.style.background = GRADIENT;
+    controls.scale.addEventListener("change", () => { this.scale = controls.scale.value; this.schedule(); });
+    controls.minimum.addEventListener("change", () => { this.minNotional = Number(controls.minimum.value); this.schedule(); });
+    controls.resolution.addEventListener("change", () => this.setResolution(Number(controls.resolution.value)));
+    controls.follow.addEventListener("click", () => this.setFollow(true));
     this.reset();
     new ResizeObserver(() => this.resize()).observe(canvas.parentElement);
-    canvas.addEventListener("mousemove", (ev) => this.hover(ev));
-    canvas.addEventListener("mouseleave", () => { this.tip.hidden = true; });
+    this._interactions();
     this.resize();
   }
 
+  /** A new symbol (or mode): everything goes, the resolution too. */
   reset() {
-    this.columns = []; // {t, bucket, points}
-    this.bbo = [];     // {t, bid, ask}
+    this.configured = null;
+    this.tick = null;
+    this.bucket = null;
+    this.span = null;
+    this.c.resolution.replaceChildren();
+    this.clear();
+  }
+
+  /** The picture goes, the settings stay (a new resolution, a replay seek). */
+  clear() {
+    this.columns = []; // {t, bids, asks, bid, ask}, oldest first
     this.trades = [];  // {t, price, size, side}
-    this.head = null;
-    this.interval = 500;
-    this.gaps = 0;
+    this.latest = null;
+    this.loading = false;
+    this.setFollow(true);
     this.canvas.dataset.columns = "0";
     this.schedule();
   }
 
-  setWindow(seconds) {
-    this.windowMs = Math.min(MAX_WINDOW, seconds * 1000);
+  setFollow(on) {
+    this.follow = on;
+    this.head = null;
+    this.centre = null;
+    this.c.follow.hidden = on;
     this.schedule();
   }
 
-  /** The right edge: the newest heatmap, or the newest book or trade up to 3 s past it. */
-  _advance(t) {
-    let head = this.head === null ? t : Math.max(this.head, t);
-    const last = this.columns.length ? this.columns[this.columns.length - 1].t : null;
-    if (last !== null) head = Math.min(head, last + 3000);
-    this.head = head;
+  /** The symbol's configured bucket (from the history route or the heatmap channel): sets the choices. */
+  setConfigured(bucket) {
+    if (!(bucket > 0) || bucket === this.configured) return;
+    this.configured = bucket;
+    this._options();
   }
 
-  addHeatmap(env) {
-    const d = env.data;
-    const t = ms(d.timestamp || env.ts);
-    if (t == null) return;
-    let prev = this.columns[this.columns.length - 1];
-    if (prev && t === prev.t) return; // a snapshot we already have
-    if (prev && t < prev.t) {
-      this.reset();
-      prev = undefined;
+  _options() {
+    const choices = resolutions(this.configured, this.tick);
+    if (this.bucket === null || !choices.includes(this.bucket)) {
+      const want = this.configured * DEFAULT_FRACTION;
+      this.bucket = choices.find((b) => b <= want * (1 + 1e-9)) || choices[choices.length - 1];
     }
-    // the tick interval, estimated from the gaps between columns; a much longer gap (a feed outage,
-    // a replay seek forward) is not one, and is drawn as a gap
-    if (prev) {
-      const gap = t - prev.t;
-      if (this.gaps < 3) { // the first three gaps set the scale (their smallest)
-        this.interval = Math.max(50, this.gaps ? Math.min(this.interval, gap) : Math.min(60_000, gap));
-      } else if (gap < 4 * this.interval) {
-        this.interval = Math.max(50, 0.8 * this.interval + 0.2 * gap);
-      }
-      this.gaps += 1;
+    this.c.resolution.replaceChildren(...choices.map((b) => el("option", { value: String(b),
+      text: price(b, decimalsFor(b)) })));
+    this.c.resolution.value = String(this.bucket);
+    this.canvas.dataset.bucket = String(this.bucket);
+  }
+
+  setResolution(bucket) {
+    if (bucket === this.bucket) return;
+    this.bucket = bucket;
+    this.c.resolution.value = String(bucket);
+    this.canvas.dataset.bucket = String(bucket);
+    const trades = this.trades;
+    this.clear();
+    this.trades = trades;
+    this.onNeedHistory();
+  }
+
+  setWindow(seconds) {
+    this.windowMs = Math.round(Math.min(MAX_WINDOW, Math.max(MIN_WINDOW, seconds * 1000)));
+    this.onWindow(this.windowMs);
+    if (this.columns.length && this.columns[0].t > (this.latest || 0) - this.windowMs + GAP_MS) {
+      clearTimeout(this.widen); // a wheel turn is many events: one load when it stops
+      this.widen = setTimeout(() => this.onNeedHistory(), 250);
     }
-    this.columns.push({ t, bucket: d.bucket_size, points: d.data });
-    this._advance(t);
+    this.schedule();
+  }
+
+  /** Stored columns (and trades) for the window: live ones newer than the history stay. */
+  setHistory(columns, trades) {
+    const lastT = columns.length ? columns[columns.length - 1].t : -Infinity;
+    this.columns = [...columns, ...this.columns.filter((c) => c.t > lastT)];
+    if (trades) {
+      const tradeT = trades.length ? trades[trades.length - 1].t : -Infinity;
+      this.trades = [...trades, ...this.trades.filter((t) => t.t > tradeT)];
+    }
+    if (this.columns.length) this.latest = Math.max(this.latest || 0, this.columns[this.columns.length - 1].t);
+    this.loading = false;
     this._trim();
-    this.canvas.dataset.columns = String(this.columns.length);
     this.schedule();
   }
 
   addBook(env) {
     const d = env.data;
-    const t = ms(d.timestamp || env.ts);
-    if (t == null) return;
-    const prev = this.bbo[this.bbo.length - 1];
-    if (prev && t <= prev.t) return;
-    this._advance(t);
-    this.bbo.push({ t, bid: d.best_bid, ask: d.best_ask });
+    const t = Date.parse(d.timestamp || env.ts);
+    if (!Number.isFinite(t)) return;
+    if (this.tick === null && this.configured) {
+      this.tick = tickOf(d);
+      if (this.tick) this._options();
+    }
+    if (this.bucket === null) return;
+    const prev = this.columns[this.columns.length - 1];
+    if (prev && t <= prev.t) {
+      if (t < prev.t - 2000) this.clear(); // time went back: a replay seek
+      else return;
+    }
+    this.columns.push(columnFromBook(t, d, this.bucket));
+    this.latest = Math.max(this.latest || 0, t);
+    this._trim();
     this.schedule();
   }
 
   addTrade(env) {
     const d = env.data;
-    const t = ms(d.timestamp);
-    if (t == null) return;
-    if (this.head !== null && t < this.head - MAX_WINDOW) return;
-    this._advance(t);
+    const t = Date.parse(d.timestamp);
+    if (!Number.isFinite(t) || (this.latest !== null && t < this.latest - MAX_WINDOW)) return;
     this.trades.push({ t, price: d.price, size: d.size, side: d.side });
     if (this.trades.length > MAX_TRADES) this.trades.splice(0, this.trades.length - MAX_TRADES);
     this.schedule();
   }
 
   _trim() {
-    const cut = this.head - MAX_WINDOW;
-    const drop = (arr) => {
-      let i = 0;
-      while (i < arr.length && arr[i].t < cut) i += 1;
-      if (i) arr.splice(0, i);
-    };
-    drop(this.columns);
-    drop(this.bbo);
-    drop(this.trades);
+    const cut = (this.latest || 0) - MAX_WINDOW - GAP_MS;
+    let i = 0;
+    while (i < this.columns.length && this.columns[i].t < cut) i += 1;
+    if (i) this.columns.splice(0, i);
+    this.canvas.dataset.columns = String(this.columns.length);
   }
 
   resize() {
     const box = this.canvas.parentElement.getBoundingClientRect();
     const dpr = window.devicePixelRatio || 1;
-    const w = Math.max(100, Math.floor(box.width));
-    const h = Math.max(100, Math.floor(box.height));
-    this.canvas.style.width = `${w}px`;
-    this.canvas.style.height = `${h}px`;
-    this.canvas.width = Math.floor(w * dpr);
-    this.canvas.height = Math.floor(h * dpr);
+    this.cssW = Math.max(100, Math.floor(box.width));
+    this.cssH = Math.max(100, Math.floor(box.height));
+    this.canvas.style.width = `${this.cssW}px`;
+    this.canvas.style.height = `${this.cssH}px`;
+    this.canvas.width = Math.floor(this.cssW * dpr);
+    this.canvas.height = Math.floor(this.cssH * dpr);
     this.dpr = dpr;
-    this.cssW = w;
-    this.cssH = h;
     this.draw();
   }
 
-  /** The visible price range: every bucket of the visible columns and the best bid and ask. */
-  _range(t0) {
+  /** The first picture sets the price span: DEFAULT_ROWS rows, or the best bid/ask's range in the window. */
+  _defaultSpan() {
+    if (this.span || !this.columns.length || this.bucket === null) return;
     let lo = Infinity;
     let hi = -Infinity;
-    let bucket = 0;
     for (const c of this.columns) {
-      if (c.t < t0) continue;
-      bucket = c.bucket;
-      for (const p of c.points) {
-        const bottom = p.side === "bid" ? p.price : p.price - c.bucket;
-        if (bottom < lo) lo = bottom;
-        if (bottom + c.bucket > hi) hi = bottom + c.bucket;
-      }
+      if (c.t < this.latest - this.windowMs) continue;
+      for (const p of [c.bid, c.ask]) if (p != null) { lo = Math.min(lo, p); hi = Math.max(hi, p); }
     }
-    for (const b of this.bbo) {
-      if (b.t < t0) continue;
-      for (const v of [b.bid, b.ask]) {
-        if (v == null) continue;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-      }
-    }
-    if (!Number.isFinite(lo)) return null;
-    const pad = bucket || (hi - lo) * 0.05 || 1;
-    const minSpan = (bucket || 1) * 10;
-    if (hi - lo < minSpan) {
-      const mid = (hi + lo) / 2;
-      lo = mid - minSpan / 2;
-      hi = mid + minSpan / 2;
-    }
-    return { lo: lo - pad, hi: hi + pad, bucket };
+    if (!Number.isFinite(lo)) return;
+    this.span = Math.max(DEFAULT_ROWS * this.bucket, 1.3 * (hi - lo));
   }
 
   draw() {
-    const { ctx, dpr } = this;
-    const W = this.cssW;
-    const H = this.cssH;
-    if (!W) return;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.fillStyle = BG;
-    ctx.fillRect(0, 0, W, H);
-    const pw = W - AXIS_W;
-    const ph = H - AXIS_H;
-    if (this.head === null || !this.columns.length) {
-      ctx.fillStyle = AXIS_TEXT;
-      ctx.font = "13px system-ui, sans-serif";
-      ctx.textAlign = "center";
-      ctx.fillText("waiting for the order book…", pw / 2, ph / 2);
+    if (!this.cssW) return;
+    this._defaultSpan();
+    this.vp = paint(this, this.ctx, this.cssW, this.cssH, this.dpr);
+    const ds = this.canvas.dataset;
+    if (!this.vp) {
+      ds.rows = "0";
       return;
     }
-    const head = this.head;
-    const t0 = head - this.windowMs;
-    const range = this._range(t0);
-    if (!range) return;
-    const { lo, hi } = range;
-    const x = (t) => pw - ((head - t) / this.windowMs) * pw;
-    const y = (p) => ph - ((p - lo) / (hi - lo)) * ph;
-    this.view = { head, t0, lo, hi, pw, ph, x, y };
-
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(0, 0, pw, ph);
-    ctx.clip();
-
-    // buckets: one rectangle per (column, bucket), snapped to device pixels so columns do not seam
-    const snap = (v) => Math.round(v * dpr) / dpr;
-    for (let i = 0; i < this.columns.length; i += 1) {
-      const c = this.columns[i];
-      const next = this.columns[i + 1];
-      const tEnd = next ? Math.min(next.t, c.t + 2 * this.interval) : c.t + this.interval;
-      if (tEnd < t0) continue;
-      const x0 = snap(x(c.t));
-      const x1 = Math.max(x0 + 1 / dpr, snap(x(tEnd)));
-      for (const p of c.points) {
-        const bottom = p.side === "bid" ? p.price : p.price - c.bucket;
-        const y0 = snap(y(bottom + c.bucket));
-        const y1 = snap(y(bottom));
-        ctx.fillStyle = LUT[Math.max(24, Math.min(255, Math.round(p.intensity * 255)))];
-        ctx.fillRect(x0, y0, x1 - x0, Math.max(1 / dpr, y1 - y0));
-      }
-    }
-
-    // trades: volume bubbles. Trades are summed per (time slot, price step, side) - slots of
-    // 1/150 of the window, steps of a tenth of a bucket - so each bubble is where volume traded,
-    // its area following the volume relative to the large ones in view.
-    const slot = this.windowMs / 150;
-    const step = (range.bucket || (hi - lo) / 100) / 10;
-    const cells = new Map();
-    for (const tr of this.trades) {
-      if (tr.t < t0) continue;
-      const key = `${Math.floor(tr.t / slot)}|${Math.round(tr.price / step)}|${tr.side}`;
-      const c = cells.get(key);
-      if (c) {
-        c.size += tr.size;
-        c.pv += tr.price * tr.size;
-        c.tv += tr.t * tr.size;
-      } else {
-        cells.set(key, { size: tr.size, pv: tr.price * tr.size, tv: tr.t * tr.size, side: tr.side });
-      }
-    }
-    const bubbles = [...cells.values()].filter((c) => c.size > 0);
-    if (bubbles.length) {
-      const sizes = bubbles.map((c) => c.size).sort((a, b) => a - b);
-      const big = sizes[Math.floor(sizes.length * 0.98)] || sizes[sizes.length - 1];
-      ctx.lineWidth = 1;
-      for (const c of bubbles) {
-        const r = 1.5 + 9 * Math.sqrt(Math.min(1.5, c.size / big));
-        ctx.beginPath();
-        ctx.arc(x(c.tv / c.size), y(c.pv / c.size), r, 0, Math.PI * 2);
-        ctx.fillStyle = c.side === "buy" ? "rgba(38,166,154,0.45)" : "rgba(239,83,80,0.45)";
-        ctx.strokeStyle = c.side === "buy" ? "rgba(160,255,240,0.7)" : "rgba(255,190,190,0.7)";
-        ctx.fill();
-        ctx.stroke();
-      }
-    }
-    // best bid and ask as step lines, on top
-    for (const [key, colour] of [["bid", BID], ["ask", ASK]]) {
-      ctx.strokeStyle = colour;
-      ctx.lineWidth = 1.5;
-      ctx.beginPath();
-      let lastY = null;
-      let lastT = null;
-      for (const b of this.bbo) {
-        const v = b[key];
-        if (v == null || b.t < t0 - 5000) continue;
-        const px = x(b.t);
-        const py = y(v);
-        if (lastY === null || b.t - lastT > 4 * this.interval) { // the first point, or after a gap
-          if (lastY !== null) ctx.lineTo(x(lastT + this.interval), lastY);
-          ctx.moveTo(px, py);
-        } else {
-          ctx.lineTo(px, lastY);
-          ctx.lineTo(px, py);
-        }
-        lastY = py;
-        lastT = b.t;
-      }
-      const started = lastY !== null;
-      if (started) ctx.lineTo(pw, lastY);
-      ctx.stroke();
-    }
-
-    ctx.restore();
-    this._axes(range, pw, ph, W, H, x, y, t0, head);
+    const { lo, hi, rows, ref, left } = this.vp;
+    Object.assign(ds, { rows: String(rows), lo: String(lo), hi: String(hi), painted: (1 - left).toFixed(3),
+      windowMs: String(this.windowMs), bubbles: String(this.bubbles || 0), follow: String(this.follow) });
+    const text = `${this.scale} · full colour ≥ ${size(ref)}`;
+    if (this.c.scaleText.textContent !== text) this.c.scaleText.textContent = text;
   }
 
-  _axes(range, pw, ph, W, H, x, y, t0, head) {
-    const { ctx } = this;
-    const { lo, hi } = range;
-    ctx.font = "11px ui-monospace, SFMono-Regular, Menlo, monospace";
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "left";
-    const step = niceStep((hi - lo) / Math.max(3, Math.floor(ph / 45)));
-    const dec = decimalsFor(step);
-    ctx.strokeStyle = GRID;
-    ctx.lineWidth = 1;
-    for (let p = Math.ceil(lo / step) * step; p <= hi; p += step) {
-      const py = Math.round(y(p)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(0, py);
-      ctx.lineTo(pw, py);
-      ctx.stroke();
-      ctx.fillStyle = AXIS_TEXT;
-      ctx.fillText(price(p, dec), pw + 6, py);
-    }
-    // the latest best bid and ask, labelled on the axis
-    const last = this.bbo[this.bbo.length - 1];
-    const bookDec = Math.max(dec, decimalsFor(range.bucket / 100));
-    if (last) {
-      for (const [v, colour] of [[last.ask, ASK], [last.bid, BID]]) {
-        if (v == null || v < lo || v > hi) continue;
-        const py = y(v);
-        ctx.fillStyle = colour;
-        ctx.fillRect(pw + 1, py - 8, AXIS_W - 1, 16);
-        ctx.fillStyle = "#0b0e14";
-        ctx.fillText(price(v, bookDec), pw + 4, py);
+  // --- zoom, pan, hover -----------------------------------------------------------------------------
+  _fix() { // leave following: the view stays where it is
+    if (!this.follow || !this.vp) return;
+    this.follow = false;
+    this.head = this.vp.head;
+    this.centre = this.vp.centre;
+    this.c.follow.hidden = false;
+  }
+
+  zoomPrice(factor, atY) {
+    if (!this.vp || !this.span) return;
+    const { lo, hi, ph } = this.vp;
+    const p = atY == null ? (lo + hi) / 2 : lo + ((ph - atY) / ph) * (hi - lo);
+    const span = Math.min(2000 * this.bucket, Math.max(4 * this.bucket, this.span * factor));
+    if (!this.follow) this.centre = p - (p - this.vp.centre) * (span / this.span);
+    this.span = span;
+    this.schedule();
+  }
+
+  zoomTime(factor) {
+    this.setWindow((this.windowMs * factor) / 1000);
+  }
+
+  _interactions() {
+    const cv = this.canvas;
+    cv.style.touchAction = "none";
+    cv.addEventListener("wheel", (ev) => {
+      ev.preventDefault();
+      const r = cv.getBoundingClientRect();
+      const factor = Math.exp(Math.sign(ev.deltaY) * Math.min(0.5, Math.abs(ev.deltaY) / 400));
+      if (ev.shiftKey || ev.ctrlKey || ev.clientX - r.left > this.cssW - AXIS_W) this.zoomPrice(factor, ev.clientY - r.top);
+      else this.zoomTime(factor);
+    }, { passive: false });
+    const pointers = new Map();
+    let pinch = null;
+    cv.addEventListener("pointerdown", (ev) => {
+      cv.setPointerCapture(ev.pointerId);
+      pointers.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
+      if (pointers.size === 2) {
+        const [a, b] = [...pointers.values()];
+        pinch = { dy: Math.max(20, Math.abs(a.y - b.y)), dx: Math.max(20, Math.abs(a.x - b.x)), span: this.span,
+          window: this.windowMs };
       }
-    }
-    // time axis (UTC)
-    const secs = this.windowMs / 1000;
-    const tStep = [5, 10, 15, 30, 60, 120, 300].find((s) => secs / s <= Math.max(3, pw / 110)) || 600;
-    ctx.textAlign = "center";
-    ctx.textBaseline = "top";
-    for (let t = Math.ceil(t0 / (tStep * 1000)) * tStep * 1000; t <= head; t += tStep * 1000) {
-      const px = Math.round(x(t)) + 0.5;
-      ctx.strokeStyle = GRID;
-      ctx.beginPath();
-      ctx.moveTo(px, 0);
-      ctx.lineTo(px, ph);
-      ctx.stroke();
-      ctx.fillStyle = AXIS_TEXT;
-      if (px > 24 && px < pw - 24) ctx.fillText(clock(t), px, ph + 3);
-    }
-    ctx.strokeStyle = "rgba(255,255,255,0.15)";
-    ctx.strokeRect(0.5, 0.5, pw - 1, ph - 1);
+    });
+    cv.addEventListener("pointermove", (ev) => {
+      const prev = pointers.get(ev.pointerId);
+      if (!prev) return this.hover(ev);
+      const now = { x: ev.clientX, y: ev.clientY };
+      pointers.set(ev.pointerId, now);
+      if (pointers.size === 2 && pinch) {
+        const [a, b] = [...pointers.values()];
+        this.span = pinch.span * (pinch.dy / Math.max(20, Math.abs(a.y - b.y)));
+        this.setWindow((pinch.window * (pinch.dx / Math.max(20, Math.abs(a.x - b.x)))) / 1000);
+        return undefined;
+      }
+      if (pointers.size !== 1 || !this.vp) return undefined;
+      this._fix();
+      this.head -= ((now.x - prev.x) / this.vp.pw) * this.windowMs;
+      this.head = Math.min(this.latest, Math.max(this.latest - MAX_WINDOW + this.windowMs / 2, this.head));
+      this.centre += ((now.y - prev.y) / this.vp.ph) * (this.vp.hi - this.vp.lo);
+      this.tip.hidden = true;
+      this.schedule();
+      return undefined;
+    });
+    const up = (ev) => {
+      pointers.delete(ev.pointerId);
+      if (pointers.size < 2) pinch = null;
+    };
+    cv.addEventListener("pointerup", up);
+    cv.addEventListener("pointercancel", up);
+    cv.addEventListener("dblclick", () => this.setFollow(true));
+    cv.addEventListener("mouseleave", () => { this.tip.hidden = true; });
   }
 
   hover(ev) {
-    const v = this.view;
-    if (!v) return;
+    const vp = this.vp;
+    if (!vp) return;
     const r = this.canvas.getBoundingClientRect();
     const px = ev.clientX - r.left;
     const py = ev.clientY - r.top;
-    if (px > v.pw || py > v.ph) {
+    if (px > vp.pw || py > vp.ph) {
       this.tip.hidden = true;
       return;
     }
-    const t = v.head - ((v.pw - px) / v.pw) * this.windowMs;
-    const p = v.lo + ((v.ph - py) / v.ph) * (v.hi - v.lo);
-    let col = null;
-    for (const c of this.columns) if (c.t <= t) col = c; else break;
-    let cell = null;
-    if (col) {
-      for (const q of col.points) {
-        const bottom = q.side === "bid" ? q.price : q.price - col.bucket;
-        if (p >= bottom && p < bottom + col.bucket) cell = q;
-      }
+    const { t, p, cell, side } = cellAt(this, vp, px, py);
+    const b = this.bucket;
+    const dec = decimalsFor(b);
+    const lines = [`${clock(t)}  ${price(p, Math.max(dec, decimalsFor((vp.hi - vp.lo) / 500)))}`];
+    if (cell) {
+      const [bottom, top] = side === "bid" ? [cell[0], cell[0] + b] : [cell[0] - b, cell[0]];
+      lines.push(`${side} ${price(bottom, dec)} – ${price(top, dec)}: ${size(cell[1])} on ${cell[2]} venue${cell[2] === 1 ? "" : "s"}`);
+      const venues = Object.entries(cell[3] || {}).sort((x, y) => y[1] - x[1]);
+      for (const [v, s] of venues.slice(0, 6)) lines.push(`  ${v} ${size(s)}`);
+      if (venues.length > 6) lines.push(`  … ${venues.length - 6} more`);
     }
-    const dec = decimalsFor((v.hi - v.lo) / 500);
-    this.tip.textContent = `${clock(t)}  ${price(p, dec)}` + (cell
-      ? `\n${cell.side} ${price(cell.price, decimalsFor(col.bucket))}: ${size(cell.volume)} on ${cell.exchange_count} venue${cell.exchange_count === 1 ? "" : "s"}`
-      : "");
+    this.tip.textContent = lines.join("\n");
     this.tip.hidden = false;
-    this.tip.style.left = `${Math.min(px + 12, v.pw - 180)}px`;
-    this.tip.style.top = `${Math.max(0, py - 40)}px`;
+    this.tip.style.left = `${Math.max(0, Math.min(px + 12, vp.pw - 220))}px`;
+    this.tip.style.top = `${Math.max(0, Math.min(py - 40, vp.ph - 20 * lines.length))}px`;
   }
 }

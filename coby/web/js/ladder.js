@@ -100,12 +100,20 @@ export class LadderView {
     };
     for (const lv of [...asks].reverse()) this.body.append(row(lv, "ask"));
     const spread = b.best_ask != null && b.best_bid != null ? b.best_ask - b.best_bid : null;
-    this.body.append(el("div", { class: `lrow spread${b.crossed ? " crossed" : ""}` },
-      el("span", { class: "lp", text: spread == null ? "—" : b.crossed ? "crossed" : "spread" }),
-      el("span", { class: "ls", text: spread == null ? "" : price(Math.abs(spread), Math.max(dec, 1)) }),
-      el("span", { class: "lnote", text: b.crossed
-        ? `${b.best_bid_exchange} bid ≥ ${b.best_ask_exchange} ask`
-        : `${b.best_bid_exchange || "—"} / ${b.best_ask_exchange || "—"}` })));
+    const gap = spread == null ? "" : price(Math.abs(spread), Math.max(dec, 1));
+    if (b.crossed) { // a compact badge; the venues and the amount in its tooltip, so nothing is cut
+      const why = `crossed by ${gap}: ${b.best_bid_exchange} bid ${price(b.best_bid, dec)} ≥ `
+        + `${b.best_ask_exchange} ask ${price(b.best_ask, dec)}`;
+      this.body.append(el("div", { class: "lrow spread crossed", title: why },
+        el("span", { class: "lp" }, el("span", { class: "crossed-badge", title: why, text: "crossed" })),
+        el("span", { class: "ls", text: gap }),
+        el("span", { class: "lnote", text: `${b.best_bid_exchange} ≥ ${b.best_ask_exchange}` })));
+    } else {
+      this.body.append(el("div", { class: "lrow spread" },
+        el("span", { class: "lp", text: spread == null ? "—" : "spread" }),
+        el("span", { class: "ls", text: gap }),
+        el("span", { class: "lnote", text: `${b.best_bid_exchange || "—"} / ${b.best_ask_exchange || "—"}` })));
+    }
     for (const lv of bids) this.body.append(row(lv, "bid"));
 
     this.flags.replaceChildren();

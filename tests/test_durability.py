@@ -247,6 +247,17 @@ async def test_old_spill_file_with_a_truncated_line_is_imported(pg_url, tmp_path
     assert not list(spill.glob("*"))
 
 
+def fill(path: Path) -> None:
+    """Write ``path`` until its disk is full."""
+    with path.open("wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MB tmpfs (root only); skipped where mounting is not allowed."""
@@ -272,13 +283,7 @@ async def test_full_disk_counts_every_lost_row_and_ready_says_why(pg_url, tmp_pa
     try:
         await asyncio.sleep(1)
         filler = small_disk / "filler"
-        with filler.open("wb") as fh:  # fill the disk
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        fill(filler)
         for _ in range(100):
             if not st.ready()[0]:
                 break
@@ -495,13 +500,7 @@ async def test_sqlite_on_a_full_disk_keeps_its_real_error_and_the_rows(tmp_path,
         await st.store_trades([trade(i) for i in range(100)])
         await flushed(st)
         filler = small_disk / "filler"
-        with filler.open("wb") as fh:
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        fill(filler)
         await st.store_trades([trade(i) for i in range(100, 20_100)])
         for _ in range(100):
             if not st.ready()[0]:
@@ -614,13 +613,7 @@ async def test_full_disk_under_a_live_daemon_keeps_the_live_channels_flowing(pg_
         await asyncio.sleep(3)
         drain()
         filler = small_disk / "filler"
-        with filler.open("wb") as fh:
-            try:
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
-            except OSError:
-                pass
+        fill(filler)
         await asyncio.sleep(4)
         during = drain()
         async with aiohttp.ClientSession() as s:

@@ -147,10 +147,12 @@ def _binance_urls(ex: Any, http: str, ws: str) -> None:
 
 def _okx_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"] = f"{ws}/okx/ws/v5"
+    ex.urls["api"]["rest"] = f"{http}/okx"
 
 
 def _bybit_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["public"]["spot"] = f"{ws}/bybit/v5/public/spot"  # 'spot' in the url selects spot
+    ex.urls["api"]["public"] = f"{http}/bybit"
 
 
 def _kraken_urls(ex: Any, http: str, ws: str) -> None:
@@ -159,6 +161,7 @@ def _kraken_urls(ex: Any, http: str, ws: str) -> None:
 
 def _coinbase_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"] = f"{ws}/coinbase/ws"
+    ex.urls["api"]["rest"] = f"{http}/coinbase"
 
 
 def _htx_urls(ex: Any, http: str, ws: str) -> None:

@@ -30,6 +30,7 @@ by :class:`Backfill` and cancelled by ``aclose()``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable
@@ -148,7 +149,8 @@ class Backfill:
         if self._closed:
             coro.close()
             return
-        task = asyncio.ensure_future(coro)
+        # a context of its own: not the connector task's (its stream and feed are bound in it)
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

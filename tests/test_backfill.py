@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
 from coby.daemon import Daemon
-from coby.models import OHLCVBar
+from coby.models import utc_from_ms
 from coby.ohlcv import OHLCVBuilder
 from coby.simulator.venues._ids import uuid_id
 from tests.conftest import make_settings
@@ -73,6 +74,25 @@ def _assert_equal_to_simulator(d: Daemon, exchange: str, stored: list) -> None:
     assert not missing, f"{exchange}: {len(missing)} of {len(made)} trades missing"
 
 
+async def _assert_bars_recomputed(d: Daemon, exchange: str, stored: list, lo_ms: int, hi_ms: int) -> None:
+    """The stored 1 s bars of [lo_ms, hi_ms] equal bars recomputed from the stored trades (in trade order)."""
+    order = {_wire_id(exchange, t): t.trade_id for t in d.simulator.market(exchange, SYMBOL).trades}
+    builder = OHLCVBuilder(timeframes=("1s",), grace=0.0, consolidated=False)
+    for t in sorted(stored, key=lambda t: (t.timestamp, order[t.trade_id])):
+        builder.add(t)
+    want = {b.timestamp: b for b in builder.advance(utc_from_ms(hi_ms + 3_600_000))
+            if lo_ms <= b.timestamp.timestamp() * 1000 <= hi_ms}
+    assert want, "no bars in the gap"
+    await d.storage.flush()
+    got = {b.timestamp: b for b in await d.storage.get_ohlcv(SYMBOL, "1s", utc_from_ms(lo_ms),
+                                                              utc_from_ms(hi_ms + 1), exchange=exchange)}
+    assert sorted(got) == sorted(want)
+    for ts, w in want.items():
+        g = got[ts]
+        assert (g.open, g.high, g.low, g.close, g.trade_count) == (w.open, w.high, w.low, w.close, w.trade_count), ts
+        assert g.volume == pytest.approx(w.volume, rel=1e-9), ts
+
+
 @pytest.mark.parametrize("exchange", ["binance", "okx", "bybit"])
 async def test_a_dropped_trade_stream_is_filled_from_history_closed(tmp_path, exchange):
     """After the venue drops every connection (trades made meanwhile never sent), the stored trades of the
@@ -95,5 +115,62 @@ async def test_a_dropped_trade_stream_is_filled_from_history_closed(tmp_path, ex
         assert recovered > 0, events[0].detail
         _assert_equal_to_simulator(d, exchange, await _stored(d, exchange))
         assert d.backfill.status()[exchange] == {"closed": 1, "narrowed": 0, "trades": recovered}
+        start, end = (datetime.fromisoformat(x.rstrip(";")) for x in events[0].detail.split()[4:7:2])
+        await asyncio.sleep(1.5)  # the repaired 1 s bars are stored by the next ticks
+        await _assert_bars_recomputed(d, exchange, await _stored(d, exchange),
+                                      round(start.timestamp() * 1000) // 1000 * 1000, round(end.timestamp() * 1000))
+    finally:
+        await d.stop()
+
+
+async def test_a_venue_whose_history_is_too_short_narrows_the_gap_with_the_count(tmp_path):
+    """bybit serves only its latest trades: made to keep 20, a gap of ~40 trades is narrowed - the newest
+    of the missed trades are recovered (counted in the event), nothing is stored twice, and /metrics and
+    status count a narrowed gap."""
+    d = await _daemon(tmp_path, ["bybit"])
+    try:
+        d.simulator.venues["bybit"].history_depth = 20
+        await _until(lambda: _has_trades(d, ["bybit"]), 20, "first trades")
+        d.simulator.venues["bybit"].faults.stall(1.5)
+        await asyncio.sleep(1.5)
+        await d.simulator.inject("bybit", "drop")
+        await _until(lambda: _gap_events(d, "bybit"), 20, "the gap's outcome")
+        [event] = await _gap_events(d, "bybit")
+        assert event.event == "gap_narrowed", event
+        assert "does not reach back" in event.detail
+        recovered = int(event.detail.split()[1])
+        assert 0 < recovered <= 20
+        stored = await _stored(d, "bybit")
+        assert len({t.trade_id for t in stored}) == len(stored)
+        assert d.backfill.status()["bybit"] == {"closed": 0, "narrowed": 1, "trades": recovered}
+        from coby.metrics import REGISTRY
+        assert REGISTRY.get_sample_value("coby_backfill_gaps_total", {"exchange": "bybit", "outcome": "narrowed"}) >= 1
+    finally:
+        await d.stop()
+
+
+async def test_a_429_slows_the_fill_and_never_trips_the_live_circuit(tmp_path):
+    """With the venue's REST limit exhausted, its history answers 429 to the first requests: the fill waits
+    and asks again (slower), still closes the gap, and the live trade stream's circuit stays closed."""
+    d = await _daemon(tmp_path, ["okx"], circuit_failures=2)  # the drop is one failure; 429s would be more
+    try:
+        await _until(lambda: _has_trades(d, ["okx"]), 20, "first trades")
+        limit = d.simulator.venues["okx"].rest_limit
+        limit.set(0.4, 1)
+        limit.take()  # the bucket is empty: the next request is refused, and the one ~1 s later too
+        d.simulator.venues["okx"].faults.stall(1.0)
+        await asyncio.sleep(1.0)
+        began = time.monotonic()
+        await d.simulator.inject("okx", "drop")
+        await _until(lambda: _gap_events(d, "okx"), 30, "the gap's outcome")
+        took = time.monotonic() - began
+        [event] = await _gap_events(d, "okx")
+        assert event.event == "gap_closed", event
+        assert limit.refused >= 1 and took >= 1.0
+        status = d.connectors["okx"].get_connection_status()
+        assert status.circuits == {"book": "closed", "trades": "closed"}
+        events = await d.storage.get_connection_events(exchange="okx")
+        assert not [e for e in events if e.event == "circuit_open"]
+        _assert_equal_to_simulator(d, "okx", await _stored(d, "okx"))
     finally:
         await d.stop()

@@ -7,9 +7,10 @@ Data flow::
         DataProcessor) ─► dedupe by trade id (live + stored) ─► Pipeline.on_backfill (store, publish with
         ``"backfill": true``, fold into OHLCV bars) ─► a ``gap_closed`` / ``gap_narrowed`` ConnectionEvent
 
-When: a trade stream's ``connected`` event (a daemon start: the gap since the last stored trade) and
-``resynced`` event (after every reconnect, resync, stall recovery, or circuit close) mark the market
-as waiting; the next live trade of that market is the gap's upper end. The lower end is the last trade
+When: whenever a trade stream delivers again (``ExchangeConnector.add_resume_callback``): its first
+trades (a daemon start: the gap since the last stored trade), after every reconnect, resync, stall
+recovery or circuit close, and after quiet trades were resubscribed (reported only if trades were
+missed) - the next live trade of that market is the gap's upper end. The lower end is the last trade
 seen live before the gap, or at a start the last trade stored for the market. Every trade stamped
 between the two whose id was neither seen live nor stored is recovered.
 
@@ -98,7 +99,7 @@ class Backfill:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._last: dict[tuple[str, str], Mark] = {}
         self._live: dict[tuple[str, str], tuple[set[str], deque[str]]] = {}
-        self._waiting: dict[tuple[str, str], Any] = {}  # market -> lower end (a Mark, _STORED or None)
+        self._waiting: dict[tuple[str, str], tuple[Any, bool]] = {}  # market -> (lower end: a Mark or _STORED, quiet)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, dict[str, int]] = {}
         self._closed = False
@@ -113,6 +114,7 @@ class Backfill:
         self._connectors[connector.exchange] = connector
         self.counts[connector.exchange] = {CLOSED: 0, NARROWED: 0, "trades": 0}
         connector.add_data_callback(self.observe)
+        connector.add_resume_callback(self.resumed)
 
     def status(self) -> dict[str, dict[str, int]]:
         """Per venue: gaps closed, gaps narrowed, trades recovered."""
@@ -133,17 +135,17 @@ class Backfill:
             ids[0].add(mark.id)
             ids[1].append(mark.id)
             if key in self._waiting:
-                lower = self._waiting[key]
-                if lower is _STORED or lower is None or mark.ts >= lower.ts:  # not an old trade resent on subscribe
+                lower, quiet = self._waiting[key]
+                if lower is _STORED or mark.ts >= lower.ts:  # not an old trade resent on subscribe
                     del self._waiting[key]
-                    if lower is not None:
-                        self._spawn(self._fill(key, lower, mark))
+                    self._spawn(self._fill(key, lower, mark, quiet))
             self._last[key] = mark
-        elif isinstance(event, ConnectionEvent) and event.symbol and event.detail.startswith("trades") and \
-                event.event in (ConnectionEventKind.CONNECTED.value, ConnectionEventKind.RESYNCED.value):
-            key = (event.exchange, event.symbol)
-            self._waiting[key] = _STORED if event.event == ConnectionEventKind.CONNECTED.value \
-                else self._last.get(key, _STORED)
+
+    def resumed(self, exchange: str, symbol: str, first: bool, quiet: bool) -> None:
+        """A trade stream delivers again (the connector calls this before emitting those trades): its next
+        trade is the upper end of a gap whose lower end is the last trade seen (at a start: the last stored)."""
+        key = (exchange, symbol)
+        self._waiting[key] = (_STORED if first else self._last.get(key, _STORED), quiet)
 
     def _spawn(self, coro: Any) -> None:
         if self._closed:
@@ -156,7 +158,7 @@ class Backfill:
 
     # ------------------------------------------------------------------------------------ a fill
 
-    async def _fill(self, key: tuple[str, str], lower: Any, upper: Mark) -> None:
+    async def _fill(self, key: tuple[str, str], lower: Any, upper: Mark, quiet: bool = False) -> None:
         exchange, symbol = key
         limit = self._limits.setdefault(exchange, asyncio.Semaphore(PER_VENUE))
         async with limit:
@@ -173,6 +175,8 @@ class Backfill:
                 except Exception as exc:  # noqa: BLE001 - a fill that fails is reported, never fatal
                     log.exception("backfill_failed")
                     recovered, outcome, reason = 0, NARROWED, f"failed: {exc!r}"[:200]
+            if quiet and outcome == CLOSED and not recovered:
+                return  # quiet trades resubscribed, and nothing was missed: a quiet market, not a gap
             await self._report(exchange, symbol, lower, upper, recovered, outcome, reason,
                                time.monotonic() - started)
 

@@ -17,7 +17,7 @@ between the two whose id was neither seen live nor stored is recovered.
 Paging (:data:`PAGING`, one row per venue): ``since`` - forward by time from the lower end (binance);
 ``window`` - newest first within [lower, upper], backwards by time (coinbase); ``before_id`` - newest
 first, backwards by trade id (okx's history-trades); ``latest`` - the latest page only, no paging
-(bybit keeps the last 1000). The outcome is **closed** when the fetched history reaches back to the
+(bybit keeps the last 1000); kraken and bitfinex page forward by time, gate backwards by id. The outcome is **closed** when the fetched history reaches back to the
 lower end (it holds that trade, or an older one), else **narrowed** with the reason: the venue keeps
 too little history, the gap is longer than ``backfill_max_gap``, or the fetch failed.
 
@@ -61,13 +61,20 @@ class Paging:
     mode: str  # since | window | before_id | latest
     limit: int  # the venue's largest page
     params: dict[str, Any] | None = None  # extra ccxt params (the method ccxt must call)
+    cursor: str = "after"  # before_id: the parameter naming the id to page back from
+    numbered: bool = True  # trade ids are numbers in trade order (bybit's are UUIDs)
 
 
+# Venues not listed have no history coby can page through and dedupe by id: htx and kucoin serve the
+# latest trades only, under ids their WebSocket does not use; mexc's aggTrades carry no id.
 PAGING: dict[str, Paging] = {
     "binance": Paging("since", 1000),
     "okx": Paging("before_id", 100, {"method": "publicGetMarketHistoryTrades"}),
-    "bybit": Paging("latest", 1000),
+    "bybit": Paging("latest", 1000, numbered=False),
     "coinbase": Paging("window", 1000),
+    "kraken": Paging("since", 1000),
+    "bitfinex": Paging("since", 10_000),
+    "gate": Paging("before_id", 1000, {"reverse": "true"}, cursor="last_id"),
 }
 
 
@@ -203,7 +210,6 @@ class Backfill:
         skip = set(seen) | {lower.id} | await self._stored_ids(exchange, symbol, lower, upper)
         wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
                   and lower.ts <= r["timestamp"] <= upper.ts]
-        wanted.sort(key=lambda r: r["timestamp"])
         trades = self._connectors[exchange].processor.process_trades(wanted, exchange, symbol) if wanted else []
         for t in trades:
             seen.add(t.trade_id)
@@ -217,6 +223,7 @@ class Backfill:
         unified = self._connectors[exchange].symbol_map.unified(exchange, symbol)
         params = dict(paging.params or {})
         got: dict[str, dict] = {}
+        pages: list[list[dict]] = []
 
         def reached() -> bool:
             return lower.id in got or any(r["timestamp"] < lower.ts for r in got.values())
@@ -230,11 +237,12 @@ class Backfill:
                 page = await self._page(exchange, unified, lower.ts, paging.limit, {**params, "until": until + 1000})
             elif paging.mode == "before_id":
                 page = await self._page(exchange, unified, None, paging.limit,
-                                        {**params, "after": cursor_id} if cursor_id else params)
+                                        {**params, paging.cursor: cursor_id} if cursor_id else params)
             else:
                 page = await self._page(exchange, unified, None, paging.limit, params)
             new = [r for r in page if r.get("id") is not None and str(r["id"]) not in got]
             got.update((str(r["id"]), r) for r in new)
+            pages.append(new)
             if not page or not new or len(page) < paging.limit or paging.mode == "latest":
                 break
             if paging.mode == "since":
@@ -247,7 +255,15 @@ class Backfill:
                 if reached() or oldest["timestamp"] < lower.ts:
                     break
                 until, cursor_id = oldest["timestamp"], str(oldest["id"])
-        return list(got.values()), reached()
+        # In trade order (trades of one millisecond too: OHLCV's open and close depend on it): by id where ids
+        # are numbers; else ccxt's order, which sorts a page by time stably, keeping the venue's newest-first
+        # order within a millisecond - undone by reversing (pages and trades) before a stable sort.
+        ordered = [r for page in reversed(pages) for r in reversed(page)]
+        if paging.numbered:
+            ordered.sort(key=lambda r: (r["timestamp"], int(r["id"])))
+        else:
+            ordered.sort(key=lambda r: r["timestamp"])
+        return ordered, reached()
 
     async def _page(self, exchange: str, unified: str, since: int | None, limit: int, params: dict) -> list[dict]:
         """One request; a 429 waits (doubling from 1 s) and asks again, so the venue's limit slows the fill."""

@@ -157,6 +157,7 @@ def _bybit_urls(ex: Any, http: str, ws: str) -> None:
 
 def _kraken_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["publicV2"] = f"{ws}/kraken/v2"  # 'v2' in the url selects the v2 ping
+    ex.urls["api"]["public"] = f"{http}/kraken"
 
 
 def _coinbase_urls(ex: Any, http: str, ws: str) -> None:
@@ -176,10 +177,12 @@ def _kucoin_urls(ex: Any, http: str, ws: str) -> None:
 
 def _gate_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["spot"] = f"{ws}/gate/ws/v4/"
+    ex.urls["api"]["public"]["spot"] = f"{http}/gate/api/v4"
 
 
 def _bitfinex_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["public"] = f"{ws}/bitfinex/ws/2"
+    ex.urls["api"]["public"] = f"{http}/bitfinex"
 
 
 def _mexc_urls(ex: Any, http: str, ws: str) -> None:

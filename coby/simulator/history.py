@@ -13,13 +13,21 @@ okx        ``GET /api/v5/market/trades`` (latest N),       id, newest   500 / 10
 bybit      ``GET /v5/market/recent-trade``                 latest only  1000         last 1000
 coinbase   ``GET /api/v3/brokerage/market/products/        time, newest 1000         all kept
            {id}/ticker``                                   first
+kraken     ``GET /0/public/Trades``                        time         1000         all kept
+bitfinex   ``GET /v2/trades/{symbol}/hist``                time         10000        all kept
+gate       ``GET /api/v4/spot/trades``                     id, newest   1000         all kept
+                                                           first
 =========  ==============================================  ===========  ===========  =========
+
+htx, kucoin and mexc serve no history here yet (their real routes give the latest trades only, under ids
+their WebSocket does not send, or no id at all; see :mod:`coby.backfill`).
 
 ``depth`` is what the venue keeps (:attr:`Venue.history_depth`, None: everything the market
 recorded); tests make it shorter to show a gap the venue cannot close. Each venue's REST
 routes share one :class:`RestLimit` (a token bucket: ``rate`` requests a second, ``burst`` at
 once); a request over it is answered the venue's way for "too many requests" (binance and
-coinbase HTTP 429, okx HTTP 429 with code 50011, bybit retCode 10006), and counted in
+coinbase, gate and bitfinex HTTP 429, okx HTTP 429 with code 50011, bybit retCode 10006, kraken
+``EAPI:Rate limit exceeded``), and counted in
 :attr:`RestLimit.refused`.
 """
 

@@ -53,6 +53,7 @@ PER_VENUE = 2  # fills of one venue at once
 LIVE_IDS = 5_000  # trade ids remembered per market, to tell a fetched trade from one that came live
 MAX_PAGES = 200  # a bound on one fill's requests, whatever the venue answers
 RETRIES = 6  # 429s in a row on one page before the fill gives up (narrowed)
+HAND_ON = 500  # fetched trades handed to the pipeline at once
 CLOSED, NARROWED = "closed", "narrowed"
 
 
@@ -213,8 +214,9 @@ class Backfill:
         trades = self._connectors[exchange].processor.process_trades(wanted, exchange, symbol) if wanted else []
         for t in trades:
             seen.add(t.trade_id)
-        if trades:
-            await self.pipeline.on_backfill(trades)
+        for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first
+            await self.pipeline.on_backfill(trades[i:i + HAND_ON])
+            await asyncio.sleep(0)
         return len(trades), CLOSED if reached and not reason else NARROWED, reason
 
     async def _fetch(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> tuple[list[dict], bool]:

@@ -272,3 +272,15 @@ async def test_kill_9_and_a_restart_later_fill_the_downtime_from_the_last_stored
             assert all(e.event == "gap_closed" and int(e.detail.split()[1]) > 40 for e in events), events
         finally:
             await storage.aclose()
+
+
+def test_the_backfill_setting_chooses_the_venues_filled(tmp_path):
+    """``backfill`` names the venues filled ('*': every venue with a history route; empty: none); a venue
+    with no history coby can page through and dedupe (htx, kucoin, mexc) is never filled."""
+    from coby.backfill import Backfill
+    every = Backfill(make_settings(tmp_path), None, None)
+    assert [ex for ex in ("binance", "okx", "bybit", "kraken", "htx", "kucoin", "mexc") if every.enabled(ex)] == \
+        ["binance", "okx", "bybit", "kraken"]
+    assert not Backfill(make_settings(tmp_path, backfill=()), None, None).enabled("binance")
+    only = Backfill(make_settings(tmp_path, backfill=("okx",)), None, None)
+    assert (only.enabled("okx"), only.enabled("binance")) == (True, False)

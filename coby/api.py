@@ -263,6 +263,7 @@ async def status(request: web.Request) -> web.Response:
     now_wall, now_mono = time.time(), time.monotonic()
     venues = {}
     ohlcv = daemon.pipeline.ohlcv if getattr(daemon, "pipeline", None) is not None else None
+    backfill = daemon.backfill.status() if getattr(daemon, "backfill", None) is not None else {}
     for name, conn in daemon.connectors.items():
         st = conn.get_connection_status()
         last = st.last_message_at
@@ -280,6 +281,7 @@ async def status(request: web.Request) -> web.Response:
             "error": st.error,
             "ohlcv_late_trades": ohlcv.late_by_exchange.get(name, 0) if ohlcv is not None else 0,
             "ohlcv_repaired_trades": ohlcv.repaired_by_exchange.get(name, 0) if ohlcv is not None else 0,
+            "backfill": backfill.get(name),  # gaps closed / narrowed, trades recovered; null: not filled
         }
     storage, cache = daemon.storage, daemon.cache
     return json_response({

@@ -71,6 +71,11 @@ def _exchanges(v: tuple[str, ...]) -> str | None:
     return None if v else "must name at least one exchange"
 
 
+def _backfill(v: tuple[str, ...]) -> str | None:
+    unknown = [e for e in v if e != "*" and e not in EXCHANGES]
+    return f"unknown exchange(s) {', '.join(unknown)}; known: *, {', '.join(EXCHANGES)}" if unknown else None
+
+
 def _symbols(v: tuple[str, ...]) -> str | None:
     bad = [s for s in v if s.count("-") != 1 or not all(p.isalnum() and p.isupper() for p in s.split("-"))]
     if bad:
@@ -248,6 +253,13 @@ class Settings:
                                        "the symbol's book flows the trades are only resubscribed, with no event: "
                                        "a quiet market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",),
                                        _non_negative)
+    backfill: tuple[str, ...] = setting(("*",), "Venues whose trade gaps (every reconnect, resync, stall, circuit "
+                                        "close and daemon start) are filled from their REST trade history "
+                                        "('*': every venue that has one; empty: none). See docs/architecture.md.",
+                                        ("COBY_BACKFILL",), _backfill)
+    backfill_max_gap: float = setting(3600.0, "Longest trade gap, in seconds, that is filled; a longer one is "
+                                      "filled over its last backfill_max_gap seconds and reported narrowed.",
+                                      ("COBY_BACKFILL_MAX_GAP",), _positive)
     markets_ttl: float = setting(86400.0, "Seconds the on-disk market cache (data_dir/markets) is used before a "
                                  "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), _positive)
     max_future_skew: float = setting(5.0, "Validation: reject items stamped more than this many seconds in the "

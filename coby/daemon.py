@@ -1,7 +1,8 @@
 """The daemon: builds every part from settings, owns every long-lived task, shuts down in order.
 
-Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> HTTP -> pipeline -> connectors.
-Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), then the
+Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> HTTP -> pipeline -> connectors
+(each watched by the gap filler, :mod:`coby.backfill`).
+Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), the gap filler's fetches, then the
 pipeline's timers, HTTP, the write buffer (flushed; what cannot be written in time is
 spilled to disk and loaded at the next start), the cache, the simulator. The whole stop
 is bounded by ``shutdown_timeout``; anything still running after it is cancelled.
@@ -37,6 +38,7 @@ class Daemon:
         self.http: Any = None
         self.replay: Any = None
         self.retention: Any = None
+        self.backfill: Any = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -101,10 +103,15 @@ class Daemon:
         await self.http.start()
 
     async def _start_connectors(self) -> None:
+        from coby.backfill import Backfill
         from coby.exchanges import ExchangeConnector
+        if self.pipeline is not None:
+            self.backfill = Backfill(self.settings, self.storage, self.pipeline)
         for exchange in self.settings.exchanges:
             conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
             self.connectors[exchange] = conn
+            if self.backfill is not None:
+                self.backfill.attach(conn)  # fills the gaps of its trade streams from the venue's history
             await conn.connect()
             for symbol in self.settings.symbols:
                 await conn.subscribe_orderbook(symbol)
@@ -136,6 +143,8 @@ class Daemon:
                 log.error("shutdown_step_failed", step=name, error=repr(e))
 
         await asyncio.gather(*(step(f"connector:{n}", c.disconnect()) for n, c in self.connectors.items()))
+        if self.backfill is not None:
+            await step("backfill", self.backfill.aclose())
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

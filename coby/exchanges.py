@@ -96,6 +96,7 @@ class ExchangeConnector:
                           for kind in (BOOK, TRADES)}
         self._book_limit = self.venue.book_limit(settings.book_depth)
         self._emit = Callbacks(exchange, settings.reject_log_interval)
+        self._resumed: list[Callable[[str, str, bool, bool], None]] = []
         if on_event is not None:
             self.add_data_callback(on_event)
         self._pool = FeedPool(exchange, self.venue, self.catalog, settings.max_connections_per_exchange,
@@ -115,6 +116,12 @@ class ExchangeConnector:
     def add_data_callback(self, callback: Callback) -> None:
         """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable)."""
         self._emit.add(callback)
+
+    def add_resume_callback(self, callback: Callable[[str, str, bool, bool], None]) -> None:
+        """``callback(exchange, symbol, first, quiet)`` whenever a trade stream delivers again - its first
+        trades (``first``), after a gap, or after quiet trades were resubscribed (``quiet``: maybe no gap) -
+        just before those trades are emitted (the gap filler, :mod:`coby.backfill`, waits for them)."""
+        self._resumed.append(callback)
 
     async def connect(self) -> bool:
         """Start the venue's watchdog (and a market refresh if the cache is old); streams connect lazily."""
@@ -315,6 +322,9 @@ class ExchangeConnector:
             return
         st.live = True
         st.backoff.reset()
+        if st.kind == TRADES:
+            for resumed in self._resumed:
+                resumed(self.exchange, st.symbol, not st.ever, st.ever and st.cause is None)
         if st.ever and st.cause is None:
             return  # back after resubscribing quiet trades: there was no gap
         if not st.ever:

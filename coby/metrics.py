@@ -30,6 +30,14 @@ OHLCV_LATE = Counter("coby_ohlcv_late_trades_total", "Trades left out of OHLCV b
                      "and beyond ohlcv_repair_window (they are stored all the same).", ["exchange"], registry=REGISTRY)
 OHLCV_REPAIRED = Counter("coby_ohlcv_repaired_trades_total", "Trades older than their open OHLCV bar folded into "
                          "their closed bars (within ohlcv_repair_window).", ["exchange"], registry=REGISTRY)
+BACKFILL_GAPS = Counter("coby_backfill_gaps_total", "Trade-stream gaps filled from the venue's REST history, by "
+                        "outcome: closed (the history reached back to the last trade before the gap) or narrowed "
+                        "(too little history, a gap over backfill_max_gap, or a failed fetch).",
+                        ["exchange", "outcome"], registry=REGISTRY)
+BACKFILL_TRADES = Counter("coby_backfill_trades_total", "Trades recovered from venues' REST history after gaps.",
+                          ["exchange"], registry=REGISTRY)
+BACKFILL_RATE_LIMITED = Counter("coby_backfill_rate_limited_total", "REST history requests a venue refused as too "
+                                "many (429): the fill waited and asked again.", ["exchange"], registry=REGISTRY)
 
 # --- storage --------------------------------------------------------------------------------
 ROWS_WRITTEN = Counter("coby_storage_rows_written_total", "Rows written to the database.", ["table"],
@@ -125,6 +133,10 @@ def preset(exchanges: Iterable[str], tables: Iterable[str]) -> None:
             counter.labels(ex)
         CIRCUIT_OPEN.labels(ex)
         EXCHANGE_CONNECTED.labels(ex)
+        for outcome in ("closed", "narrowed"):
+            BACKFILL_GAPS.labels(ex, outcome)
+        BACKFILL_TRADES.labels(ex)
+        BACKFILL_RATE_LIMITED.labels(ex)
     for table in tables:
         for counter in (ROWS_WRITTEN, ROWS_DUPLICATE, FLUSH_FAILURES, RETENTION_DELETED, JOURNAL_SKIPPED):
             counter.labels(table)

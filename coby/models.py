@@ -356,6 +356,8 @@ class ConnectionEventKind(str, enum.Enum):
     STALE = "stale"
     CIRCUIT_OPEN = "circuit_open"
     CIRCUIT_CLOSED = "circuit_closed"
+    GAP_CLOSED = "gap_closed"  # a trade gap's missed trades all recovered from the venue's history (coby.backfill)
+    GAP_NARROWED = "gap_narrowed"  # some recovered, or none: the history is too short, or the fetch failed
 
 
 @dataclass(slots=True, frozen=True)

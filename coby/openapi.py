@@ -130,6 +130,9 @@ def _schemas() -> dict[str, Any]:
                                              "ohlcv_repair_window); stored all the same"},
         "ohlcv_repaired_trades": {"type": "integer", "minimum": 0,
                                   "description": "trades older than their open bar folded into their closed bars"},
+        "backfill": {"type": ["object", "null"], "additionalProperties": {"type": "integer", "minimum": 0},
+                     "description": "gaps filled from the venue's REST history: closed, narrowed, and the trades "
+                                    "recovered; null where the venue is not filled"},
         "reconnects": {"type": "integer"},
         "rejects": {"type": "object", "additionalProperties": {"type": "integer"},
                     "description": "items rejected by validation, by reason"},

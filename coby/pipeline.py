@@ -71,8 +71,11 @@ class Publisher:
         return env
 
     async def publish(self, channel: str, data: Any, ts: datetime | None = None, received: datetime | None = None,
-                      latest: tuple[str, str] | None = None, book: tuple[str, str] | None = None) -> dict:
+                      latest: tuple[str, str] | None = None, book: tuple[str, str] | None = None,
+                      backfill: bool = False) -> dict:
         env = self.envelope(channel, data, ts, received)
+        if backfill:  # a trade a gap missed, fetched from the venue's history (coby.backfill)
+            env["backfill"] = True
         if book is not None:
             await self.bus.set_book(book[0], book[1], env)
         elif latest is not None:
@@ -147,6 +150,16 @@ class Pipeline:
             await self._on_connection_event(event)
         else:
             log.warning("pipeline_unknown_event", type=type(event).__name__)
+
+    async def on_backfill(self, trades: list[TradeEvent]) -> None:
+        """Trades a gap missed, recovered from the venue's history (:mod:`coby.backfill`), oldest first:
+        stored, published on ``trades:{symbol}`` with ``"backfill": true`` in the envelope, folded into
+        their OHLCV bars (closed ones within ``ohlcv_repair_window`` are stored again by the next tick)."""
+        for t in trades:
+            if self.storage is not None:
+                await self.storage.store_trade(t)
+            await self.publisher.publish(f"trades:{t.symbol}", t, t.timestamp, t.received_at, backfill=True)
+            self.ohlcv.add(t)
 
     async def _on_book(self, b: OrderBookSnapshot) -> None:
         key = (b.exchange, b.symbol)

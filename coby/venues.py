@@ -147,18 +147,22 @@ def _binance_urls(ex: Any, http: str, ws: str) -> None:
 
 def _okx_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"] = f"{ws}/okx/ws/v5"
+    ex.urls["api"]["rest"] = f"{http}/okx"
 
 
 def _bybit_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["public"]["spot"] = f"{ws}/bybit/v5/public/spot"  # 'spot' in the url selects spot
+    ex.urls["api"]["public"] = f"{http}/bybit"
 
 
 def _kraken_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["publicV2"] = f"{ws}/kraken/v2"  # 'v2' in the url selects the v2 ping
+    ex.urls["api"]["public"] = f"{http}/kraken"
 
 
 def _coinbase_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"] = f"{ws}/coinbase/ws"
+    ex.urls["api"]["rest"] = f"{http}/coinbase"
 
 
 def _htx_urls(ex: Any, http: str, ws: str) -> None:
@@ -173,10 +177,12 @@ def _kucoin_urls(ex: Any, http: str, ws: str) -> None:
 
 def _gate_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["spot"] = f"{ws}/gate/ws/v4/"
+    ex.urls["api"]["public"]["spot"] = f"{http}/gate/api/v4"
 
 
 def _bitfinex_urls(ex: Any, http: str, ws: str) -> None:
     ex.urls["api"]["ws"]["public"] = f"{ws}/bitfinex/ws/2"
+    ex.urls["api"]["public"] = f"{http}/bitfinex"
 
 
 def _mexc_urls(ex: Any, http: str, ws: str) -> None:

@@ -7,7 +7,9 @@ value (one per symbol, shared by every venue: :mod:`coby.simulator.fair`) bounds
 the quotes, arbitrage trades and cancels move the top with it, takers trade at the
 symbol's rate, and a handful of levels near the top and deeper are added, resized
 or cancelled. A market also has a :attr:`Market.history` of trades made before it
-started (minutes old), which venues that send recent trades on subscribe send.
+started (minutes old), which venues that send recent trades on subscribe send, and
+:attr:`Market.trades`: every trade made, that history first, which the venues' REST
+trade history serves (:mod:`coby.simulator.history`).
 
 Everything is drawn from a seeded ``random.Random`` so a (seed, exchange, symbol)
 triple always replays the same market. Invariants after every step:
@@ -33,6 +35,7 @@ import bisect
 import math
 import random
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from coby.simulator.fair import FairValue, VenueView
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 HISTORY = 50  # trades a market has "already made" when it starts (venues send them on subscribe)
+TRADES_KEPT = 50_000  # every trade made, oldest first: what a venue's REST history serves (within its depth)
 JOURNAL_MAX = 8_192  # windows read it every update; one that falls further behind resyncs
 MIN_LEVELS = 300  # for a market of the default 400 levels; each market scales them by its spec
 MAX_LEVELS = 500
@@ -109,6 +113,8 @@ class Market:
         now = self.clock()
         self._build_initial_book(self.view.at(now))
         self.history: list[SimTrade] = self._make_history(now - stamp_lag_ms)
+        # every trade made (the history, then each step's), oldest first: the venue's REST trade history
+        self.trades: deque[SimTrade] = deque(self.history, maxlen=TRADES_KEPT)
 
     # ----------------------------------------------------------------- prices
 
@@ -310,6 +316,7 @@ class Market:
         trade = SimTrade(self._next_trade_id, price, size, taker, ts)
         self._next_trade_id += 1
         self.last_trade = trade
+        self.trades.append(trade)
         return trade
 
     def _random_change(self, lean: float, max_bid_k: int, min_ask_k: int,

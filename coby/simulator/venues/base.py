@@ -54,15 +54,16 @@ import asyncio
 import contextlib
 import itertools
 from datetime import datetime, timezone
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from coby.simulator.history import RestLimit, kept
 from coby.simulator.faults import GENERIC_FAULTS, FaultState, UnsupportedFault, fault_params
-from coby.simulator.market import BookWindow, Level, Market, MarketUpdate, wall_clock_ms
+from coby.simulator.market import BookWindow, Level, Market, MarketUpdate, SimTrade, wall_clock_ms
 from coby.symbols import canonical_to_unified, derive_market
 
 log = structlog.get_logger(__name__)
@@ -181,6 +182,10 @@ class Venue:
     #: ``drop_book`` / ``drop_trades``: the first element of the venue's book and trade topics.
     stream_channels: ClassVar[dict[str, frozenset[str]]] = {}
     queue_size: ClassVar[int] = 20_000
+    #: trades the venue's REST history keeps (None: every trade the market recorded), see ``history``
+    history_depth: ClassVar[int | None] = None
+    #: the REST routes' rate limit: (requests a second, burst), see :class:`~coby.simulator.history.RestLimit`
+    rest_rate: ClassVar[tuple[float, int]] = (20.0, 20)
 
     def __init__(self, markets: Mapping[str, Market], clock: Callable[[], int] = wall_clock_ms) -> None:
         self.markets: dict[str, Market] = dict(markets)
@@ -191,6 +196,8 @@ class Venue:
         self._subs: dict[Hashable, set[Connection]] = {}
         self._windows: dict[tuple[str, int], BookWindow] = {}
         self.symbol_by_id: dict[str, str] = {self.market_ids[s]: s for s in self.markets}
+        self.history_depth = type(self).history_depth
+        self.rest_limit = RestLimit(*self.rest_rate)
 
     # --------------------------------------------------------------- routing
 
@@ -219,6 +226,15 @@ class Venue:
     @staticmethod
     def json_response(obj: Any, status: int = 200) -> web.Response:
         return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+    def history(self, symbol: str) -> Sequence[SimTrade]:
+        """The trades the venue's REST history still serves for ``symbol``, oldest first."""
+        return kept(self.markets[symbol].trades, self.history_depth)
+
+    async def rest_admit(self) -> bool:
+        """Wait out a stall; False if the REST rate limit refuses the request (answer "too many requests")."""
+        await self.wait_unstalled()
+        return self.rest_limit.take()
 
     async def wait_unstalled(self) -> None:
         while self.faults.stalled:

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, MarketUpdate
 from coby.simulator.venues.base import Connection, Venue, dumps, loads
 
@@ -51,6 +52,7 @@ class BinanceVenue(Venue):
             web.get(self.path("stream/ws"), self.websocket),
             web.get(self.path("ws"), self.websocket),
             web.get(self.path("api/v3/depth"), self.depth),
+            web.get(self.path("api/v3/aggTrades"), self.agg_trades),
         ]
 
     # ------------------------------------------------------------------ rest
@@ -66,6 +68,32 @@ class BinanceVenue(Venue):
         market = self.markets[symbol]
         bids, asks = market.snapshot(limit)
         return self.json_response({"lastUpdateId": market.seq, "bids": _levels(bids), "asks": _levels(asks)})
+
+    async def agg_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v3/aggTrades?symbol=&fromId=&startTime=&endTime=&limit=`` (limit 500, at most 1000):
+        oldest first, from ``fromId`` (inclusive), or within [startTime, endTime] (at most an hour
+        apart), else the latest ``limit``; HTTP 429 ``{"code":-1003,...}`` over the rate limit."""
+        if not await self.rest_admit():
+            return self.json_response({"code": -1003, "msg": "Too many requests; current limit is exceeded."}, 429)
+        q = request.query
+        symbol = self.symbol_of(q.get("symbol", ""))
+        if symbol is None:
+            return self.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+        limit = int_param(q.get("limit"), 500, 1, 1000)
+        start, end = int_param(q.get("startTime"), None, 0, 1 << 62), int_param(q.get("endTime"), None, 0, 1 << 62)
+        if start is not None and end is not None and end - start > 3_600_000:
+            return self.json_response({"code": -1127, "msg": "More than 1 hours between startTime and endTime."}, 400)
+        trades = self.history(symbol)
+        from_id = int_param(q.get("fromId"), None, 0, 1 << 62)
+        if from_id is not None:
+            page = [t for t in trades if t.trade_id >= from_id][:limit]
+        elif start is not None or end is not None:
+            page = in_time(trades, start, end)[:limit]
+        else:
+            page = list(trades[-limit:])
+        return self.json_response([
+            {"a": t.trade_id, "p": f"{t.price:.8f}", "q": f"{t.size:.8f}", "f": t.trade_id, "l": t.trade_id,
+             "T": t.ts_ms, "m": t.side == "sell", "M": True} for t in page])
 
     # ------------------------------------------------------------ websocket
 

@@ -62,6 +62,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, Market, SimTrade, wall_clock_ms
 from coby.simulator.venues._windowed import WindowedVenue
 from coby.simulator.venues.base import Connection, dumps, loads
@@ -105,7 +106,23 @@ class BitfinexVenue(WindowedVenue):
         }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws/2"), self.websocket)]
+        return [web.get(self.path("ws/2"), self.websocket),
+                web.get(self.path("v2/trades/{symbol}/hist"), self.rest_trades)]
+
+    async def rest_trades(self, request: web.Request) -> web.Response:
+        """``GET /v2/trades/{symbol}/hist?start=&end=&limit=&sort=`` (ms; limit 120, at most 10000; ``sort=1``
+        oldest first from ``start``, else newest first): ``[[ID, MTS, AMOUNT, PRICE]]``; HTTP 429 over the limit."""
+        if not await self.rest_admit():
+            return self.json_response(["error", 11010, "ratelimit: error"], 429)
+        q = request.query
+        symbol = self.symbol_of(request.match_info["symbol"])
+        if symbol is None:
+            return self.json_response(["error", 10020, "symbol: invalid"], 500)
+        limit = int_param(q.get("limit"), 120, 1, 10_000)
+        trades = in_time(self.history(symbol), int_param(q.get("start"), None, 0, 1 << 62),
+                         int_param(q.get("end"), None, 0, 1 << 62))
+        page = trades[:limit] if q.get("sort") == "1" else list(reversed(trades[-limit:]))
+        return self.json_response([_trade_row(t) for t in page])
 
     def chan_id(self, topic: Hashable) -> int:
         if topic not in self._chan_ids:

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import int_param
 from coby.simulator.market import Level, MarketUpdate
 from coby.simulator.venues._ids import uuid_id
 from coby.simulator.venues.base import Connection, Venue, dumps, fmt_num, loads
@@ -43,13 +44,38 @@ BOOK_DEPTHS = (1, 50, 200, 1000)
 class BybitVenue(Venue):
     name = "bybit"
     extra_faults = frozenset({"gap"})
+    history_depth = 1000  # recent-trade serves the latest 1000 and nothing older
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_trade: dict[str, tuple[float, str]] = {}  # symbol -> (price, tick direction)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("v5/public/spot"), self.websocket)]
+        return [web.get(self.path("v5/public/spot"), self.websocket),
+                web.get(self.path("v5/market/recent-trade"), self.recent_trades)]
+
+    # ------------------------------------------------------------------ rest
+
+    async def recent_trades(self, request: web.Request) -> web.Response:
+        """``GET /v5/market/recent-trade?category=spot&symbol=&limit=``: the latest ``limit`` (at most 1000)
+        trades, newest first, no paging; over the rate limit ``retCode`` 10006 (HTTP 200), as bybit does."""
+        now = self.clock()
+        if not await self.rest_admit():
+            return self.json_response({"retCode": 10006, "retMsg": "Too many visits!", "result": {},
+                                       "retExtInfo": {}, "time": now})
+        q = request.query
+        symbol = self.symbol_of(q.get("symbol", ""))
+        if symbol is None:
+            return self.json_response({"retCode": 10001, "retMsg": "Not supported symbols", "result": {},
+                                       "retExtInfo": {}, "time": now})
+        limit = int_param(q.get("limit"), 60, 1, 1000)
+        m = self.markets[symbol]
+        page = list(reversed(self.history(symbol)[-limit:]))
+        return self.json_response({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [
+            {"execId": uuid_id(symbol, t.trade_id), "symbol": self.market_ids[symbol],
+             "price": fmt_num(t.price, m.price_decimals), "size": fmt_num(t.size, m.size_decimals),
+             "side": "Buy" if t.side == "buy" else "Sell", "time": str(t.ts_ms), "isBlockTrade": False}
+            for t in page]}, "retExtInfo": {}, "time": now})
 
     # --------------------------------------------------------------- frames
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, MarketUpdate, SimTrade
 from coby.simulator.venues.base import Connection, FrameSource, Venue, dumps, fmt_num, loads, rfc3339
 
@@ -60,7 +61,29 @@ class CoinbaseVenue(Venue):
         }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws"), self.websocket)]
+        return [web.get(self.path("ws"), self.websocket),
+                web.get(self.path("api/v3/brokerage/market/products/{product_id}/ticker"), self.ticker)]
+
+    # ------------------------------------------------------------------ rest
+
+    async def ticker(self, request: web.Request) -> web.Response:
+        """``GET /api/v3/brokerage/market/products/{id}/ticker?limit=&start=&end=`` (seconds): the latest
+        ``limit`` (at most 1000) trades within [start, end], newest first; HTTP 429 over the rate limit."""
+        if not await self.rest_admit():
+            return self.json_response({"error": "RATE_LIMIT_EXCEEDED", "message": "Too many requests"}, 429)
+        q = request.query
+        symbol = self.symbol_of(request.match_info["product_id"])
+        if symbol is None:
+            return self.json_response({"error": "NOT_FOUND", "message": "ProductID is invalid"}, 404)
+        limit = int_param(q.get("limit"), 100, 1, 1000)
+        start, end = int_param(q.get("start"), None, 0, 1 << 40), int_param(q.get("end"), None, 0, 1 << 40)
+        trades = in_time(self.history(symbol), None if start is None else start * 1000,
+                         None if end is None else end * 1000 + 999)
+        m = self.markets[symbol]
+        return self.json_response({"trades": [self._trade(symbol, t) | {"bid": "", "ask": ""}
+                                              for t in reversed(trades[-limit:])],
+                                   "best_bid": fmt_num(m.best_bid, m.price_decimals),
+                                   "best_ask": fmt_num(m.best_ask, m.price_decimals)})
 
     # --------------------------------------------------------------- frames
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, SimTrade
 from coby.simulator.venues._windowed import WindowedVenue
 from coby.simulator.venues.base import Connection, dumps, fmt_num, loads
@@ -59,7 +60,31 @@ class GateVenue(WindowedVenue):
     book_depths = frozenset({50, 400})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws/v4/"), self.websocket)]
+        return [web.get(self.path("ws/v4/"), self.websocket), web.get(self.path("api/v4/spot/trades"), self.rest_trades)]
+
+    async def rest_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v4/spot/trades?currency_pair=&limit=&last_id=&reverse=&from=&to=`` (limit 100, at most
+        1000), newest first; ``last_id`` with ``reverse=true``: older trades than it (``false``: newer);
+        HTTP 429 ``{"label":"TOO_MANY_REQUESTS"}`` over the rate limit."""
+        if not await self.rest_admit():
+            return self.json_response({"label": "TOO_MANY_REQUESTS", "message": "Request Rate limit Exceeded"}, 429)
+        q = request.query
+        symbol = self.symbol_of(q.get("currency_pair", ""))
+        if symbol is None:
+            return self.json_response({"label": "INVALID_CURRENCY_PAIR", "message": "Invalid currency pair"}, 400)
+        limit = int_param(q.get("limit"), 100, 1, 1000)
+        start, end = int_param(q.get("from"), None, 0, 1 << 40), int_param(q.get("to"), None, 0, 1 << 40)
+        trades = in_time(self.history(symbol), None if start is None else start * 1000,
+                         None if end is None else end * 1000 + 999)
+        last_id = int_param(q.get("last_id"), None, 0, 1 << 62)
+        if last_id is not None:
+            older = q.get("reverse", "true").lower() == "true"
+            trades = [t for t in trades if (t.trade_id < last_id if older else t.trade_id > last_id)]
+        m, pair = self.markets[symbol], self.market_ids[symbol]
+        return self.json_response([
+            {"id": str(t.trade_id), "create_time": str(t.ts_ms // 1000), "create_time_ms": f"{t.ts_ms}.000",
+             "currency_pair": pair, "side": t.side, "role": "taker", "amount": fmt_num(t.size, m.size_decimals),
+             "price": fmt_num(t.price, m.price_decimals)} for t in reversed(trades[-limit:])])
 
     def _levels(self, symbol: str, levels: list[Level]) -> list[list[str]]:
         m = self.markets[symbol]

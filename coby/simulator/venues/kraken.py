@@ -43,9 +43,10 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, MarketUpdate, SimTrade
 from coby.simulator.venues.base import Connection, Venue, dumps, loads, rfc3339
-from coby.symbols import canonical_to_unified
+from coby.symbols import canonical_to_unified, derive_market
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 DEFAULT_DEPTH = 10
@@ -76,13 +77,37 @@ class KrakenVenue(Venue):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # REST names markets by kraken's own ids (XBTUSDT), the v2 WebSocket by the unified symbol
+        self._rest_ids = {derive_market(self.name, s, canonical_to_unified(s)).id: s for s in self.markets}
         # what the market traded before the simulator started: the first subscriber gets minutes-old trades
         self._recent: dict[str, deque[SimTrade]] = {
             s: deque(m.history, maxlen=TRADE_SNAPSHOT) for s, m in self.markets.items()
         }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("v2"), self.websocket)]
+        return [web.get(self.path("v2"), self.websocket), web.get(self.path("0/public/Trades"), self.rest_trades)]
+
+    # ------------------------------------------------------------------ rest
+
+    async def rest_trades(self, request: web.Request) -> web.Response:
+        """``GET /0/public/Trades?pair=XBTUSDT&since=&count=``: up to ``count`` (1000) trades from ``since``
+        (seconds, as ccxt sends it) on, oldest first, ``[price, volume, time, b|s, m|l, misc, trade_id]``, and
+        ``last`` (ns); over the rate limit ``{"error": ["EAPI:Rate limit exceeded"]}``, as kraken does."""
+        if not await self.rest_admit():
+            return self.json_response({"error": ["EAPI:Rate limit exceeded"], "result": {}})
+        q = request.query
+        pair = q.get("pair", "")
+        symbol = self._rest_ids.get(pair)
+        if symbol is None:
+            return self.json_response({"error": ["EQuery:Unknown asset pair"], "result": {}})
+        count = int_param(q.get("count"), 1000, 1, 1000)
+        since = q.get("since")
+        trades = in_time(self.history(symbol), None if since is None else int(float(since) * 1000), None)[:count]
+        m = self.markets[symbol]
+        rows = [[f"{t.price:.{m.price_decimals}f}", f"{t.size:.{m.size_decimals}f}", t.ts_ms / 1000,
+                 "b" if t.side == "buy" else "s", "m", "", t.trade_id] for t in trades]
+        last = str(trades[-1].ts_ms * 1_000_000) if trades else str(int(float(since or 0) * 1e9))
+        return self.json_response({"error": [], "result": {pair: rows, "last": last}})
 
     # --------------------------------------------------------------- frames
 

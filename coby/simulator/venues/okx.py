@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import int_param
 from coby.simulator.market import Level, MarketUpdate
 from coby.simulator.venues.base import Connection, Venue, dumps, fmt_num, loads
 
@@ -60,7 +61,36 @@ class OkxVenue(Venue):
     extra_faults = frozenset({"gap", "bad_checksum"})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws/v5/public"), self.websocket)]
+        return [web.get(self.path("ws/v5/public"), self.websocket),
+                web.get(self.path("api/v5/market/trades"), self.rest_trades),
+                web.get(self.path("api/v5/market/history-trades"), self.rest_trades)]
+
+    # ------------------------------------------------------------------ rest
+
+    async def rest_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v5/market/trades?instId=&limit=`` (the latest, 100 by default, at most 500) and
+        ``GET /api/v5/market/history-trades?instId=&after=&before=&limit=`` (at most 100; ``after``: trades
+        with an older id, ``before``: newer), newest first; HTTP 429 with code 50011 over the rate limit."""
+        if not await self.rest_admit():
+            return self.json_response({"code": "50011", "msg": "Too Many Requests", "data": []}, 429)
+        q = request.query
+        symbol = self.symbol_of(q.get("instId", ""))
+        if symbol is None:
+            return self.json_response({"code": "51001", "msg": "Instrument ID does not exist", "data": []})
+        history = request.path.endswith("history-trades")
+        limit = int_param(q.get("limit"), 100, 1, 100 if history else 500)
+        trades = self.history(symbol)
+        after, before = int_param(q.get("after"), None, 0, 1 << 62), int_param(q.get("before"), None, 0, 1 << 62)
+        if history and after is not None:
+            trades = [t for t in trades if t.trade_id < after]
+        if history and before is not None:
+            trades = [t for t in trades if t.trade_id > before]
+        m = self.markets[symbol]
+        page = list(reversed(trades[-limit:]))
+        return self.json_response({"code": "0", "msg": "", "data": [
+            {"instId": self.market_ids[symbol], "side": t.side, "sz": fmt_num(t.size, m.size_decimals),
+             "px": fmt_num(t.price, m.price_decimals), "source": "0", "tradeId": str(t.trade_id), "ts": str(t.ts_ms)}
+            for t in page]})
 
     # --------------------------------------------------------------- frames
 

@@ -124,6 +124,7 @@ class Connection:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("sim_slow_consumer", venue=self.venue.name, conn=self.id, backlog=self.backlog)
+            self.venue.slow_consumers += 1
             self.abort()
 
     def send_json(self, obj: Any) -> None:
@@ -163,8 +164,10 @@ class Connection:
                     return
                 if isinstance(frame, str):
                     await self.ws.send_str(frame)
+                    self.venue.sent += 1
                 elif isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
+                    self.venue.sent += 1
                 else:
                     _, code, message = frame  # type: ignore[misc]
                     await self.ws.close(code=code, message=message.encode())
@@ -191,6 +194,8 @@ class Venue:
         self._subs: dict[Hashable, set[Connection]] = {}
         self._windows: dict[tuple[str, int], BookWindow] = {}
         self.symbol_by_id: dict[str, str] = {self.market_ids[s]: s for s in self.markets}
+        self.sent = 0  # frames written to clients' sockets (benchmarks count messages by it)
+        self.slow_consumers = 0  # clients disconnected for a full queue
 
     # --------------------------------------------------------------- routing
 

@@ -105,6 +105,14 @@ class MemoryCache:
     async def set_book(self, exchange: str, symbol: str, book: Any) -> None:
         self._set(book_key(exchange, symbol), book)
 
+    async def publish_book(self, exchange: str, symbol: str, channel: str, message: Any) -> None:
+        """Keep ``message`` as the book's latest and publish it on ``channel``: encoded once for both."""
+        await self.publish(channel, self._set(book_key(exchange, symbol), message))
+
+    async def publish_latest(self, kind: str, symbol: str, channel: str, message: Any) -> None:
+        """Keep ``message`` as the latest of ``kind`` and publish it on ``channel``: encoded once for both."""
+        await self.publish(channel, self._set(latest_key(kind, symbol), message))
+
     async def get_book(self, exchange: str, symbol: str) -> Any | None:
         return self._get_local(book_key(exchange, symbol))
 

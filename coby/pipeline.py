@@ -73,11 +73,12 @@ class Publisher:
     async def publish(self, channel: str, data: Any, ts: datetime | None = None, received: datetime | None = None,
                       latest: tuple[str, str] | None = None, book: tuple[str, str] | None = None) -> dict:
         env = self.envelope(channel, data, ts, received)
-        if book is not None:
-            await self.bus.set_book(book[0], book[1], env)
+        if book is not None:  # the cache and every subscriber share one encoding
+            await self.bus.publish_book(book[0], book[1], channel, env)
         elif latest is not None:
-            await self.bus.set_latest(latest[0], latest[1], env)
-        await self.bus.publish(channel, env)
+            await self.bus.publish_latest(latest[0], latest[1], channel, env)
+        else:
+            await self.bus.publish(channel, env)
         return env
 
 

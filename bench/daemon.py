@@ -146,16 +146,19 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
         if proc.poll() is not None:
             raise RuntimeError(f"{kind} exited with {proc.returncode}")
         m0, c0, t0 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
-        lag = []
+        lags, overloaded = [], 0
         while time.monotonic() - t0 < seconds:
             time.sleep(1)
             if kind == "coby":
                 load = http(f"http://127.0.0.1:{api_port}/api/v1/status").get("load") or {}
-                lag.append(load.get("loop_lag_p99_s"))
+                lags.append(load.get("loop_lag_s") or 0.0)  # the worst lag of the last second
+                overloaded += bool(load.get("overloaded"))
         m1, c1, t1 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
         out = {"messages": m1 - m0, "cpu": c1 - c0, "wall": t1 - t0, "rss_mb": rss_mb(proc.pid)}
-        if lag and lag[-1] is not None:
-            out["loop_lag_p99_s"] = lag[-1]
+        if lags:
+            lags.sort()
+            out["loop_lag_p99_s"] = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+            out["overloaded_s"] = overloaded
         return out
     finally:
         proc.terminate()
@@ -169,7 +172,8 @@ def report(name: str, r: dict, base_us: float | None, symbols: int) -> str:
     per_symbol = r["messages"] / r["wall"] / symbols
     full = 1e6 / (us * per_symbol)
     ratio = f"{us / base_us:5.2f}x" if base_us else "    - "
-    extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms" if "loop_lag_p99_s" in r else ""
+    extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms, overloaded {r['overloaded_s']} s" \
+        if "loop_lag_p99_s" in r else ""
     return (f"{name:<14} {r['messages'] / r['wall']:>7.0f} msg/s  {r['cpu'] / r['wall']:5.2f} core  {us:6.1f} us/msg "
             f"{ratio}  one core full at N = {full:5.1f}  RSS {r['rss_mb']:.0f} MB{extra}")
 

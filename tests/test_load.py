@@ -172,3 +172,15 @@ async def test_a_hogged_event_loop_makes_ready_503_with_the_reason_and_status_sh
         assert not host.load.overloaded
         r = await client.get("/ready")
         assert r.status == 200 and (await r.json())["overloaded"] is False
+
+
+def test_coby_status_prints_the_load_line(tmp_path):
+    """`coby status` shows the load: state and reasons, level, loop lag, CPU, memory, backlog, and per venue
+    delivered/expected messages and how far behind."""
+    from coby.cli import _status_table
+    g, _ = governor(tmp_path)
+    for t in range(1, 5):
+        g.observe(float(t), [0.3], steady(t, t, behind=0.0))
+    text = _status_table({"exchanges": {}, "storage": {}, "cache": {}, "load": g.status()})
+    assert "load OVERLOADED (event loop lag 0.30 s), degradation level 1" in text
+    assert "delivered/expected: binance 100/100 msg/s 0.0 s behind" in text

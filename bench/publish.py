@@ -16,9 +16,15 @@ def book():
 async def main():
     bus=MemoryCache(); await bus.start()
     pub=Publisher(bus); b=book()
-    sub=bus.subscribe("book:binance:BTC-USDT", maxsize=10)
-    for _ in range(200): await pub.publish("book:binance:BTC-USDT", b, b.timestamp, b.received_at, book=("binance","BTC-USDT"))
-    t=time.process_time(); n=5000
-    for _ in range(n): await pub.publish("book:binance:BTC-USDT", b, b.timestamp, b.received_at, book=("binance","BTC-USDT"))
-    print(f"{sys.argv[1]}: {(time.process_time()-t)/n*1e6:.1f} us per book publish (100 levels a side, one subscriber)")
+    for subs in (0, 1):
+        if subs:
+            bus.subscribe("book:binance:BTC-USDT", maxsize=10)
+        for _ in range(200):
+            await pub.publish("book:binance:BTC-USDT", b, b.timestamp, b.received_at, book=("binance", "BTC-USDT"))
+        t = time.process_time()
+        n = 5000
+        for _ in range(n):
+            await pub.publish("book:binance:BTC-USDT", b, b.timestamp, b.received_at, book=("binance", "BTC-USDT"))
+        print(f"{sys.argv[1]}: {(time.process_time() - t) / n * 1e6:.1f} us per book publish "
+              f"(100 levels a side, {subs} subscriber)")
 asyncio.run(main())

@@ -18,7 +18,7 @@ Messages are the frames the simulator wrote to that process' sockets in the wind
 alone, and the N at which one core is full: ``1e6 / (us per message x messages per second per symbol)``.
 
 ``--overload F``: only coby; the rate is raised so the offered load is F times what one core takes
-(from a first cost run), held for 60 s, then set back to ``--rate``; status is polled every second:
+(from a first cost run), held for ``--hold`` seconds (60), then set back to ``--rate``; status is polled every second:
 when ``overloaded`` shows, resident memory, trades counted by the connectors against trades stored,
 rows lost, and when the daemon is back to normal.
 """
@@ -185,7 +185,7 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
     offered = cost["messages"] / cost["wall"]
     high = args.rate * args.overload * capacity / offered
     print(f"capacity {capacity:.0f} msg/s at {us:.1f} us/msg; offered {offered:.0f} msg/s at rate {args.rate:g}; "
-          f"overload: rate {high:.1f}/s/market for 60 s", flush=True)
+          f"overload: rate {high:.1f}/s/market for {args.hold:g} s", flush=True)
     db, api_port = new_db(), free_port()
     env = env_for(sim_port, symbols, HERE, db, api_port)
     proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "run"], env=env, stdout=subprocess.DEVNULL,
@@ -206,7 +206,7 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
                   f"ready={ready.get('ok')} rss={rss_mb(proc.pid):.0f} MB reasons={st.get('reasons')}", flush=True)
             if said is None and st.get("overloaded"):
                 said = t
-            if t >= 60 and back is None:
+            if t >= args.hold and back is None:
                 http(f"{sim}/_sim/rate", {"rate": args.rate})
                 back, t_back = t, t
             if back is not None and not st.get("overloaded") and ready.get("ok"):
@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--base", default=None, help="a checkout of an older commit, measured the same way")
     ap.add_argument("--overload", type=float, default=0.0, help="offered load over capacity (e.g. 2)")
+    ap.add_argument("--hold", type=float, default=60.0, help="seconds the overload lasts")
     args = ap.parse_args()
     symbols = list(INSTRUMENTS)[:args.symbols]
     sim_port = free_port()

@@ -24,7 +24,8 @@ monotonic clock, live - never on a venue's timestamps, which may go backwards (b
 book is stamped with local time, the WebSocket books after it with the venue's earlier time),
 and never on the wall clock, which may be stepped. In a replay they run on the events' time. The
 live engine likewise judges a book's staleness by its receive time (coby's clock), the recorder and
-a replay by event time.
+a replay by event time. Under overload ``coby.load`` stretches the publish and tick intervals
+(``slow_down``); trades and stored snapshots keep their cadence.
 
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
 "ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.

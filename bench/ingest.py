@@ -1,6 +1,7 @@
 """Ingest cost: coby's whole live path beside ccxt.pro alone, on the same simulated stream, in one run.
 
     .venv/bin/python bench/ingest.py [--exchange binance] [--rate 300] [--low-rate 50] [--seconds 20]
+    .venv/bin/python bench/ingest.py --paced [--seconds 20]      # 5, 10, 50 and 300 updates/s per market
     .venv/bin/python bench/ingest.py --soak 600 [--rate 10]      # memory over time, all ten venues
 
 The simulator runs in a separate process (``coby simulate``), so its CPU is not counted. In this
@@ -16,6 +17,10 @@ bursts. CPU is this process's ``process_time`` over the window. The figure of me
 message, coby over ccxt.pro alone (target: at most 1.30), at two rates; the difference between them
 is the marginal cost per message, without the per-second costs (ticks, flushes, keepalives) that
 dominate at low rates.
+
+``--paced``: the rates users run - 5, 10 and 50 updates/s per market, where ``watch_order_book``
+wakes once per message and no throttle merges anything - beside 300/s, where bursts coalesce; the
+same two runs at each rate.
 
 ``--soak N``: all ten venues x two symbols through the full daemon for N seconds, RSS sampled
 every 30 s (memory must stay flat).
@@ -187,6 +192,7 @@ async def main() -> None:
     ap.add_argument("--low-rate", type=float, default=50.0,
                     help="also measure at this rate: the difference gives the marginal cost per message (0: skip)")
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of the all-venue memory soak")
+    ap.add_argument("--paced", action="store_true", help="measure at 5, 10, 50 and 300 updates/s per market")
     args = ap.parse_args()
     name = f"coby_bench_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(PG, autocommit=True) as c:
@@ -198,6 +204,8 @@ async def main() -> None:
             return
         port = free_port()
         rates = [args.low_rate, args.rate] if args.low_rate else [args.rate]
+        if args.paced:
+            rates = [5.0, 10.0, 50.0, 300.0]
         sim = subprocess.Popen([sys.executable, "-m", "coby.cli", "simulate", "--port", str(port), "--rate",
                                 str(rates[0]), "--exchanges", args.exchange], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -219,7 +227,7 @@ async def main() -> None:
             b, c = bc / bm * 1e6, cc / cm * 1e6
             print(f"rate {rate:>5g}/s/market  ccxt.pro alone {bm / args.seconds:>6.0f} msg/s {b:6.1f} us CPU/msg | "
                   f"coby {cm / args.seconds:>6.0f} msg/s {c:6.1f} us CPU/msg | ratio {c / b:.2f}")
-        if len(results) == 2:
+        if len(results) == 2 and not args.paced:
             (_, (bm0, bc0), (cm0, cc0)), (_, (bm1, bc1), (cm1, cc1)) = results
             mb = (bc1 - bc0) / (bm1 - bm0) * 1e6
             mc = (cc1 - cc0) / (cm1 - cm0) * 1e6

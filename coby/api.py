@@ -292,6 +292,7 @@ async def status(request: web.Request) -> web.Response:
         "cache": {"kind": cache.kind, "connected": cache.connected},
         "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},
         "exchanges": venues,
+        **({"load": daemon.load.status()} if getattr(daemon, "load", None) is not None else {}),
     })
 
 

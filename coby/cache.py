@@ -83,7 +83,7 @@ class MemoryCache:
     kind = "memory"
 
     def __init__(self) -> None:
-        self._values: dict[str, bytes] = {}
+        self._values: dict[str, Any] = {}
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
 
     async def start(self) -> None:
@@ -97,13 +97,31 @@ class MemoryCache:
         return True
 
     # --- values -------------------------------------------------------------------------------
-    def _set(self, key: str, value: Any) -> bytes:
-        data = value if isinstance(value, bytes) else dumps(value)
-        self._values[key] = data
-        return data
+    def _set(self, key: str, value: Any) -> Any:
+        """Keep ``value`` (bytes, or an object encoded only if it is read: most latest states are
+        replaced before anyone asks for them)."""
+        self._values[key] = value
+        return value
 
     async def set_book(self, exchange: str, symbol: str, book: Any) -> None:
         self._set(book_key(exchange, symbol), book)
+
+    async def publish_book(self, exchange: str, symbol: str, channel: str, message: Any) -> None:
+        """Keep ``message`` as the book's latest and publish it on ``channel``: encoded once for both,
+        and only if someone is subscribed (else when the latest is read)."""
+        await self._keep_and_publish(book_key(exchange, symbol), channel, message)
+
+    async def publish_latest(self, kind: str, symbol: str, channel: str, message: Any) -> None:
+        """Keep ``message`` as the latest of ``kind`` and publish it on ``channel`` (as ``publish_book``)."""
+        await self._keep_and_publish(latest_key(kind, symbol), channel, message)
+
+    async def _keep_and_publish(self, key: str, channel: str, message: Any) -> None:
+        subs = self._subs.get(channel)
+        if subs and not isinstance(message, bytes):
+            message = dumps(message)
+        self._set(key, message)
+        if subs:
+            self._fanout(channel, message)
 
     async def get_book(self, exchange: str, symbol: str) -> Any | None:
         return self._get_local(book_key(exchange, symbol))
@@ -116,7 +134,9 @@ class MemoryCache:
 
     def _get_local(self, key: str) -> Any | None:
         data = self._values.get(key)
-        return loads(data) if data is not None else None
+        if data is None:
+            return None
+        return loads(data if isinstance(data, bytes) else dumps(data))
 
     # --- pub/sub ------------------------------------------------------------------------------
     async def publish(self, channel: str, message: Any) -> None:
@@ -201,9 +221,12 @@ class RedisCache(MemoryCache):
 
     # --- writes: memory now, Redis at the next flush -----------------------------------------
     def _set(self, key: str, value: Any) -> bytes:
-        data = super()._set(key, value)
+        data = super()._set(key, value if isinstance(value, bytes) else dumps(value))
         self._pending_sets[key] = data
         return data
+
+    async def _keep_and_publish(self, key: str, channel: str, message: Any) -> None:
+        await self.publish(channel, self._set(key, message))  # other processes read both: encoded once
 
     async def publish(self, channel: str, message: Any) -> None:
         payload = message if isinstance(message, bytes) else dumps(message)

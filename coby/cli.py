@@ -228,6 +228,18 @@ def _status_table(body: dict) -> str:
                  f"pending, journal {st.get('journal_bytes', 0)} bytes; cache {cache.get('kind')} "
                  f"{'connected' if cache.get('connected') else 'DISCONNECTED'}; uptime {body.get('uptime_s')} s; "
                  f"{body.get('api', {}).get('ws_clients', 0)} WebSocket clients")
+    load = body.get("load")
+    if load:
+        rates = ", ".join(f"{n} {num(v.get('delivered_per_s'), '.0f')}/{num(v.get('expected_per_s'), '.0f')} msg/s "
+                          f"{num(v.get('delay_s'), '.1f')} s behind" for n, v in sorted(load.get("venues", {}).items()))
+        lines.append(f"load {load['state'].upper() if load['overloaded'] else load['state']}"
+                     f"{' (' + '; '.join(load['reasons']) + ')' if load.get('reasons') else ''}, degradation level "
+                     f"{load['degradation_level']}; event loop lag {num(load.get('loop_lag_s'), '.3f')} s "
+                     f"(p99 {num(load.get('loop_lag_p99_s'), '.3f')} s); CPU {num(load.get('cpu'), '.2f')}; "
+                     f"RSS {load.get('rss_bytes', 0) / 2 ** 20:.0f} MB; write backlog "
+                     f"{load.get('write_backlog_rows', 0)} rows")
+        if rates:
+            lines.append(f"delivered/expected: {rates}")
     return "\n".join(lines)
 
 

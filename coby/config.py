@@ -195,6 +195,19 @@ class Settings:
     book_publish_interval: float = setting(0.1, "Seconds between two states of one venue's book published on its "
                                            "book channel and cached (the newest wins; 0: every update).",
                                            ("COBY_BOOK_PUBLISH_INTERVAL",), _non_negative)
+    overload_loop_lag: float = setting(0.25, "Event-loop lag (worst sleep overshoot in a second), seconds, at or "
+                                       "above which a second counts as overloaded.", ("COBY_OVERLOAD_LOOP_LAG",),
+                                       _positive)
+    overload_feed_delay: float = setting(1.0, "Seconds a venue's newest book may trail its own timestamp (above the "
+                                         "least delay seen, which absorbs clock skew) before a second counts as "
+                                         "overloaded: the daemon reads slower than the venue sends.",
+                                         ("COBY_OVERLOAD_FEED_DELAY",), _positive)
+    overload_memory_mb: float = setting(1536.0, "Resident memory, MB, at or above which a second counts as "
+                                        "overloaded (0: not checked).", ("COBY_OVERLOAD_MEMORY_MB",), _non_negative)
+    overload_after: int = setting(3, "Consecutive overloaded seconds before the daemon says overloaded and starts "
+                                  "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), _positive)
+    overload_recover: int = setting(10, "Consecutive clear seconds before an overloaded daemon returns to normal "
+                                    "intervals.", ("COBY_OVERLOAD_RECOVER",), _positive)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
                                  ("COBY_OHLCV_GRACE",), _non_negative)
     ohlcv_repair_window: float = setting(600.0, "Seconds behind the close horizon within which a trade older than "

@@ -39,6 +39,8 @@ class Daemon:
         self.replay: Any = None
         self.retention: Any = None
         self.backfill: Any = None
+        from coby.load import LoadGovernor
+        self.load = LoadGovernor(settings, self._slow_down)  # fed every second by the HTTP monitor
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -116,6 +118,13 @@ class Daemon:
             for symbol in self.settings.symbols:
                 await conn.subscribe_orderbook(symbol)
                 await conn.subscribe_trades(symbol)
+
+    def _slow_down(self, slowdown: Any) -> None:
+        """A new degradation level (coby.load): the pipeline's and the connectors' intervals."""
+        if self.pipeline is not None:
+            self.pipeline.slow_down(slowdown.publish, slowdown.aggregate)
+        for conn in self.connectors.values():
+            conn.emit_interval = self.settings.book_emit_interval * slowdown.emit
 
     def request_stop(self) -> None:
         self._stopping.set()

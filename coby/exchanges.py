@@ -95,6 +95,7 @@ class ExchangeConnector:
         self._breakers = {kind: CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
                           for kind in (BOOK, TRADES)}
         self._book_limit = self.venue.book_limit(settings.book_depth)
+        self.emit_interval = settings.book_emit_interval  # stretched under overload (coby.load)
         self._emit = Callbacks(exchange, settings.reject_log_interval)
         self._resumed: list[Callable[[str, str, bool, bool], None]] = []
         if on_event is not None:
@@ -250,7 +251,7 @@ class ExchangeConnector:
 
     async def _books(self, st: Stream, ex: Any) -> None:
         watch, unified, limit, feed = ex.watch_order_book, st.unified, self._book_limit, st.feed
-        interval, clock = self.settings.book_emit_interval, self._clock
+        clock = self._clock
         while True:
             st.watching = True
             raw = await watch(unified, limit)
@@ -261,12 +262,12 @@ class ExchangeConnector:
             if key == st.last_key and key != (None, None):
                 continue  # resolved without a change (e.g. a skipped frame): not progress
             st.last_key = key
-            if interval:
+            if self.emit_interval:
                 now = clock()
                 if now < st.next_emit:  # held back: the flusher (or a later update) emits the newest state
                     st.raw, st.pending = raw, True
                     continue
-                st.next_emit = now + interval
+                st.next_emit = now + self.emit_interval
             st.pending = False
             await self._emit_book(st, raw)
 
@@ -292,7 +293,7 @@ class ExchangeConnector:
             now = self._clock()
             for st in list(self._streams.values()):
                 if st.pending and st.watching and now >= st.next_emit and st.gen == st.feed.gen:
-                    st.pending, st.next_emit = False, now + interval
+                    st.pending, st.next_emit = False, now + self.emit_interval
                     await self._emit_book(st, st.raw)
 
     async def _trades(self, st: Stream, ex: Any) -> None:

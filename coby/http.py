@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coby import api, dashboard, ws
 from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
 from coby.errors import StorageError
+from coby.load import VenueSample, rss_bytes
 from coby.metrics import (
     EXCHANGE_CONNECTED, FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY, REPLAY_SESSIONS, REPLAY_SESSIONS_MAX,
 )
@@ -190,12 +191,19 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready: storage can write (database up, journal writable and not too far behind) and at least one
     venue is connected (a process without connectors, serving from storage and Redis only, needs
-    storage alone). The body says why not."""
+    storage alone), and the daemon is not overloaded (coby.load). The body says why not."""
     daemon = request.app[DAEMON_KEY]
     storage_ok, why = daemon.storage.ready()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
     ok = storage_ok and (bool(live) or not daemon.connectors)
+    load = getattr(daemon, "load", None)
+    if load is not None and load.overloaded:
+        ok = False
     body = {"ok": ok, "storage": storage_ok, "live_exchanges": live}
+    if load is not None:
+        body["overloaded"] = load.overloaded
+        if load.overloaded:
+            body["overload"] = load.reasons or [f"recovering (level {load.level})"]
     if why is not None:
         body["storage_error"] = why
     return json_response(body, 200 if ok else 503)
@@ -238,18 +246,20 @@ class Monitor:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        worst, window = 0.0, loop.time()
+        lags: list[float] = []
+        window = loop.time()
         while True:
             before = loop.time()
             await asyncio.sleep(self.interval)
             now = loop.time()
-            worst = max(worst, now - before - self.interval)
+            lags.append(max(0.0, now - before - self.interval))
             if now - window >= 1.0:
-                LOOP_LAG.set(worst)
-                worst, window = 0.0, now
-                self.sample()
+                LOOP_LAG.set(max(lags))
+                window = now
+                self.sample(lags)
+                lags = []
 
-    def sample(self) -> None:
+    def sample(self, lags: list[float] | None = None) -> None:
         counts, wall = {}, time.time()
         for name, conn in self.daemon.connectors.items():
             try:
@@ -262,10 +272,30 @@ class Monitor:
             if st.last_message_at is not None:
                 FEED_AGE.labels(name).set(max(0.0, wall - st.last_message_at.timestamp()))
         self.rates.sample(time.monotonic(), counts)
+        load = getattr(self.daemon, "load", None)
+        if load is not None:
+            self._observe(load, lags or [], counts)
         replay = getattr(self.daemon, "replay", None)
         if replay is not None:
             REPLAY_SESSIONS.set(replay.active_count())
             REPLAY_SESSIONS_MAX.set(replay.settings.replay_max_sessions)
+
+
+    def _observe(self, load: Any, lags: list[float], counts: dict[str, int]) -> None:
+        """Hand the governor (coby.load) this second's sample; its decision must not stop the monitor."""
+        pipeline = getattr(self.daemon, "pipeline", None)
+        newest = pipeline.newest_books if pipeline is not None else {}
+        venues = {}
+        for name, n in counts.items():
+            b = newest.get(name)
+            venues[name] = VenueSample(n) if b is None else \
+                VenueSample(n, b.timestamp.timestamp(), b.received_at.timestamp())
+        storage = getattr(self.daemon, "storage", None)
+        try:
+            load.observe(time.monotonic(), lags, venues, storage.buffer.pending() if storage is not None else 0,
+                         rss_bytes(), time.process_time())
+        except Exception:  # noqa: BLE001
+            log.exception("load_observe_failed")
 
 
 # --- assembly -------------------------------------------------------------------------------------

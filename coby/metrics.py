@@ -83,6 +83,18 @@ FEED_AGE = Gauge("coby_feed_age_seconds", "Seconds since a venue's connector las
                  ["exchange"], registry=REGISTRY)
 LOOP_LAG = Gauge("coby_event_loop_lag_seconds", "Worst event-loop lag (sleep overshoot) seen in the last second.",
                  registry=REGISTRY)
+LOOP_LAG_P99 = Gauge("coby_event_loop_lag_p99_seconds", "99th percentile of the event-loop lag over the last minute "
+                     "(sampled every 0.1 s).", registry=REGISTRY)
+OVERLOADED = Gauge("coby_overloaded", "1 while the daemon cannot keep up (coby.load: loop lag, feed delay, memory).",
+                   registry=REGISTRY)
+DEGRADATION_LEVEL = Gauge("coby_degradation_level", "0 normal; 1, 2: the intervals stretched under overload "
+                          "(docs/operations.md, overload).", registry=REGISTRY)
+FEED_DELAY = Gauge("coby_feed_delay_seconds", "How far a venue's newest book trails its own timestamp, above the "
+                   "least delay seen (clock skew): grows while coby reads slower than the venue sends.",
+                   ["exchange"], registry=REGISTRY)
+FEED_RATE = Gauge("coby_feed_messages_per_second", "A venue's messages per second over 10 s: delivered (read by "
+                  "coby), expected (those messages over the venue time they cover).", ["exchange", "kind"],
+                  registry=REGISTRY)
 EXCHANGE_CONNECTED = Gauge("coby_exchange_connected", "1 while a venue's connector is connected (a live feed), 0 "
                            "while it connects, is stale, disconnected or its circuit is open.", ["exchange"],
                            registry=REGISTRY)

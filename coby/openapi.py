@@ -149,7 +149,18 @@ def _schemas() -> dict[str, Any]:
         "cache": _obj({"kind": {"type": "string"}, "connected": {"type": "boolean"}}),
         "api": _obj({"ws_clients": {"type": "integer"}}),
         "exchanges": {"type": "object", "additionalProperties": {"$ref": REF + "VenueStatus"}},
-    })
+    }, load=_obj({
+        "state": {"type": "string", "enum": ["ok", "overloaded"]}, "overloaded": {"type": "boolean"},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "of the last second"},
+        "degradation_level": {"type": "integer", "minimum": 0, "description": "0 normal; 1, 2: intervals "
+                                                                              "stretched (docs/operations.md)"},
+        "loop_lag_s": {"type": "number"}, "loop_lag_p99_s": {"type": "number", "description": "over a minute"},
+        "rss_bytes": {"type": "integer"}, "write_backlog_rows": {"type": "integer"},
+        "venues": {"type": "object", "additionalProperties": _obj({}, delivered_per_s={"type": ["number", "null"]},
+                                                                   expected_per_s={"type": ["number", "null"]},
+                                                                   delay_s={"type": ["number", "null"]})},
+    }, cpu={"type": ["number", "null"], "description": "cores used by the process over 10 s"},
+        slowdown={"type": "object", "additionalProperties": {"type": "number"}}))
     out["Symbols"] = _obj({"ok": _ok(), "symbols": {"type": "array", "items": {"type": "string"}},
                            "exchanges": {"type": "array", "items": {"type": "string"}},
                            "timeframes": {"type": "array", "items": {"type": "string"}}},
@@ -184,7 +195,9 @@ def _schemas() -> dict[str, Any]:
                                   "columns": {"type": "array", "items": {"$ref": REF + "HeatmapColumn"}}})
     out["Health"] = _obj({"ok": _ok()})
     out["Ready"] = _obj({"ok": {"type": "boolean"}, "storage": {"type": "boolean"},
-                         "live_exchanges": {"type": "array", "items": {"type": "string"}}})
+                         "live_exchanges": {"type": "array", "items": {"type": "string"}}},
+                        overloaded={"type": "boolean"},
+                        overload={"type": "array", "items": {"type": "string"}, "description": "why (coby.load)"})
     return out
 
 

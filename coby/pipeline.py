@@ -24,7 +24,8 @@ monotonic clock, live - never on a venue's timestamps, which may go backwards (b
 book is stamped with local time, the WebSocket books after it with the venue's earlier time),
 and never on the wall clock, which may be stepped. In a replay they run on the events' time. The
 live engine likewise judges a book's staleness by its receive time (coby's clock), the recorder and
-a replay by event time.
+a replay by event time. Under overload ``coby.load`` stretches the publish and tick intervals
+(``slow_down``); trades and stored snapshots keep their cadence.
 
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
 "ts", "received", "data"}`` plus ``"replay": id`` on a replay session's bus.
@@ -76,11 +77,12 @@ class Publisher:
         env = self.envelope(channel, data, ts, received)
         if backfill:  # a trade a gap missed, fetched from the venue's history (coby.backfill)
             env["backfill"] = True
-        if book is not None:
-            await self.bus.set_book(book[0], book[1], env)
+        if book is not None:  # the cache and every subscriber share one encoding
+            await self.bus.publish_book(book[0], book[1], channel, env)
         elif latest is not None:
-            await self.bus.set_latest(latest[0], latest[1], env)
-        await self.bus.publish(channel, env)
+            await self.bus.publish_latest(latest[0], latest[1], channel, env)
+        else:
+            await self.bus.publish(channel, env)
         return env
 
 
@@ -109,6 +111,10 @@ class Pipeline:
         self.replay = replay_id is not None
         self.statuses: dict[str, Any] = {}
         self.events = 0
+        # the throttles' intervals: the settings', stretched under overload (coby.load, slow_down)
+        self.publish_interval = settings.book_publish_interval
+        self.aggregate_interval = settings.aggregate_interval
+        self.newest_books: dict[str, OrderBookSnapshot] = {}  # per venue: how far behind it is (coby.load)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,9 +134,8 @@ class Pipeline:
                 await self.storage.store_ohlcv(bar)
 
     async def _ticker(self) -> None:
-        interval = self.settings.aggregate_interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.aggregate_interval)
             try:
                 await self.tick(self.clock())
             except Exception:  # noqa: BLE001 - a bad tick is logged; the next one runs
@@ -164,11 +169,12 @@ class Pipeline:
     async def _on_book(self, b: OrderBookSnapshot) -> None:
         key = (b.exchange, b.symbol)
         self.engine.update_book(b)
+        self.newest_books[b.exchange] = b
         # The book channel carries at most one state per book_publish_interval (the newest; the
         # rest wait, marked dirty, for the next interval or tick): encoding 2 x book_depth levels
         # per venue update would cost more than ccxt's own parsing of it.
         t = b.timestamp.timestamp() if self.replay else self.monotonic()
-        if t - self._last_published.get(key, float("-inf")) >= self.settings.book_publish_interval:
+        if t - self._last_published.get(key, float("-inf")) >= self.publish_interval:
             await self._publish_book(b, t)
         else:
             self._dirty[key] = b
@@ -178,6 +184,11 @@ class Pipeline:
                 await self.storage.store_orderbook(b)
                 depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
                 self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
+
+    def slow_down(self, publish: float, aggregate: float) -> None:
+        """Stretch the book publish and aggregation intervals by these factors (1, 1: the settings')."""
+        self.publish_interval = self.settings.book_publish_interval * publish
+        self.aggregate_interval = self.settings.aggregate_interval * aggregate
 
     async def _publish_book(self, b: OrderBookSnapshot, t: float) -> None:
         self._last_published[(b.exchange, b.symbol)] = t

@@ -215,6 +215,10 @@ class ReplayBus(MemoryCache):
         self._values[key] = value  # type: ignore[assignment]
         return value
 
+    async def _keep_and_publish(self, key: str, channel: str, message: Any) -> None:
+        self._set(key, message)
+        await self.publish(channel, message)  # raw subscribers take the object; the rest encode once
+
     def _get_local(self, key: str) -> Any | None:
         value = self._values.get(key)
         if value is None:

@@ -246,6 +246,8 @@ class Simulator:
                 "frozen": self._frozen,
                 "rate": self.rate,
                 "connections": {ex: len(v.connections) for ex, v in self.venues.items()},
+                "sent": {ex: v.sent for ex, v in self.venues.items()},
+                "slow_consumers": {ex: v.slow_consumers for ex, v in self.venues.items()},
             }
         )
 

@@ -125,6 +125,7 @@ class Connection:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("sim_slow_consumer", venue=self.venue.name, conn=self.id, backlog=self.backlog)
+            self.venue.slow_consumers += 1
             self.abort()
 
     def send_json(self, obj: Any) -> None:
@@ -164,8 +165,10 @@ class Connection:
                     return
                 if isinstance(frame, str):
                     await self.ws.send_str(frame)
+                    self.venue.sent += 1
                 elif isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
+                    self.venue.sent += 1
                 else:
                     _, code, message = frame  # type: ignore[misc]
                     await self.ws.close(code=code, message=message.encode())
@@ -198,6 +201,8 @@ class Venue:
         self.symbol_by_id: dict[str, str] = {self.market_ids[s]: s for s in self.markets}
         self.history_depth = type(self).history_depth
         self.rest_limit = RestLimit(*self.rest_rate)
+        self.sent = 0  # frames written to clients' sockets (benchmarks count messages by it)
+        self.slow_consumers = 0  # clients disconnected for a full queue
 
     # --------------------------------------------------------------- routing
 

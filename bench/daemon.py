@@ -1,0 +1,280 @@
+"""Whole-daemon cost and capacity: ``coby run`` (10 venues x N symbols) beside ccxt.pro alone, one run.
+
+    .venv/bin/python bench/daemon.py [--symbols 22] [--rate 10] [--seconds 30] [--base /work/base-g]
+    .venv/bin/python bench/daemon.py --overload 2.0 [--symbols 22]     # 2x capacity, then back to normal
+
+The simulator runs in its own process (``coby simulate``) at ``--rate`` updates per second per market.
+Against it, one after the other, each in its own process for the same window after a warm-up:
+
+- **ccxt.pro alone**: a ``watch_order_book`` and a ``watch_trades`` loop per venue and symbol (one ccxt
+  client per venue and kind), doing nothing else;
+- **coby**: ``coby run`` of this tree (PostgreSQL in a fresh database, in-process cache), exactly as a
+  user starts it;
+- **coby (base)**: the same command with ``PYTHONPATH`` at ``--base``, a checkout of an older commit.
+
+Messages are the frames the simulator wrote to that process' sockets in the window (``/_sim/health``
+``sent``), so every run counts the same thing; CPU is the process' user + system time over the window
+(all threads: the storage writer too), from ``/proc``. Figures: CPU us per message, each over ccxt.pro
+alone, and the N at which one core is full: ``1e6 / (us per message x messages per second per symbol)``.
+
+``--overload F``: only coby; the rate is raised so the offered load is F times what one core takes
+(from a first cost run), held for ``--hold`` seconds (60), then set back to ``--rate``; status is polled every second:
+when ``overloaded`` shows, resident memory, trades counted by the connectors against trades stored,
+rows lost, and when the daemon is back to normal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import psycopg
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+from bench.ingest import PG, free_port  # noqa: E402
+
+from coby.config import EXCHANGES  # noqa: E402
+from coby.instruments import SYMBOLS as INSTRUMENTS  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+CCXT_ALONE = r"""
+import asyncio, sys
+from coby.config import Settings
+from coby.markets import MarketCatalog
+from coby.symbols import SymbolMap
+from coby.venues import build_client, override_base
+
+async def main():
+    settings = Settings.load()
+    loops = []
+    for ex in settings.exchanges:
+        catalog = MarketCatalog(ex, settings, SymbolMap(settings.symbol_map))
+        base = override_base(settings, ex)
+        books = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
+        trades = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
+        for sym in settings.symbols:
+            unified = SymbolMap(settings.symbol_map).unified(ex, sym)
+            async def b(c=books, u=unified):
+                while True:
+                    try:
+                        await c.watch_order_book(u)
+                    except Exception:
+                        await asyncio.sleep(1)
+            async def t(c=trades, u=unified):
+                while True:
+                    try:
+                        await c.watch_trades(u)
+                    except Exception:
+                        await asyncio.sleep(1)
+            loops += [b(), t()]
+    await asyncio.gather(*loops)
+
+asyncio.run(main())
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def http(url: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # /ready's 503 has a body
+        return json.loads(e.read())
+
+
+def sent(sim: str) -> int:
+    return sum(http(f"{sim}/_sim/health")["sent"].values())
+
+
+def new_db() -> str:
+    name = f"coby_bench_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return PG.rpartition("/")[0] + "/" + name
+
+
+def drop_db(url: str) -> None:
+    with psycopg.connect(PG, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
+def env_for(sim_port: int, symbols: list[str], pythonpath: str, db: str | None, api_port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COBY_")}
+    env.update(PYTHONPATH=pythonpath, COBY_EXCHANGE_URLS=f"*=http://127.0.0.1:{sim_port}",
+               COBY_SYMBOLS=",".join(symbols), COBY_EXCHANGES=",".join(EXCHANGES), COBY_LOG_LEVEL="WARNING",
+               COBY_DATA_DIR=tempfile.mkdtemp(), API_PORT=str(api_port))
+    if db is not None:
+        env["COBY_DB_URL"] = db
+    return env
+
+
+def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: float, seconds: float,
+            pythonpath: str = HERE) -> dict:
+    """One process of ``kind`` (ccxt, coby) against the simulator: messages, CPU and RSS over the window."""
+    db = new_db() if kind == "coby" else None
+    api_port = free_port()
+    env = env_for(sim_port, symbols, pythonpath, db, api_port)
+    cmd = [sys.executable, "-c", CCXT_ALONE] if kind == "ccxt" else [sys.executable, "-m", "coby.cli", "run"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
+    try:
+        time.sleep(warmup)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} exited with {proc.returncode}")
+        m0, c0, t0 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
+        lags, overloaded = [], 0
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1)
+            if kind == "coby":
+                load = http(f"http://127.0.0.1:{api_port}/api/v1/status").get("load") or {}
+                lags.append(load.get("loop_lag_s") or 0.0)  # the worst lag of the last second
+                overloaded += bool(load.get("overloaded"))
+        m1, c1, t1 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
+        out = {"messages": m1 - m0, "cpu": c1 - c0, "wall": t1 - t0, "rss_mb": rss_mb(proc.pid)}
+        if lags:
+            lags.sort()
+            out["loop_lag_p99_s"] = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+            out["overloaded_s"] = overloaded
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if db is not None:
+            drop_db(db)
+
+
+def report(name: str, r: dict, base_us: float | None, symbols: int) -> str:
+    us = r["cpu"] / r["messages"] * 1e6
+    per_symbol = r["messages"] / r["wall"] / symbols
+    full = 1e6 / (us * per_symbol)
+    ratio = f"{us / base_us:5.2f}x" if base_us else "    - "
+    extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms, overloaded {r['overloaded_s']} s" \
+        if "loop_lag_p99_s" in r else ""
+    return (f"{name:<14} {r['messages'] / r['wall']:>7.0f} msg/s  {r['cpu'] / r['wall']:5.2f} core  {us:6.1f} us/msg "
+            f"{ratio}  one core full at N = {full:5.1f}  RSS {r['rss_mb']:.0f} MB{extra}")
+
+
+def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[str]) -> None:
+    cost = measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)
+    us = cost["cpu"] / cost["messages"] * 1e6
+    capacity = 1e6 / us  # messages per second one core takes
+    offered = cost["messages"] / cost["wall"]
+    high = args.rate * args.overload * capacity / offered
+    print(f"capacity {capacity:.0f} msg/s at {us:.1f} us/msg; offered {offered:.0f} msg/s at rate {args.rate:g}; "
+          f"overload: rate {high:.1f}/s/market for {args.hold:g} s", flush=True)
+    db, api_port = new_db(), free_port()
+    env = env_for(sim_port, symbols, HERE, db, api_port)
+    proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "run"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd="/tmp")
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        time.sleep(args.warmup)
+        sc0 = http(f"{sim}/_sim/health")["slow_consumers"]
+        http(f"{sim}/_sim/rate", {"rate": high})
+        t0, said, back, peak = time.monotonic(), None, None, 0.0
+        while True:
+            time.sleep(1)
+            t = time.monotonic() - t0
+            st = http(f"{api}/api/v1/status").get("load", {})
+            ready = http(f"{api}/ready")
+            peak = max(peak, rss_mb(proc.pid))
+            print(f"t={t:5.1f}s {st.get('state')} level={st.get('degradation_level')} lag={st.get('loop_lag_s')} "
+                  f"ready={ready.get('ok')} rss={rss_mb(proc.pid):.0f} MB reasons={st.get('reasons')}", flush=True)
+            if said is None and st.get("overloaded"):
+                said = t
+            if t >= args.hold and back is None:
+                http(f"{sim}/_sim/rate", {"rate": args.rate})
+                back, t_back = t, t
+            if back is not None and not st.get("overloaded") and ready.get("ok"):
+                recovered = t - t_back
+                break
+            if back is not None and t - t_back > 120:
+                recovered = None
+                break
+        time.sleep(5)
+        metrics = urllib.request.urlopen(f"{api}/metrics", timeout=10).read().decode()
+        sc1 = http(f"{sim}/_sim/health")["slow_consumers"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    received = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("coby_messages_total{") and 'kind="trade"' in line)
+    lost = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("coby_storage_lost_rows_total{"))
+    with psycopg.connect(db) as c:
+        stored = c.execute("SELECT count(*) FROM trade_events").fetchone()[0]
+    drop_db(db)
+    print(f"overloaded reported {said} s after the load rose; recovered {recovered} s after it fell; "
+          f"peak RSS {peak:.0f} MB; trades received {received:.0f}, stored {stored} (duplicates keyed away), "
+          f"lost rows {lost:.0f}; simulator slow-consumer disconnects {sum(sc1.values()) - sum(sc0.values())}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--symbols", type=int, default=22, help=f"symbols per venue (at most {len(INSTRUMENTS)})")
+    ap.add_argument("--rate", type=float, default=10.0, help="book updates per second per market")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--base", default=None, help="a checkout of an older commit, measured the same way")
+    ap.add_argument("--overload", type=float, default=0.0, help="offered load over capacity (e.g. 2)")
+    ap.add_argument("--hold", type=float, default=60.0, help="seconds the overload lasts")
+    args = ap.parse_args()
+    symbols = list(INSTRUMENTS)[:args.symbols]
+    sim_port = free_port()
+    sim_proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "simulate", "--port", str(sim_port), "--rate",
+                                 str(args.rate), "--symbols", ",".join(symbols)],
+                                env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    sim = f"http://127.0.0.1:{sim_port}"
+    try:
+        for _ in range(100):
+            try:
+                http(f"{sim}/_sim/health")
+                break
+            except OSError:
+                time.sleep(0.2)
+        if args.overload:
+            overload(args, sim, sim_port, symbols)
+            return
+        results = [("ccxt.pro alone", measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds))]
+        results.append(("coby", measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)))
+        if args.base:
+            results.append(("coby (base)", measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,
+                                                   pythonpath=args.base)))
+        print(f"10 venues x {len(symbols)} symbols at {args.rate:g} updates/s/market, {args.seconds:g} s each "
+              f"after {args.warmup:g} s warm-up, load {os.getloadavg()[0]:.1f}")
+        r0 = results[0][1]
+        base_us = r0["cpu"] / r0["messages"] * 1e6
+        for name, r in results:
+            print(report(name, r, None if r is r0 else base_us, len(symbols)))
+    finally:
+        sim_proc.terminate()
+        sim_proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()

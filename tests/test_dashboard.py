@@ -123,8 +123,10 @@ async def _shot(page, name: str, full_page: bool = False) -> Path:
     return path
 
 
-async def _heat_pixels(page) -> int:
-    return await page.evaluate(HEAT_PIXELS_JS)
+async def _heat_painted(page, pixels: int) -> None:
+    """Wait until the heatmap has more than ``pixels`` painted pixels (it is redrawn when history
+    arrives, so one look can fall between a clear and the next paint)."""
+    await _until(page, f"() => ({HEAT_PIXELS_JS})() > {pixels}")
 
 
 def _input_time(t: float) -> str:
@@ -171,7 +173,7 @@ async def test_live_page_loads_connects_and_draws_every_view_without_errors(serv
         live = await page.eval_on_selector_all("#venues .venue[data-live=true]", "els => els.map(e => e.dataset.venue)")
         assert sorted(live) == sorted(EXCHANGES)
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 20")
-        assert await _heat_pixels(page) > 3000
+        await _heat_painted(page, 3000)
         await _until(page, "() => document.querySelectorAll('#ladder .lrow.bid').length > 3"
                            " && document.querySelectorAll('#ladder .lrow.ask').length > 3")
         await _until(page, "() => document.querySelectorAll('#tape li').length >= 10")
@@ -203,7 +205,7 @@ async def test_symbol_and_timeframe_switches_resubscribe(server, browser):
         eth_bid = float(await page.get_attribute("#ladder .lrow.bid", "data-price"))
         assert abs(eth_bid - btc_bid) > 100, (btc_bid, eth_bid)  # the simulator's ETH is not priced like BTC
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 3")
-        assert await _heat_pixels(page) > 300
+        await _heat_painted(page, 300)
 
         await page.click("#timeframes [data-tf='5m']")
         await _until(page, "() => window.coby.feed.channels.has('ohlcv:ETH-USDT:5m')"
@@ -224,7 +226,7 @@ async def test_phone_and_tablet_widths_stack_the_views_without_sideways_scrollin
         await page.wait_for_selector("#conn[data-state=open]", timeout=15000)
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 4")
         await _until(page, "() => document.querySelectorAll('#venues .venue[data-live=true]').length === 10")
-        assert await _heat_pixels(page) > 500
+        await _heat_painted(page, 500)
         for viewport in (PHONE, TABLET):
             await page.set_viewport_size(viewport)
             await page.wait_for_timeout(300)
@@ -261,7 +263,7 @@ async def test_replay_plays_pauses_seeks_and_returns_to_live(server, browser):
         assert "/api/v1/replay/" in await page.evaluate("window.coby.feed.url()")
         await _until(page, "() => Number(document.getElementById('heatmap').dataset.columns) >= 6", timeout=30)
         await _until(page, "() => document.querySelectorAll('#tape li').length > 0")
-        assert await _heat_pixels(page) > 300
+        await _heat_painted(page, 300)
         recorded = await page.evaluate("window.coby.views.heatmap.latest")
         assert start * 1000 - 2000 <= recorded <= end * 1000, "the heatmap shows the recorded range, not live data"
 

@@ -26,7 +26,6 @@ rows lost, and when the daemon is back to normal.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -64,19 +63,13 @@ async def main():
         trades = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
         for sym in settings.symbols:
             unified = SymbolMap(settings.symbol_map).unified(ex, sym)
-            async def b(c=books, u=unified):
+            async def watch(method, u=unified):
                 while True:
                     try:
-                        await c.watch_order_book(u)
+                        await method(u)
                     except Exception:
                         await asyncio.sleep(1)
-            async def t(c=trades, u=unified):
-                while True:
-                    try:
-                        await c.watch_trades(u)
-                    except Exception:
-                        await asyncio.sleep(1)
-            loops += [b(), t()]
+            loops += [watch(books.watch_order_book), watch(trades.watch_trades)]
     await asyncio.gather(*loops)
 
 asyncio.run(main())

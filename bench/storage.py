@@ -106,7 +106,6 @@ def _drop(pg: str, name: str) -> None:
 async def backlog(pg: str, rows: int) -> None:
     """``rows`` trades journalled while the database is unreachable, then a new storage drains them:
     the drain rate and the process's RSS while it drains (it must stay flat)."""
-    from coby.db import journal  # noqa: F401 - the journal exists from this version on
     name, url = _db(pg)
     tmp = tempfile.mkdtemp()
     try:

@@ -129,7 +129,7 @@ ProcessCollector(registry=REGISTRY)
 #: rate, or a dashboard panel, sees 0 instead of no data.
 REJECT_REASONS = ("schema", "range", "empty_book", "future_timestamp", "old_timestamp", "crossed_book",
                   "locked_book", "duplicate_trade", "malformed")
-LOST_REASONS = ("journal_write_failed", "closed", "not_started")
+LOST_REASONS = ("journal_write_failed", "journal_stalled", "closed", "not_started")
 CACHE_OPS = ("publish_dropped", "flush", "get")
 WS_DISCONNECT_REASONS = ("closed", "slow_consumer", "overload", "error", "shutdown")
 

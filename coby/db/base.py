@@ -43,7 +43,6 @@ class Storage(abc.ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.buffer = WriteBuffer(self, settings)
-        self._started = False
         self._closed = False
         self._prepared = False
 
@@ -60,7 +59,6 @@ class Storage(abc.ABC):
             log.warning("storage_down_at_start", error=str(e), hint="rows are journalled in data_dir/journal "
                         "and written once the database answers")
         self.buffer.start()
-        self._started = True
 
     async def prepare(self) -> None:
         """Connect and apply the migrations if not done yet; cheap once done. StorageUnavailable while
@@ -114,10 +112,6 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         """Run a query built by ``select``; return rows with timestamps as aware datetimes."""
-
-    @abc.abstractmethod
-    async def ping(self) -> bool:
-        """True when the database answers now."""
 
     async def delete_before(self, table: Table, cutoff: datetime, limit: int) -> int:
         """Delete at most about ``limit`` rows of ``table`` older than ``cutoff`` in one short transaction;

@@ -72,10 +72,6 @@ class WriteBuffer:
     def error(self) -> str | None:
         return self.writer.error
 
-    @property
-    def healthy(self) -> bool:
-        return self.state == "up" and self._journal_trouble() is None
-
     def _journal_trouble(self) -> str | None:
         """The journal's last error, until an append has succeeded after it and JOURNAL_ERROR_HOLD has
         passed without another failure."""

@@ -253,14 +253,6 @@ class PostgresStorage(Storage):
                 raise StorageUnavailable(f"PostgreSQL unavailable: {str(e).strip() or type(e).__name__}") from e
             raise
 
-    async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(3):
-                await self.fetch("SELECT 1", ())
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
-            return False
-
 
 def _safe(url: str) -> str:
     from coby.config import mask_url

@@ -21,9 +21,6 @@ def import_spill(spill_dir: Path, journals: dict[Table, Journal]) -> int:
         rows: dict[Table, list[tuple]] = {}
         bad = bad_bytes = n = 0
 
-        def put(table: Table, batch: list[tuple]) -> None:
-            journals[table].append(batch)
-
         with path.open("rb") as fh:
             for line in fh:
                 if not line.strip():
@@ -38,11 +35,11 @@ def import_spill(spill_dir: Path, journals: dict[Table, Journal]) -> int:
                 batch.append(row)
                 n += 1
                 if len(batch) >= RECORD_ROWS:
-                    put(table, batch)
+                    journals[table].append(batch)
                     rows[table] = []
         for table, batch in rows.items():
             if batch:
-                put(table, batch)
+                journals[table].append(batch)
         for j in journals.values():
             j.sync()
         path.unlink()

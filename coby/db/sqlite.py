@@ -223,13 +223,6 @@ class SqliteStorage(Storage):
         except sqlite3.OperationalError as e:
             raise StorageUnavailable(f"SQLite unavailable: {e}") from e
 
-    async def ping(self) -> bool:
-        try:
-            await self.fetch("SELECT 1", ())
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
-            return False
-
 
 def _statements(sql: str) -> list[str]:
     """Split a migration file into statements (no semicolons inside our SQLite DDL strings)."""

@@ -323,7 +323,7 @@ class RedisCache(MemoryCache):
                 for channel, seq, payload in pubs:
                     streams.add_command(pipe, channel, seq, payload, length, book_length)
                 results = await pipe.execute(raise_on_error=False)
-        except Exception:
+        except BaseException:  # a failure, or a cancellation mid-flush (shutdown): nothing in flight is lost
             # keep the latest values (newer writes win) and the unsent messages for the retry; a retried XADD
             # that Redis had already applied is refused (its seq is there), so nothing is written twice
             self._pending_sets = {**sets, **self._pending_sets}

@@ -116,6 +116,40 @@ async def add_commands(pipe: Any, script: Any, latest: dict[str, tuple[int | Non
     return calls
 
 
+#: The entries after a position in each of KEYS (ARGV: total budget, per-stream count, then one position per
+#: key), as one bulk string: per entry ``"{key number} {id} {payload length}\n{payload}"``.
+READ = r"""
+local out = {}
+local budget = tonumber(ARGV[1])
+local per = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if budget <= 0 then break end
+  local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[i + 2], '+', 'COUNT', math.min(per, budget))
+  for _, e in ipairs(entries) do
+    local f, payload = e[2], ''
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then payload = f[j + 1] end
+    end
+    out[#out + 1] = i .. ' ' .. e[1] .. ' ' .. #payload .. '\n' .. payload
+  end
+  budget = budget - #entries
+end
+return table.concat(out)
+"""
+
+
+def parse_batch(data: bytes, channels: list[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """``READ``'s reply as ``{channel: [(entry id, payload), ...]}`` (``channels``: its KEYS' channels)."""
+    out: dict[str, list[tuple[bytes, bytes]]] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        i, eid, n = data[pos:nl].split(b" ")
+        pos = nl + 1 + int(n)
+        out.setdefault(channels[int(i) - 1], []).append((eid, data[nl + 1:pos]))
+    return out
+
+
 async def last_seq(redis: Any, channel: str) -> int:
     """The seq of the newest entry of ``channel``'s stream (0: none)."""
     got = await redis.xrevrange(PREFIX + channel, "+", "-", count=1)

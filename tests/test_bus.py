@@ -362,3 +362,52 @@ async def test_resume_requests_are_checked(tmp_path, pg):
             reply = await recv_json(ws)
             assert reply["type"] == "error" and "resume" in reply["error"] and reply["id"] == 9
         await ws.close()
+
+
+async def test_status_from_several_collectors_is_numbered_once_by_redis(redis):
+    """``status`` is published by every collector: Redis numbers its entries, and a reader gets 1..N in
+    order whatever each publisher's own count was."""
+    reader = open_cache(REDIS_URL, remote=True)
+    writers = [RedisCache(REDIS_URL, interval=0.01) for _ in range(2)]
+    for c in (reader, *writers):
+        await c.start()
+    try:
+        sub = reader.subscribe("status", maxsize=1000)
+        await asyncio.sleep(0.3)
+        pubs = [Publisher(w) for w in writers]
+        for i in range(20):
+            await pubs[i % 2].publish("status", {"from": i % 2}, latest=("status", "*"))
+            await asyncio.sleep(0.03)  # book-like: coalesced per flush, so one per flush here
+        msgs = await drain(sub, 20, timeout=3)
+        got = seqs(msgs, "status")
+        assert got == sorted(set(got)) and got[-1] == 20  # the stream's numbering: increasing, ends at 20
+        assert await redis.xlen("coby:s:status") <= 4
+    finally:
+        for c in (reader, *writers):
+            await c.aclose()
+
+
+async def test_resume_above_the_streams_numbering_is_no_resume(tmp_path, pg, redis):
+    """A client resumes with a seq the channel never reached (Redis lost its data, numbering restarted): it
+    gets the live stream as it comes, not nothing."""
+    writer = RedisCache(REDIS_URL, interval=0.01)
+    await writer.start()
+    pub = Publisher(writer)
+    cache, host = await _api_node(tmp_path, pg, "a")
+    trades = "trades:BTC-USDT"
+    try:
+        async with serving(host) as api:
+            await pub.publish(trades, {"i": 0})
+            await asyncio.sleep(0.2)
+            ws = await api.ws_connect("/ws")
+            await ws.send_json({"op": "subscribe", "channels": [trades], "resume": {trades: 5000}})
+            assert (await recv_json(ws))["type"] == "subscribed"
+            await asyncio.sleep(0.5)
+            for i in range(3):
+                await pub.publish(trades, {"i": i})
+            got = [await recv_json(ws) for _ in range(3)]
+            await ws.close()
+        assert [m["seq"] for m in got] == [2, 3, 4]
+    finally:
+        await cache.aclose()
+        await writer.aclose()

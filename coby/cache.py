@@ -222,6 +222,7 @@ class RedisCache(MemoryCache):
     async def start(self) -> None:
         self._redis = self._client()
         self._append = self._redis.register_script(streams.APPEND)
+        self._read = self._redis.register_script(streams.READ)
         try:
             await self._redis.ping()
             self._set_connected(True)
@@ -360,7 +361,7 @@ class RedisCache(MemoryCache):
         """Up to ``count`` messages of ``channel`` after seq ``after`` (and up to ``until``) still in its
         stream, oldest first, as ``(seq, payload)``; ``[]`` when Redis cannot be asked."""
         try:
-            return await streams.read_since(self._redis, channel, after, count, until)
+            return await streams.read_since(self._read, channel, after, count, until)
         except Exception as e:  # noqa: BLE001
             CACHE_ERRORS.labels("get").inc()
             log.warning("bus_read_failed", channel=channel, error=str(e) or type(e).__name__)

@@ -158,17 +158,18 @@ async def last_seq(redis: Any, channel: str) -> int:
     return seq_of_id(got[0][0]) or 0
 
 
-async def read_since(redis: Any, channel: str, after: int, count: int, until: int | None = None) -> list[tuple[int, bytes]]:
+async def read_since(script: Any, channel: str, after: int, count: int,
+                     until: int | None = None) -> list[tuple[int, bytes]]:
     """Up to ``count`` messages of ``channel`` with seq above ``after`` (and at most ``until``), oldest first,
-    as ``(seq, payload)``."""
-    got = await redis.xrange(PREFIX + channel, f"(0-{after}", f"0-{until}" if until is not None else "+",
-                             count=count)
+    as ``(seq, payload)``; ``script``: ``READ`` registered on a client."""
+    data = await script(keys=[PREFIX + channel], args=[count, count, f"0-{after}"])
     out = []
-    for eid, fields in got:
-        seq = seq_of_id(eid)
-        payload = fields.get(b"d")
-        if seq is None or payload is None:
+    for eid, payload in parse_batch(data, [channel]).get(channel, ()):
+        seq = int(eid[2:]) if eid[:2] == b"0-" else None
+        if seq is None or not payload:
             continue
+        if until is not None and seq > until:
+            break
         out.append((seq, patch_seq(payload, seq) if channel in SHARED_CHANNELS else payload))
     return out
 

@@ -351,6 +351,8 @@ class RedisCache(MemoryCache):
     async def last_seq(self, channel: str) -> int:
         """The newest seq of ``channel`` in Redis, or written here and not flushed yet. Raises when Redis
         cannot be asked (the caller decides: a publisher then numbers from what it knows)."""
+        if not self._connected:  # not one connect timeout per channel: the flusher reconnects
+            raise ConnectionError("Redis unavailable")
         pending = [s for c, s, _ in self._pending_pubs if c == channel and s is not None]
         if channel in self._pending_latest and self._pending_latest[channel][0] is not None:
             pending.append(self._pending_latest[channel][0])

@@ -8,6 +8,7 @@ with SIGKILL), counted: every message sent arrives once, in seq order, or a gap 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -411,3 +412,96 @@ async def test_resume_above_the_streams_numbering_is_no_resume(tmp_path, pg, red
     finally:
         await cache.aclose()
         await writer.aclose()
+
+
+async def test_coby_run_channels_reach_another_process_with_the_same_seqs(tmp_path, redis):
+    """A real ``coby run`` (role all, the simulator, Redis): another process reading its channels from Redis
+    gets every trade once, in seq order from 1, and the same messages under the same seqs as a WebSocket
+    client of the daemon itself (its in-process path)."""
+    from tests.conftest import free_port
+    port = free_port()
+    env = {**os.environ, "COBY_EXCHANGES": "binance,okx", "COBY_SYMBOLS": "BTC-USDT", "COBY_SIMULATE": "1",
+           "COBY_SIMULATOR_PORT": "0", "COBY_REDIS_URL": REDIS_URL, "COBY_DB_URL": f"sqlite:///{tmp_path / 'c.db'}",
+           "COBY_DATA_DIR": str(tmp_path / "d"), "COBY_LOG_LEVEL": "WARNING", "API_PORT": str(port),
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    trades, cons = "trades:BTC-USDT", "consolidated:BTC-USDT"
+    sub = reader.subscribe(trades, cons, maxsize=100_000)
+    await asyncio.sleep(0.3)  # started on the (empty) streams: from seq 1
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coby.cli", "run", env=env, cwd=str(ROOT),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    local: dict[int, dict] = {}
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(120):
+                try:
+                    ws = await s.ws_connect(f"http://127.0.0.1:{port}/ws")
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.25)
+            await ws.send_json({"op": "subscribe", "channels": [trades]})
+            assert (await recv_json(ws))["type"] == "subscribed"
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 8
+            while loop.time() < end:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    m = await recv_json(ws, timeout=1)
+                    local[m["seq"]] = m
+            await ws.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    try:
+        remote = await drain(sub, 10**9, timeout=2)
+    finally:
+        await reader.aclose()
+    got = [m for ch, m in remote if ch == trades]
+    assert len(got) > 20 and [m["seq"] for m in got] == list(range(1, len(got) + 1))  # once each, in order
+    assert local
+    both = [m for m in got if m["seq"] in local]
+    assert len(both) == len(local)  # every message the daemon's own client got reached the other process
+    assert all(local[m["seq"]] == m for m in both)  # the same message under the same seq
+    books = seqs(remote, cons)
+    assert books and books == sorted(set(books))
+
+
+async def test_collector_started_while_redis_is_down_joins_the_streams_numbering(redis):
+    """A publisher that starts while Redis is unreachable numbers from 1; when Redis is back the seqs the
+    stream already holds are refused (counted, not written twice) and the numbering goes on above the
+    stream's top: a reader sees one unbroken sequence."""
+    old = RedisCache(REDIS_URL, interval=0.01)
+    await old.start()
+    opub = Publisher(old)
+    for i in range(30):
+        await opub.publish("trades:AAA-USDT", {"i": i})
+    await old.aclose()
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    proxy = await TcpProxy("127.0.0.1", 6379).start()
+    proxy.cut()
+    url = REDIS_URL.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+    new = RedisCache(url, interval=0.01)
+    await new.start()
+    assert not new.connected
+    pub = Publisher(new)
+    conflicts = CACHE_ERRORS.labels("seq_conflict")._value.get()
+    try:
+        sub = reader.subscribe("trades:AAA-USDT", maxsize=1000)
+        await asyncio.sleep(0.3)
+        for i in range(10):
+            assert (await pub.publish("trades:AAA-USDT", {"i": i}))["seq"] == i + 1  # what it knows
+        proxy.restore()
+        for _ in range(200):
+            if new.connected and CACHE_ERRORS.labels("seq_conflict")._value.get() > conflicts:
+                break
+            await asyncio.sleep(0.05)
+        assert CACHE_ERRORS.labels("seq_conflict")._value.get() == conflicts + 10
+        after = [await pub.publish("trades:AAA-USDT", {"i": i}) for i in range(5)]
+        assert [e["seq"] for e in after] == [31, 32, 33, 34, 35]
+        msgs = await drain(sub, 35, timeout=5, channel="trades:AAA-USDT")
+        assert seqs(msgs, "trades:AAA-USDT") == [31, 32, 33, 34, 35]  # started at the top (30): no gap, no repeat
+    finally:
+        await new.aclose()
+        await reader.aclose()
+        await proxy.aclose()

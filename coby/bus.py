@@ -160,6 +160,11 @@ class StreamReader:
         last = None if channel in self._fresh else streams.seq_of_id(position)
         self._fresh.discard(channel)
         out: list[bytes] = []
+        if entries[0][0] == b"0-0":  # the stream was wiped and numbered again: read it from its start
+            log.warning("bus_stream_restarted", channel=channel, position=position)
+            self._positions[channel] = "0-0"
+            self._fresh.add(channel)
+            return
         for eid, payload in entries:
             seq = int(eid[2:]) if eid[:2] == b"0-" else None
             if seq is None or not payload:

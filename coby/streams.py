@@ -117,7 +117,9 @@ async def add_commands(pipe: Any, script: Any, latest: dict[str, tuple[int | Non
 
 
 #: The entries after a position in each of KEYS (ARGV: total budget, per-stream count, then one position per
-#: key), as one bulk string: per entry ``"{key number} {id} {payload length}\n{payload}"``.
+#: key), as one bulk string: per entry ``"{key number} {id} {payload length}\n{payload}"``; a stream whose
+#: newest entry is below the position (deleted, e.g. Redis wiped, and numbered again from 1) answers one entry
+#: ``0-0`` with no payload: read it again from its start.
 READ = r"""
 local out = {}
 local budget = tonumber(ARGV[1])
@@ -131,6 +133,15 @@ for i = 1, #KEYS do
       if f[j] == 'd' then payload = f[j + 1] end
     end
     out[#out + 1] = i .. ' ' .. e[1] .. ' ' .. #payload .. '\n' .. payload
+  end
+  if #entries == 0 and ARGV[i + 2] ~= '0-0' then
+    local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    local ms, seq = string.match(ARGV[i + 2], '(%d+)-(%d+)')
+    local tms, tseq = -1, -1
+    if #top > 0 then tms, tseq = string.match(top[1][1], '(%d+)-(%d+)') end
+    if tonumber(tms) < tonumber(ms) or (tonumber(tms) == tonumber(ms) and tonumber(tseq) < tonumber(seq)) then
+      out[#out + 1] = i .. ' 0-0 0\n'  -- the stream now ends below the position: it was wiped, numbering restarted
+    end
   end
   budget = budget - #entries
 end

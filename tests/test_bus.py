@@ -505,3 +505,30 @@ async def test_collector_started_while_redis_is_down_joins_the_streams_numbering
         await new.aclose()
         await reader.aclose()
         await proxy.aclose()
+
+
+async def test_reader_follows_a_stream_wiped_and_numbered_again(redis):
+    """Redis wiped under a running API node and the collector restarted (numbering from 1 again): the reader
+    notices the stream now ends below where it was, and reads it from its start."""
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    first = RedisCache(REDIS_URL, interval=0.01)
+    await first.start()
+    try:
+        sub = reader.subscribe("trades:AAA-USDT", maxsize=1000)
+        await asyncio.sleep(0.3)
+        pub = Publisher(first)
+        for i in range(30):
+            await pub.publish("trades:AAA-USDT", {"i": i})
+        assert seqs(await drain(sub, 30, timeout=5, channel="trades:AAA-USDT"), "trades:AAA-USDT")[-1] == 30
+        await first.aclose()
+        await redis.delete("coby:s:trades:AAA-USDT")
+        first = RedisCache(REDIS_URL, interval=0.01)
+        await first.start()
+        pub = Publisher(first)
+        for i in range(5):
+            await pub.publish("trades:AAA-USDT", {"i": i})
+        assert seqs(await drain(sub, 5, timeout=5, channel="trades:AAA-USDT"), "trades:AAA-USDT") == [1, 2, 3, 4, 5]
+    finally:
+        await first.aclose()
+        await reader.aclose()

@@ -9,6 +9,13 @@ Interface (what a daemon in role ``api`` uses)::
     await cache.read_since("trades:BTC-USDT", 907)  # what is still kept after seq 907 (a resume)
     await cache.aclose()
 
+and, on the publishing side (a collector; nothing to call in the normal case)::
+
+    cache = open_cache(url)                    # RedisCache: each channel also appended to its stream
+    await cache.last_seq("trades:BTC-USDT")    # the seq the channel has reached in Redis
+    await pipeline.publisher.resume(channels)  # at a takeover (failover): their numbering is re-read from
+                                               # Redis before their next message (a first publish does it anyway)
+
 ``StreamReader`` (owned by such a cache) reads the stream of every channel this process has at least one
 subscriber for and hands each message to the cache's in-process fan-out, in seq order: what is new in all
 of them comes in one reply (``streams.READ``, a script: one bulk string, parsed with a few slices per

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from coby.cache import RedisCache, open_cache
 from coby.metrics import BUS_GAPS, BUS_RECONNECTS, CACHE_ERRORS
 from coby.pipeline import Publisher
-from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving
+from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving, trade
 from tests.conftest import REDIS_URL, make_settings
 from tests.netproxy import TcpProxy
 
@@ -532,3 +532,66 @@ async def test_reader_follows_a_stream_wiped_and_numbered_again(redis):
     finally:
         await first.aclose()
         await reader.aclose()
+
+
+@pytest.mark.parametrize("trimmed", [False, True])
+async def test_python_client_behind_a_balancer_resumes_on_the_other_node(tmp_path, pg, redis, trimmed):
+    """coby's Python client behind a TCP balancer: node A's connection is cut and the balancer now sends it
+    to node B; the client resubscribes with its last seqs by itself and goes on with no gap and no repeat -
+    or, when the stream no longer holds what it missed, yields one Gap ("trimmed") and goes on."""
+    from coby.client import CobyClient
+    from coby.clientstream import Event, Gap, Reconnected
+    writer = RedisCache(REDIS_URL, interval=0.01, stream_length=100 if trimmed else 5000)
+    await writer.start()
+    pub = Publisher(writer)
+    cache_a, host_a = await _api_node(tmp_path, pg, "a")
+    cache_b, host_b = await _api_node(tmp_path, pg, "b")
+    trades = "trades:BTC-USDT"
+    try:
+        async with asyncio.timeout(60), serving(host_a) as a, serving(host_b) as b:
+            balancer = await TcpProxy("127.0.0.1", a.server.port).start()
+            client = CobyClient(f"http://127.0.0.1:{balancer.port}", timeout=5.0, backoff_initial=0.1,
+                                backoff_max=0.3)
+            items: list = []
+            try:
+                sub = client.stream([trades])
+                it = sub.__aiter__()
+
+                async def take(until) -> None:
+                    while not until():
+                        items.append(await it.__anext__())
+
+                reader = asyncio.create_task(take(lambda: False))
+                await asyncio.sleep(1.0)  # subscribed on A
+                for i in range(50):
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                while sum(isinstance(x, Event) for x in items) < 50:
+                    await asyncio.sleep(0.05)
+                balancer.cut()
+                balancer.target = ("127.0.0.1", b.server.port)
+                for i in range(50, 450):  # while the client is away
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                await asyncio.sleep(0.3)
+                balancer.restore()
+                while not any(isinstance(x, Reconnected) for x in items):
+                    await asyncio.sleep(0.05)
+                for i in range(450, 500):
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                while not items or not isinstance(items[-1], Event) or items[-1].seq != 500:
+                    await asyncio.sleep(0.05)
+                reader.cancel()
+                await sub.aclose()
+            finally:
+                await client.aclose()
+                await balancer.aclose()
+        got = [x.seq for x in items if isinstance(x, Event)]
+        gaps = [x for x in items if isinstance(x, Gap)]
+        if not trimmed:
+            assert got == list(range(1, 501)) and gaps == []
+        else:
+            assert len(gaps) == 1 and gaps[0].reason == "trimmed" and gaps[0].expected == 51
+            assert got == list(range(1, 51)) + list(range(gaps[0].got, 501))
+            assert gaps[0].missing == gaps[0].got - 51 > 0
+    finally:
+        for c in (cache_a, cache_b, writer):
+            await c.aclose()

@@ -1,4 +1,4 @@
-"""Gap filling (coby.backfill) against the simulator's REST trade history, with unmodified ccxt.
+"""Gap filling (coby.collector.backfill) against the simulator's REST trade history, with unmodified ccxt.
 
 Each test runs a daemon on the simulator (SQLite in a fresh file, one symbol, fast trades), breaks a
 venue's trade stream the way the simulator's faults do, and then compares the stored trades of the
@@ -17,7 +17,7 @@ import pytest
 
 from coby.daemon import Daemon
 from coby.models import utc_from_ms
-from coby.ohlcv import OHLCVBuilder
+from coby.aggregate.ohlcv import OHLCVBuilder
 from coby.simulator.venues._ids import uuid_id
 from tests.conftest import make_settings
 
@@ -277,7 +277,7 @@ async def test_kill_9_and_a_restart_later_fill_the_downtime_from_the_last_stored
 def test_the_backfill_setting_chooses_the_venues_filled(tmp_path):
     """``backfill`` names the venues filled ('*': every venue with a history route; empty: none); a venue
     with no history coby can page through and dedupe (htx, kucoin, mexc) is never filled."""
-    from coby.backfill import Backfill
+    from coby.collector.backfill import Backfill
     every = Backfill(make_settings(tmp_path), None, None)
     assert [ex for ex in ("binance", "okx", "bybit", "kraken", "htx", "kucoin", "mexc") if every.enabled(ex)] == \
         ["binance", "okx", "bybit", "kraken"]

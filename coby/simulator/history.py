@@ -20,7 +20,7 @@ gate       ``GET /api/v4/spot/trades``                     id, newest   1000    
 =========  ==============================================  ===========  ===========  =========
 
 htx, kucoin and mexc serve no history here yet (their real routes give the latest trades only, under ids
-their WebSocket does not send, or no id at all; see :mod:`coby.backfill`).
+their WebSocket does not send, or no id at all; see :mod:`coby.collector.backfill`).
 
 ``depth`` is what the venue keeps (:attr:`Venue.history_depth`, None: everything the market
 recorded); tests make it shorter to show a gap the venue cannot close. Each venue's REST

@@ -29,9 +29,9 @@ from coby import __version__
 from coby.codec import dumps, to_dict
 from coby.config import EXCHANGE_ALIASES, Settings
 from coby.db.tables import CONSOLIDATED
-from coby.heatmap_history import MAX_BUCKET, MIN_BUCKET, MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
+from coby.api.heatmap_history import MAX_BUCKET, MIN_BUCKET, MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
 from coby.models import UTC, ensure_utc, utc_from_ms, utcnow
-from coby.ohlcv import TIMEFRAMES as OHLCV_TIMEFRAMES
+from coby.aggregate.ohlcv import TIMEFRAMES as OHLCV_TIMEFRAMES
 
 DAEMON_KEY: web.AppKey[Any] = web.AppKey("daemon", object)
 #: OHLCV timeframes the API accepts (the candles the aggregation engine builds).
@@ -396,7 +396,7 @@ async def orderbook_history(request: web.Request) -> web.Response:
 
 
 async def heatmap_history_route(request: web.Request) -> web.Response:
-    """Columns of the consolidated book in buckets of any width, from stored snapshots (coby.heatmap_history)."""
+    """Columns of the consolidated book in buckets of any width, from stored snapshots (coby.api.heatmap_history)."""
     check_query(request, ("start", "end", "bucket_size", "step"))
     daemon = _daemon(request)
     s = daemon.settings

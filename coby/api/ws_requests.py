@@ -1,8 +1,8 @@
-"""What a WebSocket client may ask (``coby.ws``): its requests decoded and checked, channel names in canonical form.
+"""What a WebSocket client may ask (``coby.api.ws``): its requests decoded and checked, channel names in canonical form.
 
 A request is a JSON text ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": optional}``
 or ``{"op": "ping"}``. ``parse_request`` turns one into a ``Request`` or refuses it with the
-error message the client is sent; what a subscription then does is ``coby.ws``'s business.
+error message the client is sent; what a subscription then does is ``coby.api.ws``'s business.
 docs/api.md is the reference.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from coby.api import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
+from coby.api.rest import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
 from coby.config import Settings
 
 

@@ -41,11 +41,11 @@ from typing import Any
 
 import structlog
 
-from coby.ccxterrors import translate_ccxt_error
+from coby.collector.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
 from coby.models import ConnectionEvent, ConnectionEventKind, TradeEvent, utc_from_ms, utcnow
-from coby.venues import build_client, override_base
+from coby.collector.venues import build_client, override_base
 
 log = structlog.get_logger("coby.backfill")
 

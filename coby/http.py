@@ -29,7 +29,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coby.api import dashboard, rest as api, ws
-from coby.api.rest import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
+from coby.api.params import ApiError, json_response
+from coby.api.rest import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, FeedRates
 from coby.errors import StorageError
 from coby.metrics import (
     EXCHANGE_CONNECTED, FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY, REPLAY_SESSIONS, REPLAY_SESSIONS_MAX,

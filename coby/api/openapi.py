@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from coby import __version__, models
-from coby.api.rest import MAX_DEPTH, MAX_MS, TIMEFRAMES
+from coby.api.params import MAX_DEPTH, MAX_MS, TIMEFRAMES
 from coby.codec import dumps
 from coby.config import Settings
 from coby.api.heatmap_history import (

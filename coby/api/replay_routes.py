@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from coby.api import replay_ws
-from coby.api.rest import ApiError, json_response, parse_time as api_time
+from coby.api.params import ApiError, json_response, parse_time as api_time
 from coby.models import ReplayState, utc_from_ms
 from coby.api.openapi import OPENAPI_KEY, REF
 from coby.replay import ReplayError, ReplayManager, check_speed

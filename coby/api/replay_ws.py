@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from coby.api import ws
-from coby.api.rest import ApiError
+from coby.api.params import ApiError
 from coby.api.hub import Hub
 from coby.api.replay_bus import END
 

@@ -31,7 +31,8 @@ import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
-from coby.api.rest import DAEMON_KEY, ApiError
+from coby.api.params import ApiError
+from coby.api.rest import DAEMON_KEY
 from coby.codec import dumps
 from coby.config import Settings
 from coby.api.hub import CLOSE_GOING_AWAY, Feed, Hub, stored_state  # Hub: also coby.api.ws.Hub for replay

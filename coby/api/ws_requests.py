@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from coby.api.rest import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
+from coby.api.params import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
 from coby.config import Settings
 
 

@@ -59,7 +59,7 @@ async def test_heatmap_history_buckets_stored_snapshots_at_any_width(tmp_path, s
             await get(client, "/api/v1/heatmap/NOPE-USDT/history", 404)
 
             async with CobyClient(str(client.make_url(""))) as coby:
-                via_client = await coby.api.heatmap_history("BTC-USDT", start, end, bucket_size=1, step=5)
+                via_client = await coby.heatmap_history("BTC-USDT", start, end, bucket_size=1, step=5)
             assert via_client["columns"] == fine["columns"]
     finally:
         await cache.aclose()

@@ -64,31 +64,72 @@ class Paging:
     params: dict[str, Any] | None = None  # extra ccxt params (the method ccxt must call)
     cursor: str = "after"  # before_id: the parameter naming the id to page back from
     numbered: bool = True  # trade ids are numbers in trade order (bybit's are UUIDs)
+    by_content: bool = False  # the history's trades carry no id the WebSocket sends: dedupe by content
+    until: bool = False  # since: the venue needs the window's end too (mexc: startTime with endTime)
 
 
-# Venues not listed have no history coby can page through and dedupe by id: htx and kucoin serve the
-# latest trades only, under ids their WebSocket does not use; mexc's aggTrades carry no id.
 PAGING: dict[str, Paging] = {
     "binance": Paging("since", 1000),
     "okx": Paging("before_id", 100, {"method": "publicGetMarketHistoryTrades"}),
-    "bybit": Paging("latest", 1000, numbered=False),
+    "bybit": Paging("latest", 60, numbered=False),  # spot recent-trade: the latest 60 only
     "coinbase": Paging("window", 1000),
     "kraken": Paging("since", 1000),
     "bitfinex": Paging("since", 10_000),
     "gate": Paging("before_id", 1000, {"reverse": "true"}, cursor="last_id"),
+    "htx": Paging("latest", 2000),  # /market/history/trade: the latest 2000; trade-id = the WebSocket's tradeId
+    "kucoin": Paging("latest", 100, numbered=False, by_content=True),  # /market/histories: the last 100, no id
+    "mexc": Paging("since", 1000, numbered=False, by_content=True, until=True),  # aggTrades: no id at all
 }
+
+Fingerprint = tuple[int, float, float, str]  # (time ms, price, amount, side): a trade known by its content
+
+
+def fingerprint(ts: int, price: float, amount: float, side: str) -> Fingerprint:
+    return (int(ts), float(price), float(amount), side)
+
+
+def content_id(fp: Fingerprint, occurrence: int) -> str:
+    """The id coby gives a trade the venue sends without one (as ``DataProcessor.normalize_trade`` does)."""
+    return f"{fp[0]}:{fp[1]!r}:{fp[2]!r}:{fp[3]}:{occurrence}"
+
+
+class Recent:
+    """The last ``size`` keys seen (trade ids, or fingerprints), counted, with O(1) add and count."""
+
+    __slots__ = ("counts", "order", "size")
+
+    def __init__(self, size: int = LIVE_IDS) -> None:
+        self.counts: dict[Any, int] = {}
+        self.order: deque[Any] = deque()
+        self.size = size
+
+    def add(self, key: Any) -> None:
+        if len(self.order) >= self.size:
+            old = self.order.popleft()
+            n = self.counts[old] - 1
+            if n:
+                self.counts[old] = n
+            else:
+                del self.counts[old]
+        self.order.append(key)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.counts
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """One end of a gap: a trade's time (ms) and id."""
+    """One end of a gap: a trade's time (ms), id and content."""
 
     ts: int
     id: str
+    fp: Fingerprint | None = None
 
     @classmethod
     def of(cls, t: TradeEvent) -> "Mark":
-        return cls(round(t.timestamp.timestamp() * 1000), t.trade_id)
+        ts = round(t.timestamp.timestamp() * 1000)
+        return cls(ts, t.trade_id, (ts, t.price, t.size, t.side))
 
 
 _STORED = object()  # the gap's lower end is the last stored trade (a daemon start)
@@ -106,7 +147,7 @@ class Backfill:
         self._clients: dict[str, Any] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._last: dict[tuple[str, str], Mark] = {}
-        self._live: dict[tuple[str, str], tuple[set[str], deque[str]]] = {}
+        self._live: dict[tuple[str, str], Recent] = {}  # per market: live trade ids (by_content: fingerprints)
         self._waiting: dict[tuple[str, str], tuple[Any, bool]] = {}  # market -> (lower end: a Mark or _STORED, quiet)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, dict[str, int]] = {}
@@ -135,13 +176,10 @@ class Backfill:
         if type(event) is TradeEvent:
             key = (event.exchange, event.symbol)
             mark = Mark.of(event)
-            ids = self._live.get(key)
-            if ids is None:
-                ids = self._live[key] = (set(), deque())
-            if len(ids[1]) >= LIVE_IDS:
-                ids[0].discard(ids[1].popleft())
-            ids[0].add(mark.id)
-            ids[1].append(mark.id)
+            live = self._live.get(key)
+            if live is None:
+                live = self._live[key] = Recent()
+            live.add(mark.fp if PAGING[event.exchange].by_content else mark.id)
             if key in self._waiting:
                 lower, quiet = self._waiting[key]
                 if lower is _STORED or mark.ts >= lower.ts:  # not an old trade resent on subscribe
@@ -207,32 +245,56 @@ class Backfill:
             oldest = min((r["timestamp"] for r in raws if r.get("timestamp") is not None), default=None)
             reason = "the venue's history does not reach back to the last trade before the gap" + \
                 (f" (it starts at {utc_from_ms(oldest).isoformat()})" if oldest is not None else "")
-        seen = self._live.get((exchange, symbol), (set(), None))[0]
-        skip = set(seen) | {lower.id} | await self._stored_ids(exchange, symbol, lower, upper)
-        wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
-                  and lower.ts <= r["timestamp"] <= upper.ts]
+        live = self._live.setdefault((exchange, symbol), Recent())
+        stored = await self._stored(exchange, symbol, lower, upper)
+        raws = [r for r in raws if lower.ts <= r["timestamp"] <= upper.ts]
+        if PAGING[exchange].by_content:
+            wanted = self._new_by_content(raws, live, stored)
+        else:
+            skip = {t.trade_id for t in stored} | {lower.id}
+            wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
+                      and str(r["id"]) not in live]
         trades = self._connectors[exchange].processor.process_trades(wanted, exchange, symbol) if wanted else []
         for t in trades:
-            seen.add(t.trade_id)
+            live.add(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
         for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first
             await self.pipeline.on_backfill(trades[i:i + HAND_ON])
             await asyncio.sleep(0)
         return len(trades), CLOSED if reached and not reason else NARROWED, reason
+
+    @staticmethod
+    def _new_by_content(raws: list[dict], live: Recent, stored: list[TradeEvent]) -> list[dict]:
+        """The fetched trades not yet known, where the venue's history carries no id its WebSocket sends: by
+        content (time ms, price, amount, side), counted - of n fetched trades alike, those beyond the number
+        known (live or stored, whichever knows more) are new. Each gets coby's content id, numbered on from
+        the known ones. The residual risk: two alike trades (same millisecond, price, amount and side), one
+        known only live (not yet stored) and the other only stored (older than the live memory), count as one
+        known: the other is stored a second time. Trades alike but unknown are all kept (counted, not merged)."""
+        known: dict[Fingerprint, int] = {}
+        for t in stored:
+            fp = Mark.of(t).fp
+            known[fp] = known.get(fp, 0) + 1
+        taken: dict[Fingerprint, int] = {}
+        wanted = []
+        for r in raws:
+            fp = fingerprint(r["timestamp"], r["price"], r["amount"], r["side"])
+            k = taken[fp] = taken.get(fp, -1) + 1
+            if k >= max(known.get(fp, 0), live.counts.get(fp, 0)):
+                wanted.append({**r, "id": content_id(fp, k)})
+        return wanted
 
     async def _fetch(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> tuple[list[dict], bool]:
         """The venue's trades from ``lower`` to ``upper`` as ccxt parses them; and whether they reach ``lower``."""
         paging = PAGING[exchange]
         unified = self._connectors[exchange].symbol_map.unified(exchange, symbol)
         params = dict(paging.params or {})
-        got: dict[str, dict] = {}
+        if paging.until:
+            params["until"] = upper.ts
+        got: dict[str, dict] = {}  # by id; by content: every trade (pages never overlap, see below)
         pages: list[list[dict]] = []
-
-        def reached() -> bool:
-            return lower.id in got or any(r["timestamp"] < lower.ts for r in got.values())
-
         cursor_ts, until = lower.ts, upper.ts
         cursor_id: str | None = None
-        for _ in range(MAX_PAGES):
+        for n in range(MAX_PAGES):
             if paging.mode == "since":
                 page = await self._page(exchange, unified, cursor_ts, paging.limit, params)
             elif paging.mode == "window":
@@ -242,30 +304,47 @@ class Backfill:
                                         {**params, paging.cursor: cursor_id} if cursor_id else params)
             else:
                 page = await self._page(exchange, unified, None, paging.limit, params)
-            new = [r for r in page if r.get("id") is not None and str(r["id"]) not in got]
-            got.update((str(r["id"]), r) for r in new)
+            full = len(page) >= paging.limit and paging.mode != "latest"
+            if paging.by_content:
+                if full and paging.mode == "since":  # the last millisecond may go on in the next page: asked again
+                    last = max(r["timestamp"] for r in page)
+                    rest = [r for r in page if r["timestamp"] < last]
+                    page, full = (rest, True) if rest else (page, False)
+                new = page
+                got.update((f"{n}:{i}", r) for i, r in enumerate(page))
+            else:
+                new = [r for r in page if r.get("id") is not None and str(r["id"]) not in got]
+                got.update((str(r["id"]), r) for r in new)
             pages.append(new)
-            if not page or not new or len(page) < paging.limit or paging.mode == "latest":
+            if not new or not full:
                 break
             if paging.mode == "since":
                 last = max(r["timestamp"] for r in page)
                 if last >= upper.ts:
                     break
-                cursor_ts = last if last > cursor_ts else cursor_ts + 1
+                cursor_ts = last + 1 if paging.by_content else last if last > cursor_ts else cursor_ts + 1
             else:
                 oldest = min(page, key=lambda r: r["timestamp"])
-                if reached() or oldest["timestamp"] < lower.ts:
+                if self._reached(paging, lower, got) or oldest["timestamp"] < lower.ts:
                     break
                 until, cursor_id = oldest["timestamp"], str(oldest["id"])
-        # In trade order (trades of one millisecond too: OHLCV's open and close depend on it): by id where ids
-        # are numbers; else ccxt's order, which sorts a page by time stably, keeping the venue's newest-first
-        # order within a millisecond - undone by reversing (pages and trades) before a stable sort.
-        ordered = [r for page in reversed(pages) for r in reversed(page)]
+        # In trade order (trades of one millisecond too: OHLCV's open and close depend on it): by id where ids are
+        # numbers in trade order; else by time only - ccxt orders a page's trades of one millisecond by its id
+        # (a UUID, or its content id), so the venue's order within a millisecond is not known (bybit, kucoin, mexc).
+        ordered = [r for page in pages for r in page]
         if paging.numbered:
             ordered.sort(key=lambda r: (r["timestamp"], int(r["id"])))
         else:
             ordered.sort(key=lambda r: r["timestamp"])
-        return ordered, reached()
+        return ordered, self._reached(paging, lower, got)
+
+    @staticmethod
+    def _reached(paging: Paging, lower: Mark, got: dict[str, dict]) -> bool:
+        """The fetched history holds the gap's lower end, or a trade older than it."""
+        if not paging.by_content and lower.id in got:
+            return True
+        return any(r["timestamp"] < lower.ts or (paging.by_content and lower.fp == fingerprint(
+            r["timestamp"], r["price"], r["amount"], r["side"])) for r in got.values())
 
     async def _page(self, exchange: str, unified: str, since: int | None, limit: int, params: dict) -> list[dict]:
         """One request; a 429 waits (doubling from 1 s) and asks again, so the venue's limit slows the fill."""
@@ -309,12 +388,12 @@ class Backfill:
                                              newest_first=True)
         return Mark.of(rows[0]) if rows else None
 
-    async def _stored_ids(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> set[str]:
+    async def _stored(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> list[TradeEvent]:
+        """The market's stored trades of [lower, upper]."""
         if self.storage is None:
-            return set()
-        rows = await self.storage.get_trades(symbol, utc_from_ms(lower.ts), utc_from_ms(upper.ts) +
+            return []
+        return await self.storage.get_trades(symbol, utc_from_ms(lower.ts), utc_from_ms(upper.ts) +
                                              timedelta(milliseconds=1), exchange=exchange, limit=100_000)
-        return {t.trade_id for t in rows}
 
     # ---------------------------------------------------------------------------------- output
 

@@ -61,7 +61,8 @@ _fromtimestamp = datetime.fromtimestamp
 
 # Venues whose ccxt trade ``id`` is not the venue's trade id: take it from the raw payload.
 # htx's 24-digit ``id`` does not survive JSON parsing as an integer (distinct trades
-# collide); ``tradeId`` is the real, small, unique id.
+# collide); ``tradeId`` is the real, small, unique id. Its REST history (the gap filler) sends it as
+# ``trade-id``, which ccxt makes the trade's ``id``: without the key in ``info``, the ``id`` is taken.
 INFO_TRADE_ID: dict[str, str] = {"htx": "tradeId"}
 
 
@@ -161,7 +162,7 @@ class DataProcessor:
         try:
             price, amount, side, ts = raw["price"], raw["amount"], raw["side"], raw["timestamp"]
             key = INFO_TRADE_ID.get(exchange)
-            trade_id = raw["info"].get(key) if key else raw.get("id")
+            trade_id = (raw["info"].get(key) or raw.get("id")) if key else raw.get("id")
         except (KeyError, TypeError, AttributeError):
             raise ValidationError("schema", "trade without price/amount/side/timestamp") from None
         if not (type(price) is float or type(price) is int) or not (type(amount) is float or type(amount) is int):

@@ -54,6 +54,8 @@ LIVE_IDS = 5_000  # trade ids remembered per market, to tell a fetched trade fro
 MAX_PAGES = 200  # a bound on one fill's requests, whatever the venue answers
 RETRIES = 6  # 429s in a row on one page before the fill gives up (narrowed)
 HAND_ON = 500  # fetched trades handed to the pipeline at once
+STORAGE_RETRY, STORAGE_RETRY_MAX = 0.5, 5.0  # seconds between reads of the last stored trade while the DB is down
+OVERLOAD_POLL = 0.5  # seconds between looks at the load governor while the daemon is overloaded
 CLOSED, NARROWED = "closed", "narrowed"
 
 
@@ -139,8 +141,10 @@ class Backfill:
     """Fills the gaps of every attached connector's trade streams. See the module docstring."""
 
     def __init__(self, settings: Any, storage: Any, pipeline: Any, *,
-                 client_factory: Callable[..., Any] = build_client) -> None:
+                 client_factory: Callable[..., Any] = build_client, load: Any = None) -> None:
         self.settings, self.storage, self.pipeline = settings, storage, pipeline
+        self.load = load  # the daemon's LoadGovernor (coby.load): while it says overloaded, no new page is asked
+        self.paused = 0  # times a fill waited for an overload to pass
         self._factory = client_factory
         self._enabled = set(settings.exchanges) if "*" in settings.backfill else set(settings.backfill)
         self._connectors: dict[str, Any] = {}
@@ -258,6 +262,7 @@ class Backfill:
         for t in trades:
             live.add(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
         for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first
+            await self._give_way()
             await self.pipeline.on_backfill(trades[i:i + HAND_ON])
             await asyncio.sleep(0)
         return len(trades), CLOSED if reached and not reason else NARROWED, reason
@@ -351,6 +356,7 @@ class Backfill:
         client = self._client(exchange)
         delay = 1.0
         for attempt in range(RETRIES + 1):
+            await self._give_way()
             try:
                 return await client.fetch_trades(unified, since, limit, dict(params))
             except Exception as exc:  # noqa: BLE001 - translated once (ccxterrors)
@@ -362,6 +368,16 @@ class Backfill:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _give_way(self) -> None:
+        """While the daemon is overloaded (coby.load), wait: no page is asked, no slice handed on, until it is not."""
+        if self.load is None or not self.load.overloaded:
+            return
+        self.paused += 1
+        log.info("backfill_paused", reason="overloaded")
+        while self.load.overloaded:
+            await asyncio.sleep(OVERLOAD_POLL)
+        log.info("backfill_resumed")
 
     def _client(self, exchange: str) -> Any:
         """The venue's REST client for fills (its own: a 429 on it never touches a live feed's client)."""
@@ -377,15 +393,26 @@ class Backfill:
     # --------------------------------------------------------------------------------- storage
 
     async def _last_stored(self, exchange: str, symbol: str, upper: Mark) -> Mark | None:
-        """The market's last stored trade before ``upper`` (what an earlier run received), or None."""
+        """The market's last stored trade before ``upper`` (what an earlier run received), or None. While the
+        database is down (a daemon started without it), waits - retrying every ``STORAGE_RETRY`` doubling to
+        ``STORAGE_RETRY_MAX`` seconds - until the earlier run's rows can be read: a fill needs its lower end."""
         if self.storage is None:
             return None
-        try:  # an earlier run's journalled rows reach the database first (bounded: it may be down)
-            await asyncio.wait_for(self.storage.flush(), 10.0)
-        except Exception as exc:  # noqa: BLE001 - read what the database has
-            log.info("backfill_flush_skipped", error=repr(exc)[:200])
-        rows = await self.storage.get_trades(symbol, None, utc_from_ms(upper.ts), exchange=exchange, limit=1,
-                                             newest_first=True)
+        delay, waiting = STORAGE_RETRY, False
+        while True:
+            try:  # an earlier run's journalled rows reach the database first
+                await asyncio.wait_for(self.storage.flush(), 10.0)
+                rows = await self.storage.get_trades(symbol, None, utc_from_ms(upper.ts), exchange=exchange,
+                                                     limit=1, newest_first=True)
+                break
+            except Exception as exc:  # noqa: BLE001 - StorageUnavailable and the drivers' own: wait, ask again
+                if not waiting:
+                    log.warning("backfill_waiting_for_storage", error=repr(exc)[:200])
+                    waiting = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX)
+        if waiting:
+            log.info("backfill_storage_back")
         return Mark.of(rows[0]) if rows else None
 
     async def _stored(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> list[TradeEvent]:

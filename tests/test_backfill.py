@@ -353,3 +353,86 @@ def test_the_backfill_setting_chooses_the_venues_filled(tmp_path):
     assert not Backfill(make_settings(tmp_path, backfill=()), None, None).enabled("binance")
     only = Backfill(make_settings(tmp_path, backfill=("okx",)), None, None)
     assert (only.enabled("okx"), only.enabled("binance")) == (True, False)
+
+
+async def test_under_overload_the_fill_asks_no_page_until_the_overload_passes(tmp_path):
+    """With the load governor saying overloaded (forced), a dropped connection's fill asks the venue for no
+    page and stores nothing; once it is not overloaded the fill runs and closes the gap (0 missing)."""
+    d = await _daemon(tmp_path, ["binance"])
+
+    class Forced:
+        overloaded = True
+    try:
+        d.backfill.load = Forced()
+        await _until(lambda: _has_trades(d, ["binance"]), 20, "first trades")
+        limit = d.simulator.venues["binance"].rest_limit
+        d.simulator.venues["binance"].faults.stall(1.0)
+        await asyncio.sleep(0.5)
+        await d.simulator.inject("binance", "drop")
+        served = limit.served
+
+        async def paused() -> bool:
+            return d.backfill.paused > 0
+        await _until(paused, 20, "the fill waiting for the overload to pass")
+        await asyncio.sleep(2.0)
+        assert limit.served == served and not await _gap_events(d, "binance")
+        Forced.overloaded = False
+        await _until(lambda: _gap_events(d, "binance"), 20, "the gap's outcome")
+        [event] = await _gap_events(d, "binance")
+        assert event.event == "gap_closed" and int(event.detail.split()[1]) > 0, event
+        assert limit.served > served
+        _assert_equal_to_simulator(d, "binance", await _stored(d, "binance"))
+    finally:
+        await d.stop()
+
+
+async def test_a_start_with_the_database_down_waits_for_it_then_fills(tmp_path, pg_url):
+    """A daemon stopped, trades made meanwhile, started again with PostgreSQL cut (tests/netproxy.py): its start
+    fill waits for the database - no failure, no outcome while it is down - and once it answers reads the last
+    stored trade and closes the gap: the stored trades equal the simulator's (0 missing, 0 duplicated)."""
+    import psycopg
+
+    from coby.errors import StorageUnavailable
+    from coby.simulator.server import Simulator
+    from tests.netproxy import TcpProxy
+
+    symbol_sql = "DELETE FROM {} WHERE exchange = 'binance' AND symbol = %s"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for table in ("trade_events", "connection_events"):
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]:
+                conn.execute(symbol_sql.format(table), (SYMBOL,))
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    async with Simulator(exchanges=("binance",), symbols=(SYMBOL,), port=0, rate=40.0) as sim:
+        def settings(name: str):
+            return make_settings(tmp_path, db_url=url, exchanges=("binance",), symbols=(SYMBOL,), api_port=0,
+                                 exchange_urls={"*": sim.url}, data_dir=str(tmp_path / name))
+        first = Daemon(settings("first"))
+        await first.start()
+        try:
+            await _until(lambda: _has_trades(first, ["binance"]), 20, "first trades")
+        finally:
+            await first.stop()
+        await asyncio.sleep(1.5)  # trades made while no daemon runs
+        proxy.cut()
+        second = Daemon(settings("second"))
+        try:
+            await second.start()
+            await asyncio.sleep(3.0)  # live trades flow into the journal; the start fill waits for the database
+            assert second.backfill.status()["binance"] == {"closed": 0, "narrowed": 0, "trades": 0}
+            proxy.restore()
+
+            async def outcome() -> bool:
+                try:
+                    return bool(await _gap_events(second, "binance"))
+                except StorageUnavailable:  # the writer probes the database every 0.5 s
+                    return False
+            await _until(outcome, 30, "the start fill's outcome")
+            [event] = await _gap_events(second, "binance")
+            assert event.event == "gap_closed" and int(event.detail.split()[1]) > 20, event
+            second.simulator = sim  # what _assert_equal_to_simulator reads
+            _assert_equal_to_simulator(second, "binance", await _stored(second, "binance"))
+        finally:
+            proxy.restore()
+            await second.stop()
+            await proxy.aclose()

@@ -12,20 +12,22 @@ trades (a daemon start: the gap since the last stored trade), after every reconn
 recovery or circuit close, and after quiet trades were resubscribed (reported only if trades were
 missed) - the next live trade of that market is the gap's upper end. The lower end is the last trade
 seen live before the gap, or at a start the last trade stored for the market. Every trade stamped
-between the two whose id was neither seen live nor stored is recovered.
+between the two that was neither seen live nor stored is recovered: known by the venue's trade id, or -
+kucoin, mexc, whose histories carry no id the WebSocket sends - by content, counted (coby.backfill_paging).
 
-Paging (:data:`PAGING`, one row per venue): ``since`` - forward by time from the lower end (binance);
-``window`` - newest first within [lower, upper], backwards by time (coinbase); ``before_id`` - newest
-first, backwards by trade id (okx's history-trades); ``latest`` - the latest page only, no paging
-(bybit keeps the last 1000); kraken and bitfinex page forward by time, gate backwards by id. The outcome is **closed** when the fetched history reaches back to the
-lower end (it holds that trade, or an older one), else **narrowed** with the reason: the venue keeps
-too little history, the gap is longer than ``backfill_max_gap``, or the fetch failed.
+Paging, per venue: :data:`coby.backfill_paging.PAGING` (by time, by id, or the latest N only). The outcome is
+**closed** when the fetched history reaches back to the lower end (it holds that trade, or an older one),
+else **narrowed** with the reason: the venue keeps too little history (bybit spot serves its latest 60, kucoin
+its last 100), the gap is longer than ``backfill_max_gap``, or the fetch failed. After a start fill, the
+downtime's OHLCV bars are rebuilt from the stored trades (``Pipeline.rebuild_after_restart``).
 
 Failure policy: the fill never touches the live streams. It runs on a ccxt client of its own (REST
 only, ``enableRateLimit``), at most :data:`PER_VENUE` fills of a venue at once; a 429 (``RateLimited``)
 waits - doubling from 1 s - and retries the same page, so the venue's limit slows the fill and never
-reaches the live circuit breakers. Any other error ends the fill as ``narrowed``. Every task is owned
-by :class:`Backfill` and cancelled by ``aclose()``.
+reaches the live circuit breakers. Any other error ends the fill as ``narrowed``. While the daemon is
+overloaded (coby.load) no page is asked and no slice handed on. At a start with the database down, the fill
+waits for it (the last stored trade is its lower end). Every task is owned by :class:`Backfill` and
+cancelled by ``aclose()``.
 """
 
 from __future__ import annotations
@@ -33,14 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from coby.backfill_paging import PAGING, Mark, Recent, fetch, new_by_content
 from coby.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
@@ -50,88 +51,12 @@ from coby.venues import build_client, override_base
 log = structlog.get_logger("coby.backfill")
 
 PER_VENUE = 2  # fills of one venue at once
-LIVE_IDS = 5_000  # trade ids remembered per market, to tell a fetched trade from one that came live
-MAX_PAGES = 200  # a bound on one fill's requests, whatever the venue answers
 RETRIES = 6  # 429s in a row on one page before the fill gives up (narrowed)
 HAND_ON = 500  # fetched trades handed to the pipeline at once
 STORAGE_RETRY, STORAGE_RETRY_MAX = 0.5, 5.0  # seconds between reads of the last stored trade while the DB is down
 OVERLOAD_POLL = 0.5  # seconds between looks at the load governor while the daemon is overloaded
 CLOSED, NARROWED = "closed", "narrowed"
 
-
-@dataclass(frozen=True, slots=True)
-class Paging:
-    mode: str  # since | window | before_id | latest
-    limit: int  # the venue's largest page
-    params: dict[str, Any] | None = None  # extra ccxt params (the method ccxt must call)
-    cursor: str = "after"  # before_id: the parameter naming the id to page back from
-    numbered: bool = True  # trade ids are numbers in trade order (bybit's are UUIDs)
-    by_content: bool = False  # the history's trades carry no id the WebSocket sends: dedupe by content
-    until: bool = False  # since: the venue needs the window's end too (mexc: startTime with endTime)
-
-
-PAGING: dict[str, Paging] = {
-    "binance": Paging("since", 1000),
-    "okx": Paging("before_id", 100, {"method": "publicGetMarketHistoryTrades"}),
-    "bybit": Paging("latest", 60, numbered=False),  # spot recent-trade: the latest 60 only
-    "coinbase": Paging("window", 1000),
-    "kraken": Paging("since", 1000),
-    "bitfinex": Paging("since", 10_000),
-    "gate": Paging("before_id", 1000, {"reverse": "true"}, cursor="last_id"),
-    "htx": Paging("latest", 2000),  # /market/history/trade: the latest 2000; trade-id = the WebSocket's tradeId
-    "kucoin": Paging("latest", 100, numbered=False, by_content=True),  # /market/histories: the last 100, no id
-    "mexc": Paging("since", 1000, numbered=False, by_content=True, until=True),  # aggTrades: no id at all
-}
-
-Fingerprint = tuple[int, float, float, str]  # (time ms, price, amount, side): a trade known by its content
-
-
-def fingerprint(ts: int, price: float, amount: float, side: str) -> Fingerprint:
-    return (int(ts), float(price), float(amount), side)
-
-
-def content_id(fp: Fingerprint, occurrence: int) -> str:
-    """The id coby gives a trade the venue sends without one (as ``DataProcessor.normalize_trade`` does)."""
-    return f"{fp[0]}:{fp[1]!r}:{fp[2]!r}:{fp[3]}:{occurrence}"
-
-
-class Recent:
-    """The last ``size`` keys seen (trade ids, or fingerprints), counted, with O(1) add and count."""
-
-    __slots__ = ("counts", "order", "size")
-
-    def __init__(self, size: int = LIVE_IDS) -> None:
-        self.counts: dict[Any, int] = {}
-        self.order: deque[Any] = deque()
-        self.size = size
-
-    def add(self, key: Any) -> None:
-        if len(self.order) >= self.size:
-            old = self.order.popleft()
-            n = self.counts[old] - 1
-            if n:
-                self.counts[old] = n
-            else:
-                del self.counts[old]
-        self.order.append(key)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self.counts
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """One end of a gap: a trade's time (ms), id and content."""
-
-    ts: int
-    id: str
-    fp: Fingerprint | None = None
-
-    @classmethod
-    def of(cls, t: TradeEvent) -> "Mark":
-        ts = round(t.timestamp.timestamp() * 1000)
-        return cls(ts, t.trade_id, (ts, t.price, t.size, t.side))
 
 
 _STORED = object()  # the gap's lower end is the last stored trade (a daemon start)
@@ -214,12 +139,15 @@ class Backfill:
         async with limit:
             started = time.monotonic()
             with structlog.contextvars.bound_contextvars(exchange=exchange, symbol=symbol):
+                start = lower is _STORED
                 try:
-                    if lower is _STORED:
+                    if start:
                         lower = await self._last_stored(exchange, symbol, upper)
                         if lower is None:
                             return  # nothing stored yet: no gap to fill
                     recovered, outcome, reason = await self._recover(exchange, symbol, lower, upper)
+                    if start:  # the downtime's bars, from the stored trades (an earlier process stored the rest)
+                        await self._rebuild_bars(exchange, symbol, lower)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a fill that fails is reported, never fatal
@@ -253,7 +181,7 @@ class Backfill:
         stored = await self._stored(exchange, symbol, lower, upper)
         raws = [r for r in raws if lower.ts <= r["timestamp"] <= upper.ts]
         if PAGING[exchange].by_content:
-            wanted = self._new_by_content(raws, live, stored)
+            wanted = new_by_content(raws, live, stored)
         else:
             skip = {t.trade_id for t in stored} | {lower.id}
             wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
@@ -267,89 +195,12 @@ class Backfill:
             await asyncio.sleep(0)
         return len(trades), CLOSED if reached and not reason else NARROWED, reason
 
-    @staticmethod
-    def _new_by_content(raws: list[dict], live: Recent, stored: list[TradeEvent]) -> list[dict]:
-        """The fetched trades not yet known, where the venue's history carries no id its WebSocket sends: by
-        content (time ms, price, amount, side), counted - of n fetched trades alike, those beyond the number
-        known (live or stored, whichever knows more) are new. Each gets coby's content id, numbered on from
-        the known ones. The residual risk: two alike trades (same millisecond, price, amount and side), one
-        known only live (not yet stored) and the other only stored (older than the live memory), count as one
-        known: the other is stored a second time. Trades alike but unknown are all kept (counted, not merged)."""
-        known: dict[Fingerprint, int] = {}
-        for t in stored:
-            fp = Mark.of(t).fp
-            known[fp] = known.get(fp, 0) + 1
-        taken: dict[Fingerprint, int] = {}
-        wanted = []
-        for r in raws:
-            fp = fingerprint(r["timestamp"], r["price"], r["amount"], r["side"])
-            k = taken[fp] = taken.get(fp, -1) + 1
-            if k >= max(known.get(fp, 0), live.counts.get(fp, 0)):
-                wanted.append({**r, "id": content_id(fp, k)})
-        return wanted
-
     async def _fetch(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> tuple[list[dict], bool]:
-        """The venue's trades from ``lower`` to ``upper`` as ccxt parses them; and whether they reach ``lower``."""
-        paging = PAGING[exchange]
         unified = self._connectors[exchange].symbol_map.unified(exchange, symbol)
-        params = dict(paging.params or {})
-        if paging.until:
-            params["until"] = upper.ts
-        got: dict[str, dict] = {}  # by id; by content: every trade (pages never overlap, see below)
-        pages: list[list[dict]] = []
-        cursor_ts, until = lower.ts, upper.ts
-        cursor_id: str | None = None
-        for n in range(MAX_PAGES):
-            if paging.mode == "since":
-                page = await self._page(exchange, unified, cursor_ts, paging.limit, params)
-            elif paging.mode == "window":
-                page = await self._page(exchange, unified, lower.ts, paging.limit, {**params, "until": until + 1000})
-            elif paging.mode == "before_id":
-                page = await self._page(exchange, unified, None, paging.limit,
-                                        {**params, paging.cursor: cursor_id} if cursor_id else params)
-            else:
-                page = await self._page(exchange, unified, None, paging.limit, params)
-            full = len(page) >= paging.limit and paging.mode != "latest"
-            if paging.by_content:
-                if full and paging.mode == "since":  # the last millisecond may go on in the next page: asked again
-                    last = max(r["timestamp"] for r in page)
-                    rest = [r for r in page if r["timestamp"] < last]
-                    page, full = (rest, True) if rest else (page, False)
-                new = page
-                got.update((f"{n}:{i}", r) for i, r in enumerate(page))
-            else:
-                new = [r for r in page if r.get("id") is not None and str(r["id"]) not in got]
-                got.update((str(r["id"]), r) for r in new)
-            pages.append(new)
-            if not new or not full:
-                break
-            if paging.mode == "since":
-                last = max(r["timestamp"] for r in page)
-                if last >= upper.ts:
-                    break
-                cursor_ts = last + 1 if paging.by_content else last if last > cursor_ts else cursor_ts + 1
-            else:
-                oldest = min(page, key=lambda r: r["timestamp"])
-                if self._reached(paging, lower, got) or oldest["timestamp"] < lower.ts:
-                    break
-                until, cursor_id = oldest["timestamp"], str(oldest["id"])
-        # In trade order (trades of one millisecond too: OHLCV's open and close depend on it): by id where ids are
-        # numbers in trade order; else by time only - ccxt orders a page's trades of one millisecond by its id
-        # (a UUID, or its content id), so the venue's order within a millisecond is not known (bybit, kucoin, mexc).
-        ordered = [r for page in pages for r in page]
-        if paging.numbered:
-            ordered.sort(key=lambda r: (r["timestamp"], int(r["id"])))
-        else:
-            ordered.sort(key=lambda r: r["timestamp"])
-        return ordered, self._reached(paging, lower, got)
 
-    @staticmethod
-    def _reached(paging: Paging, lower: Mark, got: dict[str, dict]) -> bool:
-        """The fetched history holds the gap's lower end, or a trade older than it."""
-        if not paging.by_content and lower.id in got:
-            return True
-        return any(r["timestamp"] < lower.ts or (paging.by_content and lower.fp == fingerprint(
-            r["timestamp"], r["price"], r["amount"], r["side"])) for r in got.values())
+        async def page_of(since: int | None, limit: int, params: dict) -> list[dict]:
+            return await self._page(exchange, unified, since, limit, params)
+        return await fetch(page_of, PAGING[exchange], lower, upper)
 
     async def _page(self, exchange: str, unified: str, since: int | None, limit: int, params: dict) -> list[dict]:
         """One request; a 429 waits (doubling from 1 s) and asks again, so the venue's limit slows the fill."""
@@ -368,6 +219,16 @@ class Backfill:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _rebuild_bars(self, exchange: str, symbol: str, lower: Mark) -> None:
+        numbered = PAGING[exchange].numbered
+
+        def order(t: TradeEvent) -> tuple:
+            return (t.timestamp, int(t.trade_id) if numbered and t.trade_id.isdigit() else 0)
+        try:
+            await self.pipeline.rebuild_after_restart(exchange, symbol, lower.ts, order)
+        except Exception:  # noqa: BLE001 - the fill stands; the bars stay as they were
+            log.exception("backfill_bars_failed")
 
     async def _give_way(self) -> None:
         """While the daemon is overloaded (coby.load), wait: no page is asked, no slice handed on, until it is not."""

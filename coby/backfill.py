@@ -186,7 +186,11 @@ class Backfill:
             skip = {t.trade_id for t in stored} | {lower.id}
             wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
                       and str(r["id"]) not in live]
-        trades = self._connectors[exchange].processor.process_trades(wanted, exchange, symbol) if wanted else []
+        processor = self._connectors[exchange].processor
+        relost = processor.relost
+        trades = processor.process_trades(wanted, exchange, symbol, recovered=True) if wanted else []
+        if processor.relost > relost:  # validated live but never handed on (coby.normalize.process_trades)
+            log.warning("backfill_recovered_unsent_live_trades", trades=processor.relost - relost)
         for t in trades:
             live.add(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
         for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first

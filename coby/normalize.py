@@ -109,6 +109,7 @@ class DataProcessor:
         self._id_memory = trade_id_memory
         self._log_interval = reject_log_interval
         self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
+        self.relost = 0  # validated live, never handed on, recovered by the gap filler (process_trades)
         self._rejects: dict[str, dict[str, int]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
         self._log_state: dict[tuple[str, str], list[float]] = {}  # -> [last logged at, suppressed since]
@@ -187,8 +188,12 @@ class DataProcessor:
         return TradeEvent(symbol, exchange, _fromtimestamp(ts / 1000.0, UTC), float(price), float(amount), side,
                           trade_id, _fromtimestamp(self._clock(), UTC))
 
-    def process_trades(self, raws: Iterable[Mapping[str, Any]], exchange: str, symbol: str) -> list[TradeEvent]:
-        """Normalise and validate a batch (as ``watch_trades`` returns it); rejects are dropped."""
+    def process_trades(self, raws: Iterable[Mapping[str, Any]], exchange: str, symbol: str, *,
+                       recovered: bool = False) -> list[TradeEvent]:
+        """Normalise and validate a batch (as ``watch_trades`` returns it); rejects are dropped. ``recovered``:
+        trades the gap filler fetched and found neither live nor stored (coby.backfill) - an id validated here
+        before is no duplicate then: the live trade was validated but never handed on (its stream was cancelled
+        between the two); counted in ``relost``."""
         out: list[TradeEvent] = []
         seen: dict[tuple[Any, ...], int] | None = None
         for raw in raws:
@@ -202,11 +207,21 @@ class DataProcessor:
             except ValidationError as exc:
                 self.reject(exchange, symbol, exc.reason, str(exc))
                 continue
-            if self.validate_data(trade):
+            if self._recovered(trade) if recovered else self.validate_data(trade):
                 out.append(trade)
         return out
 
     # ------------------------------------------------------------- validation
+
+    def _recovered(self, trade: TradeEvent) -> bool:
+        reason = self._trade_reason(trade)
+        if reason is not None and reason[0] == "duplicate_trade":
+            self.relost += 1
+            return True
+        if reason is not None:
+            self.reject(trade.exchange, trade.symbol, reason[0], reason[1])
+            return False
+        return True
 
     def validate_data(self, item: OrderBookSnapshot | TradeEvent) -> bool:
         """Full checks of a snapshot or trade; False (counted, logged) if rejected.

@@ -59,6 +59,20 @@ CLOSED, NARROWED = "closed", "narrowed"
 
 
 
+def _before(raw: dict, upper: Mark, paging: Any) -> bool:
+    """Made before the gap's upper end (the first live trade after it). Of that trade's millisecond, only those
+    with a smaller id where ids count in trade order; none by content (kucoin, mexc): the rest of that
+    millisecond may still be on its way live, and a fill that took them for missed would store them twice."""
+    ts = raw["timestamp"]
+    if ts != upper.ts:
+        return ts < upper.ts
+    if paging.by_content:
+        return False
+    if paging.numbered and str(raw["id"]).isdigit() and upper.id.isdigit():
+        return int(raw["id"]) < int(upper.id)
+    return True
+
+
 _STORED = object()  # the gap's lower end is the last stored trade (a daemon start)
 
 
@@ -179,7 +193,7 @@ class Backfill:
                 (f" (it starts at {utc_from_ms(oldest).isoformat()})" if oldest is not None else "")
         live = self._live.setdefault((exchange, symbol), Recent())
         stored = await self._stored(exchange, symbol, lower, upper)
-        raws = [r for r in raws if lower.ts <= r["timestamp"] <= upper.ts]
+        raws = [r for r in raws if lower.ts <= r["timestamp"] and _before(r, upper, PAGING[exchange])]
         if PAGING[exchange].by_content:
             wanted = new_by_content(raws, live, stored)
         else:

@@ -45,6 +45,7 @@ from coby.backfill_paging import PAGING, Mark, Recent, fetch, new_by_content
 from coby.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
+from coby.normalize import INFO_TIME_NS, trade_ms
 from coby.models import ConnectionEvent, ConnectionEventKind, TradeEvent, utc_from_ms, utcnow
 from coby.venues import build_client, override_base
 
@@ -217,7 +218,10 @@ class Backfill:
         unified = self._connectors[exchange].symbol_map.unified(exchange, symbol)
 
         async def page_of(since: int | None, limit: int, params: dict) -> list[dict]:
-            return await self._page(exchange, unified, since, limit, params)
+            page = await self._page(exchange, unified, since, limit, params)
+            if exchange in INFO_TIME_NS:  # timed as coby times live trades (ccxt's float division may lose 1 ms)
+                page = [{**r, "timestamp": trade_ms(r, exchange)} for r in page]
+            return page
         return await fetch(page_of, PAGING[exchange], lower, upper)
 
     async def _page(self, exchange: str, unified: str, since: int | None, limit: int, params: dict) -> list[dict]:

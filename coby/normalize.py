@@ -64,10 +64,20 @@ _fromtimestamp = datetime.fromtimestamp
 # collide); ``tradeId`` is the real, small, unique id. Its REST history (the gap filler) sends it as
 # ``trade-id``, which ccxt makes the trade's ``id``: without the key in ``info``, the ``id`` is taken.
 INFO_TRADE_ID: dict[str, str] = {"htx": "tradeId"}
-# Venues that stamp trades in nanoseconds: ccxt parses the WebSocket's string through a float (1 ms early at
-# times) and the REST history's number exactly, so the same trade could differ by 1 ms; coby divides the raw
-# integer itself (the gap filler matches kucoin's trades by content, time included).
+# Venues that stamp trades in nanoseconds: ccxt parses them through a float (``int(float(ns)) / 1e6``: 1 ms
+# early at times); coby divides the raw integer itself, exactly (trade_ms; the gap filler matches kucoin's
+# trades by content, time included, so its fetched trades are timed the same way).
 INFO_TIME_NS: dict[str, str] = {"kucoin": "time"}
+
+
+def trade_ms(raw: Mapping[str, Any], exchange: str) -> Any:
+    """A ccxt trade's time in ms, exact where the venue sends nanoseconds (INFO_TIME_NS)."""
+    key = INFO_TIME_NS.get(exchange)
+    if key is not None:
+        ns = raw["info"].get(key)
+        if ns is not None:
+            return int(ns) // 1_000_000
+    return raw["timestamp"]
 
 
 class _RecentIds:
@@ -168,9 +178,8 @@ class DataProcessor:
             price, amount, side, ts = raw["price"], raw["amount"], raw["side"], raw["timestamp"]
             key = INFO_TRADE_ID.get(exchange)
             trade_id = (raw["info"].get(key) or raw.get("id")) if key else raw.get("id")
-            ns_key = INFO_TIME_NS.get(exchange)
-            if ns_key is not None and raw["info"].get(ns_key) is not None:
-                ts = int(raw["info"][ns_key]) // 1_000_000
+            if exchange in INFO_TIME_NS:
+                ts = trade_ms(raw, exchange)
         except (KeyError, TypeError, AttributeError):
             raise ValidationError("schema", "trade without price/amount/side/timestamp") from None
         if not (type(price) is float or type(price) is int) or not (type(amount) is float or type(amount) is int):

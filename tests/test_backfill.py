@@ -513,3 +513,20 @@ def test_kucoin_nanoseconds_are_divided_exactly_live_and_fetched_alike():
     p = DataProcessor(max_age=1e12)
     [t] = p.process_trades([raw], "kucoin", SYMBOL)
     assert round(t.timestamp.timestamp() * 1000) == 1796613530410
+
+
+def test_content_dedupe_counts_alike_trades():
+    """By content (kucoin, mexc): of 3 fetched trades alike (same ms, price, amount, side) with 1 known live and
+    1 stored (the same one: the larger count is taken), 2 are new, numbered on from the known one; an unlike
+    trade known nowhere is new too."""
+    from datetime import UTC, datetime
+
+    from coby.backfill_paging import Recent, new_by_content
+    from coby.models import TradeEvent
+    alike = {"timestamp": 1_000, "price": 30000.0, "amount": 0.5, "side": "buy", "id": None}
+    other = {**alike, "price": 30001.0}
+    live = Recent()
+    live.add((1_000, 30000.0, 0.5, "buy"))
+    stored = [TradeEvent(SYMBOL, "mexc", datetime.fromtimestamp(1.0, UTC), 30000.0, 0.5, "buy", "x", None)]
+    new = new_by_content([alike, dict(alike), other, dict(alike)], live, stored)
+    assert [r["id"] for r in new] == ["1000:30000.0:0.5:buy:1", "1000:30001.0:0.5:buy:0", "1000:30000.0:0.5:buy:2"]

@@ -108,7 +108,7 @@ class Daemon:
         from coby.collector.backfill import Backfill
         from coby.exchanges import ExchangeConnector
         if self.pipeline is not None:
-            self.backfill = Backfill(self.settings, self.storage, self.pipeline)
+            self.backfill = Backfill(self.settings, self.storage, self.pipeline, load=self.load)
         for exchange in self.settings.exchanges:
             conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
             self.connectors[exchange] = conn

@@ -49,6 +49,7 @@ from coby.config import Settings
 from coby.metrics import BOOK_MID, BOOK_SPREAD, IMBALANCE, NBBO_ASK, NBBO_BID, OHLCV_LATE, OHLCV_REPAIRED
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
 from coby.aggregate.ohlcv import OHLCVBuilder
+from coby.aggregate.ohlcv_rebuild import rebuild_after_restart
 
 RECORD_GRACE = 2.0  # seconds past a heatmap boundary before its stored heatmap is computed
 
@@ -114,10 +115,13 @@ class Pipeline:
         # the throttles' intervals: the settings', stretched under overload (coby.collector.load, slow_down)
         self.publish_interval = settings.book_publish_interval
         self.aggregate_interval = settings.aggregate_interval
-        self.newest_books: dict[str, OrderBookSnapshot] = {}  # per venue: how far behind it is (coby.collector.load)
+        self.newest_books: dict[str, OrderBookSnapshot] = {}
+        self._rebuilt: set[tuple[str, str]] = set()  # markets whose bars were rebuilt after a restart  # per venue: how far behind it is (coby.collector.load)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.run_timers and not self.replay:  # the bars' first horizon now, before any trade: the bars before
+            self.ohlcv.advance(utc_from_ms(self.clock() * 1000))  # it are an earlier process' (ohlcv_rebuild)
         if self.run_timers:
             self._tasks.append(asyncio.get_running_loop().create_task(self._ticker(), name="coby-aggregate"))
 
@@ -165,6 +169,15 @@ class Pipeline:
                 await self.storage.store_trade(t)
             await self.publisher.publish(f"trades:{t.symbol}", t, t.timestamp, t.received_at, backfill=True)
             self.ohlcv.add(t)
+
+    async def rebuild_after_restart(self, exchange: str, symbol: str, lower_ms: int,
+                                    order: Callable[[TradeEvent], Any]) -> int:
+        """After a market's start fill: its bars of the downtime rebuilt from storage, the bars open across the
+        restart given their earlier part - once per market (coby.aggregate.ohlcv_rebuild)."""
+        if self.storage is None or (exchange, symbol) in self._rebuilt:
+            return 0
+        self._rebuilt.add((exchange, symbol))
+        return await rebuild_after_restart(self.storage, self.ohlcv, exchange, symbol, lower_ms, order)
 
     async def _on_book(self, b: OrderBookSnapshot) -> None:
         key = (b.exchange, b.symbol)

@@ -169,6 +169,7 @@ def _htx_urls(ex: Any, http: str, ws: str) -> None:
     spot = ex.urls["api"]["ws"][ex.options["api"]]["spot"]
     spot["public"] = f"{ws}/htx/ws"
     spot["feed"] = f"{ws}/htx/feed"
+    ex.urls["api"]["spot"] = f"{http}/htx"  # REST: /market/history/trade (the gap filler)
 
 
 def _kucoin_urls(ex: Any, http: str, ws: str) -> None:

@@ -44,7 +44,7 @@ from operator import itemgetter, neg
 import polars as pl
 
 from coby.buckets import AggregationEngine
-from coby.heatmap import intensities
+from coby.aggregate.heatmap import intensities
 from coby.models import ConsolidatedLevel, HeatmapPoint, Levels, OrderBookSnapshot, PriceLevel
 
 VENUES = ("binance", "coinbase", "kraken", "bybit", "okx", "htx", "kucoin", "gate", "bitfinex", "mexc")

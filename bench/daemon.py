@@ -49,9 +49,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 CCXT_ALONE = r"""
 import asyncio, sys
 from coby.config import Settings
-from coby.markets import MarketCatalog
+from coby.collector.markets import MarketCatalog
 from coby.symbols import SymbolMap
-from coby.venues import build_client, override_base
+from coby.collector.venues import build_client, override_base
 
 async def main():
     settings = Settings.load()

@@ -5,7 +5,7 @@
     .venv/bin/python bench/fanout.py --source daemon [--clients 200] [--duration 30]
 
 Three processes, so that the server's CPU is its own:
-- server: the real app (``coby.http.create_app``: middleware, /ws, ``coby.hub`` and ``coby.ws``) over a
+- server: the real app (``coby.http.create_app``: middleware, /ws, ``coby.api.hub`` and ``coby.api.ws``) over a
   RedisCache (or MemoryCache) and SQLite storage, plus a publisher that calls ``cache.publish`` exactly as
   the pipeline does (envelope per message, per-channel seq, latest state stored first) at the set rates:
   ``--book-hz`` consolidated books of ``--levels`` levels a side per symbol, ``--trades`` trades/s per symbol

@@ -81,9 +81,9 @@ async def set_rate(port: int, rate: float) -> None:
 
 async def ccxt_alone(settings: Settings, exchange: str, seconds: float) -> tuple[int, float]:
     # the same preset markets, URL overrides and client-per-symbol layout the connector uses
-    from coby.markets import MarketCatalog
+    from coby.collector.markets import MarketCatalog
     from coby.symbols import SymbolMap
-    from coby.venues import build_client, override_base
+    from coby.collector.venues import build_client, override_base
     catalog = MarketCatalog(exchange, settings, SymbolMap(settings.symbol_map))
     clients = {s: build_client(exchange, catalog.markets_for([s]), override_base(settings, exchange)) for s in SYMBOLS}
     counts = {"trades": 0}

@@ -21,7 +21,7 @@ import time
 import coby
 from ccxt.async_support.base.ws.order_book import OrderBook
 
-from coby.normalize import DataProcessor
+from coby.collector.normalize import DataProcessor
 
 
 def run(depth: int, updates: int, rng: random.Random) -> float:

@@ -60,7 +60,7 @@ from coby.db.tables import CONNECTION_EVENTS, SNAPSHOTS, TRADES
 from coby.http import create_app
 from coby.models import utc_from_ms
 from coby.replay import ReplayManager
-from coby.replay_api import add_replay_routes
+from coby.api.replay_routes import add_replay_routes
 
 VENUES = ("binance", "okx", "bybit", "kraken", "coinbase")
 SYMBOLS = ("BTC-USDT", "ETH-USDT")

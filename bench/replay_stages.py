@@ -27,7 +27,7 @@ async def breakdown(manager: Any, start: datetime, end: datetime,
                     in_process: Callable[..., Awaitable[tuple[int, int, float]]]) -> None:
     """Where the time of an in-process replay goes: wall time inside each stage, per stored event."""
     from coby.buckets import AggregationEngine
-    from coby.ohlcv import OHLCVBuilder
+    from coby.aggregate.ohlcv import OHLCVBuilder
     from coby.pipeline import Pipeline
 
     spent: dict[str, float] = {}
@@ -74,8 +74,8 @@ async def floor(manager: Any, start: datetime, end: datetime,
                 in_process: Callable[..., Awaitable[tuple[int, int, float]]]) -> None:
     """The path each replayed event must take, without the pipeline, a stage at a time (see the module)."""
     from coby.pipeline import Publisher
-    from coby.replaybus import ReplayBus, ReplayEnded
-    from coby.replaystream import merged_events
+    from coby.api.replay_bus import ReplayBus, ReplayEnded
+    from coby.api.replay_stream import merged_events
 
     storage, chunk = manager.storage, manager.settings.replay_chunk
 
@@ -125,7 +125,7 @@ async def floor(manager: Any, start: datetime, end: datetime,
         return n
 
     async def unaggregated() -> int:
-        from coby.ohlcv import OHLCVBuilder
+        from coby.aggregate.ohlcv import OHLCVBuilder
         from coby.pipeline import Pipeline
 
         async def no_tick(self: Any, ts: datetime) -> None:

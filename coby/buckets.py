@@ -48,11 +48,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable, Mapping, Sequence
 
-from coby.bookframe import ASK, BID, BookColumns, BookFrame, bucket_edge, bucket_index, bucket_units
+from coby.aggregate.bookframe import ASK, BID, BookColumns, BookFrame, bucket_edge, bucket_index, bucket_units
 from coby.config import Settings
-from coby.consolidated import consolidate
-from coby.heatmap import HeatmapSeries
-from coby.imbalance import DEPTH_BANDS, book_metrics, consolidated_imbalance, venue_imbalance
+from coby.aggregate.consolidated import consolidate
+from coby.aggregate.heatmap import HeatmapSeries
+from coby.aggregate.imbalance import DEPTH_BANDS, book_metrics, consolidated_imbalance, venue_imbalance
 from coby.models import (
     ConsolidatedOrderBook,
     HeatmapData,

@@ -7,7 +7,7 @@
             ...                                                                              # the same items
         book = await coby.consolidated_book("BTC-USDT", depth=20)                           # REST helpers
 
-Both iterators yield ``coby.clientstream`` items: ``Event`` (its ``data`` is the model class the
+Both iterators yield ``coby.client_stream`` items: ``Event`` (its ``data`` is the model class the
 daemon itself uses: ``OrderBookSnapshot``, ``TradeEvent``, ``ConsolidatedOrderBook``, ...),
 ``Reconnected``, ``Gap`` and, last in a replay, ``ReplayFinished``. A replay differs from live
 data only in ``Event.replay`` (the session id) and in that it ends. docs/client.md is the guide.
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import aiohttp
 import orjson
 
-from coby.clientstream import (Event, Gap, Hooks, Item, Reconnected, ReplayFinished, Subscription, decoder)
+from coby.client_stream import (Event, Gap, Hooks, Item, Reconnected, ReplayFinished, Subscription, decoder)
 from coby.codec import from_dict
 from coby.errors import AuthError, ClientError
 from coby.models import (ConsolidatedOrderBook, HeatmapData, OHLCVBar, OrderBookSnapshot, TradeEvent,

@@ -1,7 +1,7 @@
 """The daemon: builds every part from settings, owns every long-lived task, shuts down in order.
 
 Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> HTTP -> pipeline -> connectors
-(each watched by the gap filler, :mod:`coby.backfill`).
+(each watched by the gap filler, :mod:`coby.collector.backfill`).
 Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), the gap filler's fetches, then the
 pipeline's timers, HTTP, the write buffer (flushed; what cannot be written in time is
 spilled to disk and loaded at the next start), the cache, the simulator. The whole stop
@@ -39,7 +39,7 @@ class Daemon:
         self.replay: Any = None
         self.retention: Any = None
         self.backfill: Any = None
-        from coby.load import LoadGovernor
+        from coby.collector.load import LoadGovernor
         self.load = LoadGovernor(settings, self._slow_down)  # fed every second by the HTTP monitor
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -97,7 +97,7 @@ class Daemon:
     async def _start_http(self) -> None:
         from coby.http import ApiServer
         from coby.replay import ReplayManager
-        from coby.replay_api import add_replay_routes
+        from coby.api.replay_routes import add_replay_routes
         if self.replay is None:
             self.replay = ReplayManager(self.settings, self.storage)
         self.http = ApiServer(self)
@@ -105,10 +105,10 @@ class Daemon:
         await self.http.start()
 
     async def _start_connectors(self) -> None:
-        from coby.backfill import Backfill
+        from coby.collector.backfill import Backfill
         from coby.exchanges import ExchangeConnector
         if self.pipeline is not None:
-            self.backfill = Backfill(self.settings, self.storage, self.pipeline)
+            self.backfill = Backfill(self.settings, self.storage, self.pipeline, load=self.load)
         for exchange in self.settings.exchanges:
             conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
             self.connectors[exchange] = conn
@@ -120,7 +120,7 @@ class Daemon:
                 await conn.subscribe_trades(symbol)
 
     def _slow_down(self, slowdown: Any) -> None:
-        """A new degradation level (coby.load): the pipeline's and the connectors' intervals."""
+        """A new degradation level (coby.collector.load): the pipeline's and the connectors' intervals."""
         if self.pipeline is not None:
             self.pipeline.slow_down(slowdown.publish, slowdown.aggregate)
         for conn in self.connectors.values():

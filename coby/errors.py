@@ -1,4 +1,4 @@
-"""coby's exceptions. ccxt's exceptions are translated into these once, in ``coby.ccxterrors``."""
+"""coby's exceptions. ccxt's exceptions are translated into these once, in ``coby.collector.ccxterrors``."""
 
 from __future__ import annotations
 

@@ -2,18 +2,18 @@
 
 One :class:`ExchangeConnector` per venue. Each subscribed (symbol, book|trades) is
 a *stream*: a task looping on one ccxt watch, normalising what it returns
-(:mod:`coby.normalize`) and emitting it to the callbacks. Streams of one kind
+(:mod:`coby.collector.normalize`) and emitting it to the callbacks. Streams of one kind
 share a *feed*: one ccxt client (its connections). Books and trades never share a
 feed, so a book's recovery never touches the trades (real htx lost a third of its
 trades that way), and recovering one symbol never touches the others; up to
 ``max_connections_per_exchange`` feeds per venue and kind, then symbols share them.
-The feeds and their clients are owned by a :class:`~coby.feeds.FeedPool`; this
+The feeds and their clients are owned by a :class:`~coby.collector.feeds.FeedPool`; this
 module decides when a feed is recycled.
 
-Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
-:mod:`coby.venues`):
+Failure policy (state machines in :mod:`coby.collector.resilience`, venue quirks in
+:mod:`coby.collector.venues`):
 
-* every ccxt exception is translated once (:mod:`coby.ccxterrors`);
+* every ccxt exception is translated once (:mod:`coby.collector.ccxterrors`);
 * a failed stream backs off (exponential, jitter, reset on success) and then
   re-watches (binance/okx, where ccxt resyncs itself) or recycles its feed - closes
   the ccxt client and builds a new one (every other venue, and every stall);
@@ -21,14 +21,14 @@ Failure policy (state machines in :mod:`coby.resilience`, venue quirks in
   never stops the trades): it opens after ``circuit_failures`` consecutive failures
   of that kind (a recycled feed counts once), the kind's feeds are closed, and after
   ``circuit_cooldown`` one of its streams probes;
-* the staleness watchdog (:mod:`coby.watchdog`) recycles a feed whose book has not
+* the staleness watchdog (:mod:`coby.collector.watchdog`) recycles a feed whose book has not
   changed for ``stale_after`` seconds (``connect_timeout`` for the first book) or
   whose trades have gone quiet (``trade_stale_after``) with no live book; quiet trades
   of a live book are only resubscribed (no event, no failure);
-* a frame guard on every ccxt connection (:mod:`coby.feeds`) catches what ccxt lets
+* a frame guard on every ccxt connection (:mod:`coby.collector.feeds`) catches what ccxt lets
   escape its receive loop (which would otherwise die and hang the watch):
   unparseable frames are dropped and counted as ``malformed``, handler errors force
-  a resync, and the venue's sequence check (:data:`coby.venues.VENUES`) flags gaps
+  a resync, and the venue's sequence check (:data:`coby.collector.venues.VENUES`) flags gaps
   ccxt ignores.
 
 Books are handed on at most once per ``book_emit_interval`` per book (newest state
@@ -53,19 +53,19 @@ from typing import Any
 
 import structlog
 
-from coby.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
+from coby.collector.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
 from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, QuietTrades, StaleFeed,
                          TemporaryExchangeError)
-from coby.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream, venue_state
-from coby.markets import MarketCatalog
+from coby.collector.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream, venue_state
+from coby.collector.markets import MarketCatalog
 from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
                          OrderBookSnapshot, utcnow)
-from coby.normalize import DataProcessor
-from coby.resilience import Backoff, CircuitBreaker, CircuitState
+from coby.collector.normalize import DataProcessor
+from coby.collector.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.symbols import SymbolMap, split_canonical
-from coby.venues import VENUES, build_client, override_base
-from coby.watchdog import Watchdog
+from coby.collector.venues import VENUES, build_client, override_base
+from coby.collector.watchdog import Watchdog
 
 log = structlog.get_logger("coby.exchanges")
 
@@ -95,7 +95,7 @@ class ExchangeConnector:
         self._breakers = {kind: CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
                           for kind in (BOOK, TRADES)}
         self._book_limit = self.venue.book_limit(settings.book_depth)
-        self.emit_interval = settings.book_emit_interval  # stretched under overload (coby.load)
+        self.emit_interval = settings.book_emit_interval  # stretched under overload (coby.collector.load)
         self._emit = Callbacks(exchange, settings.reject_log_interval)
         self._resumed: list[Callable[[str, str, bool, bool], None]] = []
         if on_event is not None:
@@ -121,7 +121,7 @@ class ExchangeConnector:
     def add_resume_callback(self, callback: Callable[[str, str, bool, bool], None]) -> None:
         """``callback(exchange, symbol, first, quiet)`` whenever a trade stream delivers again - its first
         trades (``first``), after a gap, or after quiet trades were resubscribed (``quiet``: maybe no gap) -
-        just before those trades are emitted (the gap filler, :mod:`coby.backfill`, waits for them)."""
+        just before those trades are emitted (the gap filler, :mod:`coby.collector.backfill`, waits for them)."""
         self._resumed.append(callback)
 
     async def connect(self) -> bool:
@@ -163,7 +163,7 @@ class ExchangeConnector:
         self._log.info("connector_stopped")
 
     def get_connection_status(self) -> ConnectionStatus:
-        """The venue's state from its streams (:func:`~coby.feeds.venue_state`); its circuits per stream kind."""
+        """The venue's state from its streams (:func:`~coby.collector.feeds.venue_state`); its circuits per stream kind."""
         streams = [s for s in self._streams.values() if s.failed is None]
         state = ConnectionState.STOPPED if self._stopped else venue_state(streams, self._breakers)
         last = max((s.last_progress for s in self._streams.values()), default=float("-inf"))

@@ -2,8 +2,8 @@
 
 Here: the server, the middleware chain and the operations routes (``/health``,
 ``/ready``, ``/metrics``, ``/api/v1/openapi.json``). The REST routes are in
-``coby.api``, the WebSocket protocol in ``coby.ws``, the OpenAPI document in
-``coby.openapi``.
+``coby.api.rest``, the WebSocket protocol in ``coby.api.ws``, the OpenAPI document in
+``coby.api.openapi``.
 
 Middleware, outermost first: the request's correlation id (``request_id``: the client's
 ``X-Request-ID`` when it sends a sane one, else a new one; bound to every log line the request
@@ -28,14 +28,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coby import api, dashboard, ws
-from coby.api import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, ApiError, FeedRates, json_response
+from coby.api import dashboard, rest as api, ws
+from coby.api.params import ApiError, json_response
+from coby.api.rest import CLIENT_COUNT_KEY, DAEMON_KEY, RATES_KEY, FeedRates
 from coby.errors import StorageError
-from coby.load import VenueSample, rss_bytes
 from coby.metrics import (
     EXCHANGE_CONNECTED, FEED_AGE, HTTP_REQUESTS, LOOP_LAG, REGISTRY, REPLAY_SESSIONS, REPLAY_SESSIONS_MAX,
 )
-from coby.openapi import OPENAPI_KEY, Document
+from coby.api.openapi import OPENAPI_KEY, Document
 
 __all__ = ["ApiServer", "DAEMON_KEY", "create_app", "error", "json_response"]
 
@@ -191,7 +191,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready: storage can write (database up, journal writable and not too far behind) and at least one
     venue is connected (a process without connectors, serving from storage and Redis only, needs
-    storage alone), and the daemon is not overloaded (coby.load). The body says why not."""
+    storage alone), and the daemon is not overloaded (coby.collector.load). The body says why not."""
     daemon = request.app[DAEMON_KEY]
     storage_ok, why = daemon.storage.ready()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
@@ -282,18 +282,10 @@ class Monitor:
 
 
     def _observe(self, load: Any, lags: list[float], counts: dict[str, int]) -> None:
-        """Hand the governor (coby.load) this second's sample; its decision must not stop the monitor."""
-        pipeline = getattr(self.daemon, "pipeline", None)
-        newest = pipeline.newest_books if pipeline is not None else {}
-        venues = {}
-        for name, n in counts.items():
-            b = newest.get(name)
-            venues[name] = VenueSample(n) if b is None else \
-                VenueSample(n, b.timestamp.timestamp(), b.received_at.timestamp())
-        storage = getattr(self.daemon, "storage", None)
+        """Hand the governor (coby.collector.load) this second's sample; its decision must not stop the monitor."""
         try:
-            load.observe(time.monotonic(), lags, venues, storage.buffer.pending() if storage is not None else 0,
-                         rss_bytes(), time.process_time())
+            load.sample(time.monotonic(), lags, counts, getattr(self.daemon, "pipeline", None),
+                        getattr(self.daemon, "storage", None))
         except Exception:  # noqa: BLE001
             log.exception("load_observe_failed")
 
@@ -308,14 +300,14 @@ def create_app(daemon: Any) -> web.Application:
     app[DAEMON_KEY] = daemon
     rates = FeedRates()
     app[RATES_KEY] = rates
-    app[OPENAPI_KEY] = Document(daemon.settings)  # other modules may extend it (coby.openapi.Document)
+    app[OPENAPI_KEY] = Document(daemon.settings)  # other modules may extend it (coby.api.openapi.Document)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     api.add_routes(app)
     app[CLIENT_COUNT_KEY] = ws.add_routes(app, ws.Hub(daemon.cache))
-    dashboard.add_routes(app)  # GET / and /static/...: the web dashboard (coby/web/)
+    dashboard.add_routes(app)  # GET / and /static/...: the web dashboard (coby/api/web/)
     monitor = Monitor(daemon, rates)
     app[MONITOR_KEY] = monitor
 

@@ -87,7 +87,7 @@ class Levels(Sequence[PriceLevel]):
     ``levels[:10]`` (a ``Levels`` again) and ``==`` with a tuple of PriceLevels all work - but
     holds no object per level: 16 bytes a level instead of ~110, built from a venue's
     ``[[price, size], ...]`` without a Python call per level, and handed to the aggregation
-    tick as buffers it reads without converting (``coby.bookframe``). A PriceLevel is made
+    tick as buffers it reads without converting (``coby.aggregate.bookframe``). A PriceLevel is made
     only when one is asked for. Values are not checked here (the normaliser does that).
     """
 
@@ -356,7 +356,7 @@ class ConnectionEventKind(str, enum.Enum):
     STALE = "stale"
     CIRCUIT_OPEN = "circuit_open"
     CIRCUIT_CLOSED = "circuit_closed"
-    GAP_CLOSED = "gap_closed"  # a trade gap's missed trades all recovered from the venue's history (coby.backfill)
+    GAP_CLOSED = "gap_closed"  # a trade gap's missed trades all recovered from the venue's history (coby.collector.backfill)
     GAP_NARROWED = "gap_narrowed"  # some recovered, or none: the history is too short, or the fetch failed
 
 

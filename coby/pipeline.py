@@ -24,7 +24,7 @@ monotonic clock, live - never on a venue's timestamps, which may go backwards (b
 book is stamped with local time, the WebSocket books after it with the venue's earlier time),
 and never on the wall clock, which may be stepped. In a replay they run on the events' time. The
 live engine likewise judges a book's staleness by its receive time (coby's clock), the recorder and
-a replay by event time. Under overload ``coby.load`` stretches the publish and tick intervals
+a replay by event time. Under overload ``coby.collector.load`` stretches the publish and tick intervals
 (``slow_down``); trades and stored snapshots keep their cadence.
 
 Envelopes (the API's wire format, see docs/api.md): ``{"channel", "type": "update", "seq",
@@ -47,7 +47,8 @@ from coby.cache import MemoryCache
 from coby.config import Settings
 from coby.metrics import BOOK_MID, BOOK_SPREAD, IMBALANCE, NBBO_ASK, NBBO_BID, OHLCV_LATE, OHLCV_REPAIRED
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
-from coby.ohlcv import OHLCVBuilder
+from coby.aggregate.ohlcv import OHLCVBuilder
+from coby.aggregate.ohlcv_rebuild import rebuild_after_restart
 
 RECORD_GRACE = 2.0  # seconds past a heatmap boundary before its stored heatmap is computed
 
@@ -106,7 +107,7 @@ class Publisher:
         if channel not in self._seq or self._stale and channel in self._stale:
             await self._seed(channel)
         env = self.envelope(channel, data, ts, received)
-        if backfill:  # a trade a gap missed, fetched from the venue's history (coby.backfill)
+        if backfill:  # a trade a gap missed, fetched from the venue's history (coby.collector.backfill)
             env["backfill"] = True
         if book is not None:  # the cache and every subscriber share one encoding
             await self.bus.publish_book(book[0], book[1], channel, env)
@@ -142,13 +143,16 @@ class Pipeline:
         self.replay = replay_id is not None
         self.statuses: dict[str, Any] = {}
         self.events = 0
-        # the throttles' intervals: the settings', stretched under overload (coby.load, slow_down)
+        # the throttles' intervals: the settings', stretched under overload (coby.collector.load, slow_down)
         self.publish_interval = settings.book_publish_interval
         self.aggregate_interval = settings.aggregate_interval
-        self.newest_books: dict[str, OrderBookSnapshot] = {}  # per venue: how far behind it is (coby.load)
+        self.newest_books: dict[str, OrderBookSnapshot] = {}
+        self._rebuilt: set[tuple[str, str]] = set()  # markets whose bars were rebuilt after a restart  # per venue: how far behind it is (coby.collector.load)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.run_timers and not self.replay:  # the bars' first horizon now, before any trade: the bars before
+            self.ohlcv.advance(utc_from_ms(self.clock() * 1000))  # it are an earlier process' (ohlcv_rebuild)
         if self.run_timers:
             self._tasks.append(asyncio.get_running_loop().create_task(self._ticker(), name="coby-aggregate"))
 
@@ -188,7 +192,7 @@ class Pipeline:
             log.warning("pipeline_unknown_event", type=type(event).__name__)
 
     async def on_backfill(self, trades: list[TradeEvent]) -> None:
-        """Trades a gap missed, recovered from the venue's history (:mod:`coby.backfill`), oldest first:
+        """Trades a gap missed, recovered from the venue's history (:mod:`coby.collector.backfill`), oldest first:
         stored, published on ``trades:{symbol}`` with ``"backfill": true`` in the envelope, folded into
         their OHLCV bars (closed ones within ``ohlcv_repair_window`` are stored again by the next tick)."""
         for t in trades:
@@ -196,6 +200,15 @@ class Pipeline:
                 await self.storage.store_trade(t)
             await self.publisher.publish(f"trades:{t.symbol}", t, t.timestamp, t.received_at, backfill=True)
             self.ohlcv.add(t)
+
+    async def rebuild_after_restart(self, exchange: str, symbol: str, lower_ms: int,
+                                    order: Callable[[TradeEvent], Any]) -> int:
+        """After a market's start fill: its bars of the downtime rebuilt from storage, the bars open across the
+        restart given their earlier part - once per market (coby.aggregate.ohlcv_rebuild)."""
+        if self.storage is None or (exchange, symbol) in self._rebuilt:
+            return 0
+        self._rebuilt.add((exchange, symbol))
+        return await rebuild_after_restart(self.storage, self.ohlcv, exchange, symbol, lower_ms, order)
 
     async def _on_book(self, b: OrderBookSnapshot) -> None:
         key = (b.exchange, b.symbol)
@@ -338,6 +351,6 @@ def _count_late(exchange: str, repaired: bool) -> None:
 
 def _make_engine(settings: Settings, stale_by: str) -> Any:
     from coby.buckets import AggregationEngine
-    from coby.heatmap import HeatmapSeries
+    from coby.aggregate.heatmap import HeatmapSeries
     return AggregationEngine.from_settings(settings, heatmaps=HeatmapSeries(store_interval=settings.heatmap_interval),
                                            stale_by=stale_by)

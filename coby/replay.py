@@ -2,7 +2,7 @@
 
 ``ReplayManager`` is the design's interface - ``create_replay_session``, ``start_replay``,
 ``pause_replay``, ``stop_replay``, ``get_replay_status`` - plus resume, seek and filters, over
-many sessions at once. Each session (``coby.replaysession.ReplaySession``) runs the stored
+many sessions at once. Each session (``coby.api.replay_session.ReplaySession``) runs the stored
 events of its range through a pipeline of its own onto a bus of its own; docs/replay.md is
 the guide.
 
@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from coby.config import EXCHANGE_ALIASES, Settings
 from coby.errors import ReplayError
 from coby.models import ReplayState, ReplayStatus, ensure_utc, utc_from_ms
-from coby.replaysession import (
+from coby.api.replay_session import (
     InvalidReplayRequest, ReplayConflict, ReplayLimitReached, ReplayNotFound, ReplaySession, log,
 )
 

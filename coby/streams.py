@@ -1,7 +1,7 @@
 """How channels live in Redis Streams: one stream per channel, entry id ``0-{seq}``, and the few reads on them.
 
 The writer is ``coby.cache.RedisCache`` (its flusher XADDs what the pipeline publishes); the readers are
-``coby.bus.StreamReader`` (an API node's live channels) and the WebSocket resume (``coby.ws_resume``). Both sides
+``coby.bus.StreamReader`` (an API node's live channels) and the WebSocket resume (``coby.api.ws_resume``). Both sides
 use only what is here, so the layout is defined once:
 
 - the stream of channel ``trades:BTC-USDT`` is the key ``coby:s:trades:BTC-USDT``;

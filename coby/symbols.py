@@ -15,7 +15,7 @@ USD book for BTC-USDT::
     "ETH-USDT" = "ETH/USD|XETHZUSD"   # explicit venue id after '|'
 
 Market ids come from the venue's real market list when coby has one (cached on
-disk, see :mod:`coby.venues`); otherwise they are derived by the venue's id rule
+disk, see :mod:`coby.collector.venues`); otherwise they are derived by the venue's id rule
 below. See docs/symbols.md.
 """
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from coby.buckets import AggregationEngine, bucket_price
 from coby.config import Settings
-from coby.heatmap import HeatmapSeries, intensities
+from coby.aggregate.heatmap import HeatmapSeries, intensities
 from coby.models import OrderBookSnapshot, PriceBuckets, PriceLevel
 
 UTC = timezone.utc

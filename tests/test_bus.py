@@ -540,7 +540,7 @@ async def test_python_client_behind_a_balancer_resumes_on_the_other_node(tmp_pat
     to node B; the client resubscribes with its last seqs by itself and goes on with no gap and no repeat -
     or, when the stream no longer holds what it missed, yields one Gap ("trimmed") and goes on."""
     from coby.client import CobyClient
-    from coby.clientstream import Event, Gap, Reconnected
+    from coby.client_stream import Event, Gap, Reconnected
     writer = RedisCache(REDIS_URL, interval=0.01, stream_length=100 if trimmed else 5000)
     await writer.start()
     pub = Publisher(writer)

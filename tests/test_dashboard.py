@@ -137,7 +137,7 @@ def _input_time(t: float) -> str:
 async def test_static_files_are_served_with_content_types_and_revalidation(server):
     """/ is the page with a self-only Content-Security-Policy; its modules, stylesheet and the vendored
     chart library (with its licence) come with explicit types and no-cache + ETag (304 on revalidation);
-    paths outside coby/web and unknown file types are 404."""
+    paths outside coby/api/web and unknown file types are 404."""
     async with aiohttp.ClientSession(server.url) as s:
         async with s.get("/") as r:
             assert r.status == 200 and r.content_type == "text/html"

@@ -24,10 +24,10 @@ from coby import codec
 from coby.config import Settings
 from coby.errors import BookOutOfSync, PermanentExchangeError, RateLimited, TemporaryExchangeError
 from coby.exchanges import ExchangeConnector, translate_ccxt_error
-from coby.markets import MarketCatalog
+from coby.collector.markets import MarketCatalog
 from coby.metrics import REJECTS
 from coby.models import ConnectionEvent, OrderBookSnapshot, TradeEvent
-from coby.resilience import Backoff, CircuitBreaker, CircuitState
+from coby.collector.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.simulator import Simulator
 from coby.symbols import SymbolMap
 

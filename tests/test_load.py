@@ -1,4 +1,4 @@
-"""Overload: the governor (coby.load) says ``overloaded`` from loop lag, feed delay and memory, degrades in
+"""Overload: the governor (coby.collector.load) says ``overloaded`` from loop lag, feed delay and memory, degrades in
 its fixed order and recovers by itself; trades are never thinned; a hogged loop shows in /ready and status.
 
 Time is injected (one ``observe`` per simulated second); the hogged-loop test waits for a state, never
@@ -11,7 +11,7 @@ import time
 from datetime import timedelta
 
 from coby.cache import MemoryCache
-from coby.load import LEVELS, LoadGovernor, Slowdown, VenueSample
+from coby.collector.load import LEVELS, LoadGovernor, Slowdown, VenueSample
 from coby.models import ConnectionState, OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms, utcnow
 from coby.pipeline import Pipeline
 from tests.api_fixtures import Host, Venue, serving

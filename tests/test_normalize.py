@@ -11,7 +11,7 @@ from ccxt.async_support.base.ws.order_book import CountedOrderBook, OrderBook
 from coby.errors import ValidationError
 from coby.metrics import REJECTS
 from coby.models import Levels, OrderBookSnapshot, PriceLevel, TradeEvent, utc_from_ms
-from coby.normalize import DataProcessor
+from coby.collector.normalize import DataProcessor
 
 NOW = 1_800_000_000.0  # the fake wall clock, seconds
 NOW_MS = int(NOW * 1000)
@@ -213,7 +213,7 @@ def test_reject_log_is_rate_limited(monkeypatch):
     """At most one log line per (exchange, reason) per interval; the rest are counted as suppressed."""
     p = DataProcessor(clock=lambda: NOW, reject_log_interval=3600.0)
     lines = []
-    monkeypatch.setattr("coby.normalize.log.warning", lambda *a, **kw: lines.append(kw))
+    monkeypatch.setattr("coby.collector.normalize.log.warning", lambda *a, **kw: lines.append(kw))
     for _ in range(50):
         p.process_orderbook(book(bids=()), "kraken", "BTC-USDT")
     assert len(lines) == 1 and p.reject_counts("kraken") == {"empty_book": 50}

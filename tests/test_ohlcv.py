@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coby.models import TradeEvent, to_ms
-from coby.ohlcv import TIMEFRAMES, OHLCVBuilder
+from coby.aggregate.ohlcv import TIMEFRAMES, OHLCVBuilder
 
 UTC = timezone.utc
 T0 = datetime(2024, 3, 1, tzinfo=UTC)  # a day boundary

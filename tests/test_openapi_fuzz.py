@@ -21,7 +21,7 @@ from coby.cache import RedisCache
 from coby.config import Settings
 from coby.db import open_storage
 from coby.http import create_app
-from coby.openapi import build_document
+from coby.api.openapi import build_document
 from coby.models import ConnectionState, utcnow
 from tests.api_fixtures import (
     EXCHANGES, SYMBOLS, Host, Publisher, Venue, bar, book, consolidated, heatmap, metrics_data, trade,

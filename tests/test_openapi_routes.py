@@ -9,9 +9,9 @@ import logging
 import structlog
 
 from coby.http import ApiServer, create_app
-from coby.openapi import OPENAPI_KEY
+from coby.api.openapi import OPENAPI_KEY
 from coby.replay import ReplayManager
-from coby.replay_api import add_replay_routes
+from coby.api.replay_routes import add_replay_routes
 from tests.api_fixtures import Host
 from tests.conftest import free_port, make_settings
 

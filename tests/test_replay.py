@@ -25,9 +25,9 @@ from coby.models import (
 from coby.replay import (
     InvalidReplayRequest, ReplayConflict, ReplayLimitReached, ReplayManager, ReplayNotFound, parse_time,
 )
-from coby.replaybus import ReplayBus, ReplayEnded
-from coby.replayclock import ManualClock
-from coby.replaystream import merged_events
+from coby.api.replay_bus import ReplayBus, ReplayEnded
+from coby.api.replay_clock import ManualClock
+from coby.api.replay_stream import merged_events
 from tests.conftest import make_settings
 
 T0 = utc_from_ms(1_790_000_040_000)  # a minute boundary

@@ -17,7 +17,7 @@ from coby.cache import MemoryCache
 from coby.db import open_storage
 from coby.http import create_app
 from coby.replay import ReplayManager
-from coby.replay_api import add_replay_routes
+from coby.api.replay_routes import add_replay_routes
 from tests.conftest import make_settings
 from tests.test_replay import T0, VENUES, book, ms, store, trade
 

@@ -19,7 +19,7 @@ from coby.simulator.fair import FairValue
 from coby.simulator.market import HISTORY, Market
 from coby.simulator.venues import ALL_EXCHANGES
 from coby.symbols import SymbolMap
-from coby.venues import VENUES, preset_market
+from coby.collector.venues import VENUES, preset_market
 
 
 def test_instruments_span_btc_to_sub_cent_assets_with_each_venues_tick_and_lot() -> None:

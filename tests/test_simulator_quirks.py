@@ -21,7 +21,7 @@ from coby.exchanges import ExchangeConnector
 from coby.models import ConnectionState, OrderBookSnapshot, TradeEvent
 from coby.simulator import Simulator
 from coby.simulator.market import HISTORY
-from coby.venues import _coinbase_gap
+from coby.collector.venues import _coinbase_gap
 from simulator_fixtures import ccxt_client, poll
 
 VENUES = ("binance", "coinbase", "bitfinex", "bybit", "kucoin", "htx")

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from coby import ws as wsmod
-from coby.hub import Hub
+from coby.api import ws as wsmod
+from coby.api.hub import Hub
 from coby.cache import MemoryCache
 from coby.http import create_app
 from coby.metrics import REGISTRY

@@ -10,24 +10,29 @@ venue      route                                           paging       max page
 binance    ``GET /api/v3/aggTrades``                       time or id   1000         all kept
 okx        ``GET /api/v5/market/trades`` (latest N),       id, newest   500 / 100    all kept
            ``GET /api/v5/market/history-trades``           first
-bybit      ``GET /v5/market/recent-trade``                 latest only  1000         last 1000
+bybit      ``GET /v5/market/recent-trade``                 latest only  60 (spot)    last 60
 coinbase   ``GET /api/v3/brokerage/market/products/        time, newest 1000         all kept
            {id}/ticker``                                   first
 kraken     ``GET /0/public/Trades``                        time         1000         all kept
 bitfinex   ``GET /v2/trades/{symbol}/hist``                time         10000        all kept
 gate       ``GET /api/v4/spot/trades``                     id, newest   1000         all kept
                                                            first
+htx        ``GET /market/history/trade``                   latest only  2000 ticks   last 2000
+kucoin     ``GET /api/v1/market/histories``                latest only  100          last 100
+mexc       ``GET /api/v3/aggTrades``                       time (start  1000         all kept
+                                                           and end)
 =========  ==============================================  ===========  ===========  =========
 
-htx, kucoin and mexc serve no history here yet (their real routes give the latest trades only, under ids
-their WebSocket does not send, or no id at all; see :mod:`coby.backfill`).
+htx's REST ``trade-id`` is its WebSocket's ``tradeId``; kucoin's history carries no trade id (``sequence``
+only) and mexc sends none at all: the gap filler matches those by content (:mod:`coby.collector.backfill_paging`).
 
 ``depth`` is what the venue keeps (:attr:`Venue.history_depth`, None: everything the market
 recorded); tests make it shorter to show a gap the venue cannot close. Each venue's REST
 routes share one :class:`RestLimit` (a token bucket: ``rate`` requests a second, ``burst`` at
 once); a request over it is answered the venue's way for "too many requests" (binance and
 coinbase, gate and bitfinex HTTP 429, okx HTTP 429 with code 50011, bybit retCode 10006, kraken
-``EAPI:Rate limit exceeded``), and counted in
+``EAPI:Rate limit exceeded``, htx HTTP 429, kucoin HTTP 429 with code 429000, mexc HTTP 429 with code 429),
+and counted in
 :attr:`RestLimit.refused`.
 """
 

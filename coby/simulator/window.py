@@ -11,10 +11,23 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from coby.simulator.market import Level, Market
+from coby.simulator.model import Level
+
+
+class Market(Protocol):
+    """What a window reads of :class:`coby.simulator.market.Market` (which owns the windows; a protocol
+    rather than an import, so the two modules do not import each other)."""
+
+    bids: dict[float, float]
+    asks: dict[float, float]
+    _bid_px: list[float]
+    _ask_px: list[float]
+    _journal: list[tuple[str, float]]
+    _journal_base: int
+
+    def snapshot(self, depth: int) -> tuple[list[Level], list[Level]]: ...
 
 
 class BookWindow:

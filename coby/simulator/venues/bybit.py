@@ -44,7 +44,7 @@ BOOK_DEPTHS = (1, 50, 200, 1000)
 class BybitVenue(Venue):
     name = "bybit"
     extra_faults = frozenset({"gap"})
-    history_depth = 1000  # recent-trade serves the latest 1000 and nothing older
+    history_depth = 60  # spot recent-trade serves the latest 60 and nothing older (linear: 1000)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,8 +57,9 @@ class BybitVenue(Venue):
     # ------------------------------------------------------------------ rest
 
     async def recent_trades(self, request: web.Request) -> web.Response:
-        """``GET /v5/market/recent-trade?category=spot&symbol=&limit=``: the latest ``limit`` (at most 1000)
-        trades, newest first, no paging; over the rate limit ``retCode`` 10006 (HTTP 200), as bybit does."""
+        """``GET /v5/market/recent-trade?category=spot&symbol=&limit=``: the latest ``limit`` trades (spot: 1..60,
+        default 60; bybit's other categories allow 1000), newest first, no paging; over the rate limit
+        ``retCode`` 10006 (HTTP 200), as bybit does."""
         now = self.clock()
         if not await self.rest_admit():
             return self.json_response({"retCode": 10006, "retMsg": "Too many visits!", "result": {},
@@ -68,7 +69,7 @@ class BybitVenue(Venue):
         if symbol is None:
             return self.json_response({"retCode": 10001, "retMsg": "Not supported symbols", "result": {},
                                        "retExtInfo": {}, "time": now})
-        limit = int_param(q.get("limit"), 60, 1, 1000)
+        limit = int_param(q.get("limit"), 60, 1, 60)
         m = self.markets[symbol]
         page = list(reversed(self.history(symbol)[-limit:]))
         return self.json_response({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": [

@@ -28,6 +28,17 @@ trades on ``info["tradeId"]``::
      "ts":1795460198471,"data":[{"id":50008911795460198471,"ts":1795460198471,
      "tradeId":5000891,"amount":0.1986,"price":29999.9,"direction":"sell"}]}}
 
+REST trade history (what ccxt's ``fetch_trades`` calls): ``GET /htx/market/history/trade?symbol=btcusdt&size=N``
+- the latest ``size`` (1..2000, default 1) trade ticks, newest first, no paging; each tick groups the trades of
+one millisecond. A trade carries ``trade-id``, the same unique id the WebSocket sends as ``tradeId`` (ccxt
+takes ``trade-id`` as the trade's ``id``), and the wide ``id``::
+
+    {"status":"ok","ch":"market.btcusdt.trade.detail","ts":1795460198500,"data":[{"id":5000891,
+     "ts":1795460198471,"data":[{"id":50008911795460198471,"trade-id":5000891,"ts":1795460198471,
+     "amount":0.1986,"price":29999.9,"direction":"sell"}]}]}
+
+Over the rate limit: HTTP 429 (ccxt: ``RateLimitExceeded``). Depth: the last 2000 trades.
+
 Keepalive: the server sends ``{"ping":<ms>}`` every 5 s and ccxt answers
 ``{"pong":<ms>}`` (unanswered pings are not enforced here).
 
@@ -57,6 +68,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import int_param
 from coby.simulator.market import Level, SimTrade
 from coby.simulator.venues._windowed import WindowedVenue
 from coby.simulator.venues.base import Connection, loads
@@ -82,9 +94,33 @@ class HtxVenue(WindowedVenue):
     stream_channels = {"book": frozenset({"mbp"}), "trades": frozenset({"trade"})}
     book_depths = frozenset({5, 20, 150, 400})
     ping_interval: float = 5.0  # seconds between server pings
+    history_depth = 2000  # /market/history/trade: the latest 2000, nothing older
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws"), self.websocket), web.get(self.path("feed"), self.websocket)]
+        return [web.get(self.path("ws"), self.websocket), web.get(self.path("feed"), self.websocket),
+                web.get(self.path("market/history/trade"), self.history_trade)]
+
+    async def history_trade(self, request: web.Request) -> web.Response:
+        """``GET /market/history/trade?symbol=&size=``: the latest ``size`` ticks (a millisecond's trades each),
+        newest first; HTTP 429 over the rate limit."""
+        if not await self.rest_admit():
+            return web.Response(status=429, text="Too Many Requests")
+        symbol = self.symbol_of(request.query.get("symbol", ""))
+        if symbol is None:
+            return self.json_response({"status": "error", "err-code": "invalid-parameter",
+                                       "err-msg": "invalid symbol", "data": None})
+        size = int_param(request.query.get("size"), 1, 1, 2000)
+        ticks: list[dict[str, Any]] = []
+        for t in reversed(self.history(symbol)):
+            if not ticks or ticks[-1]["ts"] != t.ts_ms:
+                if len(ticks) == size:
+                    break
+                ticks.append({"id": t.trade_id, "ts": t.ts_ms, "data": []})
+            ticks[-1]["data"].append({"id": wide_trade_id(t.trade_id, t.ts_ms), "trade-id": t.trade_id,
+                                      "ts": t.ts_ms, "amount": t.size, "price": t.price, "direction": t.side})
+        body = json.dumps({"status": "ok", "ch": f"market.{self.market_ids[symbol]}.trade.detail",
+                           "ts": self.clock(), "data": ticks}, separators=(",", ":"))  # wide ids: not orjson
+        return web.Response(text=body, content_type="application/json")
 
     # ---------------------------------------------------------------- topics
 

@@ -36,6 +36,14 @@ Trades (``time`` in nanoseconds)::
 
 Trade ids are 24-hex-digit object ids: not numbers, not in trade order.
 
+REST trade history (ccxt's ``fetch_trades``): ``GET /kucoin/api/v1/market/histories?symbol=BTC-USDT`` - the
+last 100 trades, oldest first, no paging and no trade id (``sequence`` only; ccxt's trade ``id`` is None)::
+
+    {"code":"200000","data":[{"sequence":"5000891","price":"29999.9","size":"0.1859","side":"sell",
+     "time":1795460198471000000}]}
+
+Over the rate limit: HTTP 429 ``{"code":"429000",...}`` (ccxt: ``RateLimitExceeded``).
+
 What ccxt does under each fault:
 
 * ``gap``: nothing visible. After the sync ccxt only drops stale deltas
@@ -72,9 +80,11 @@ class KucoinVenue(WindowedVenue):
     name = "kucoin"
     extra_faults = frozenset({"gap"})
     book_depths = frozenset({DEPTH})
+    history_depth = 100  # /market/histories: the last 100 trades
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            web.get(self.path("api/v1/market/histories"), self.histories),
             web.post(self.path("api/v1/bullet-public"), self.bullet_public),
             web.get(self.path(r"api/v1/market/orderbook/level2_{limit:\d+}"), self.level2),
             web.get(self.path("endpoint"), self.websocket),
@@ -92,6 +102,20 @@ class KucoinVenue(WindowedVenue):
             "pingTimeout": 10_000,
         }
         return self.json_response({"code": OK, "data": {"token": f"sim-{self.clock()}", "instanceServers": [server]}})
+
+    async def histories(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/market/histories?symbol=``: the last 100 trades, oldest first (no id, no paging)."""
+        if not await self.rest_admit():
+            return self.json_response({"code": "429000", "msg": "Too many requests. System-level rate limit "
+                                       "exceeded."}, 429)
+        symbol = self.symbol_of(request.query.get("symbol", ""))
+        if symbol is None:
+            return self.json_response({"code": "400100", "msg": "symbol not exists"})
+        m = self.markets[symbol]
+        return self.json_response({"code": OK, "data": [
+            {"sequence": str(t.trade_id), "price": fmt_num(t.price, m.price_decimals),
+             "size": fmt_num(t.size, m.size_decimals), "side": t.side, "time": t.ts_ms * 1_000_000}
+            for t in self.history(symbol)]})
 
     async def level2(self, request: web.Request) -> web.Response:
         await self.wait_unstalled()

@@ -26,6 +26,16 @@ Trades (no trade id on this channel: ccxt's trade ``id`` is None)::
      "publicAggreDeals":{"deals":[{"price":"29999.9","quantity":"0.1986","tradeType":2,"time":"1795460198471"}],
      "eventType":"spot@public.aggre.deals.v3.api.pb@100ms"}}
 
+REST trade history (ccxt's ``fetch_trades`` calls ``aggTrades``):
+``GET /mexc/api/v3/aggTrades?symbol=BTCUSDT&startTime=&endTime=&limit=`` - ``startTime`` and ``endTime``
+together (else HTTP 400 ``{"code":-1128}``): the trades of [startTime, endTime], oldest first, at most
+``limit`` (default 500, at most 1000); neither: the latest ``limit``. No trade id, as on the real venue
+(ccxt makes one from time, side, amount and price)::
+
+    [{"a":null,"f":null,"l":null,"p":"29999.9","q":"0.1986","T":1795460198471,"m":true,"M":true}]
+
+Over the rate limit: HTTP 429 ``{"code":429,...}`` (ccxt: ``RateLimitExceeded``).
+
 Keepalive: ccxt sends ``{"method":"ping"}`` every 8 s and needs ``{"id":0,"code":0,"msg":"PONG"}``
 within 16 s, or it raises ``RequestTimeout``. ccxt needs ``protobuf`` 5.29.x to decode
 (without it ``NotSupported`` is raised in the receive loop and the watch hangs).
@@ -57,6 +67,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coby.simulator.history import in_time, int_param
 from coby.simulator.market import Level, SimTrade
 from coby.simulator.venues._mexc_pb import MALFORMED, encode_deals, encode_depth
 from coby.simulator.venues._windowed import WindowedVenue
@@ -74,7 +85,8 @@ class MexcVenue(WindowedVenue):
     book_depths = frozenset({DEPTH})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(self.path("ws"), self.websocket), web.get(self.path("api/v3/depth"), self.depth)]
+        return [web.get(self.path("ws"), self.websocket), web.get(self.path("api/v3/depth"), self.depth),
+                web.get(self.path("api/v3/aggTrades"), self.agg_trades)]
 
     def _levels(self, symbol: str, levels: list[Level]) -> list[tuple[str, str]]:
         m = self.markets[symbol]
@@ -99,6 +111,25 @@ class MexcVenue(WindowedVenue):
                 "timestamp": self.clock(),
             }
         )
+
+    async def agg_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v3/aggTrades?symbol=&startTime=&endTime=&limit=``: see the module docstring."""
+        if not await self.rest_admit():
+            return self.json_response({"code": 429, "msg": "Too Many Requests"}, 429)
+        q = request.query
+        symbol = self.symbol_of(q.get("symbol", ""))
+        if symbol is None:
+            return self.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+        limit = int_param(q.get("limit"), 500, 1, 1000)
+        start, end = int_param(q.get("startTime"), None, 0, 1 << 62), int_param(q.get("endTime"), None, 0, 1 << 62)
+        if (start is None) != (end is None):
+            return self.json_response({"code": -1128, "msg": "Combination of optional parameters invalid."}, 400)
+        trades = self.history(symbol)
+        page = in_time(trades, start, end)[:limit] if start is not None else list(trades[-limit:])
+        m = self.markets[symbol]
+        return self.json_response([
+            {"a": None, "f": None, "l": None, "p": fmt_num(t.price, m.price_decimals),
+             "q": fmt_num(t.size, m.size_decimals), "T": t.ts_ms, "m": t.side == "sell", "M": True} for t in page])
 
     # ------------------------------------------------------------- websocket
 

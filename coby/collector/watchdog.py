@@ -27,9 +27,9 @@ from typing import Any
 import structlog
 
 from coby.errors import QuietTrades, StaleFeed
-from coby.feeds import BOOK, Stream
+from coby.collector.feeds import BOOK, Stream
 from coby.metrics import BOOK_AGE, STALLS
-from coby.venues import Venue
+from coby.collector.venues import Venue
 
 log = structlog.get_logger("coby.exchanges")
 

@@ -12,7 +12,7 @@ import ccxt
 
 from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, RateLimited,
                          TemporaryExchangeError)
-from coby.feeds import PARSE_ERRORS
+from coby.collector.feeds import PARSE_ERRORS
 
 # Retrying cannot help: a wrong symbol mapping, a call the venue lacks, credentials, configuration.
 _PERMANENT = (ccxt.BadSymbol, ccxt.NotSupported, ccxt.AuthenticationError, ccxt.ArgumentsRequired,

@@ -24,10 +24,10 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from coby import replay_ws
-from coby.api import ApiError, json_response, parse_time as api_time
+from coby.api import replay_ws
+from coby.api.params import ApiError, json_response, parse_time as api_time
 from coby.models import ReplayState, utc_from_ms
-from coby.openapi import OPENAPI_KEY, REF
+from coby.api.openapi import OPENAPI_KEY, REF
 from coby.replay import ReplayError, ReplayManager, check_speed
 
 MANAGER_KEY: web.AppKey[ReplayManager] = web.AppKey("replay_manager", ReplayManager)

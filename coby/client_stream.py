@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import aiohttp
 import orjson
@@ -42,8 +42,20 @@ from coby.errors import ClientError
 from coby.models import (ConnectionEvent, ConnectionStatus, ConsolidatedOrderBook, HeatmapData, ImbalanceMetrics,
                          OHLCVBar, OrderBookMetrics, OrderBookSnapshot, TradeEvent, ensure_utc)
 
-if TYPE_CHECKING:
-    from coby.client import CobyClient
+
+
+class CobyClient(Protocol):
+    """What a subscription uses of :class:`coby.client.CobyClient`, which creates it (a protocol, so the
+    two modules do not import each other)."""
+
+    timeout: float
+    backoff_initial: float
+    backoff_max: float
+    max_retries: int | None
+
+    async def _open_ws(self, path: str) -> aiohttp.ClientWebSocketResponse: ...
+
+    def _forget(self, sub: "Subscription") -> None: ...
 
 log = structlog.get_logger("coby.client")
 QUEUED_KINDS = frozenset({"trades", "ohlcv"})  # every message matters: a seq jump is lost data

@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from coby.bookframe import PRICE_SCALE, bucket_units
+from coby.aggregate.bookframe import PRICE_SCALE, bucket_units
 from coby.db.tables import SNAPSHOTS
 from coby.models import to_ms, utc_from_ms
 

@@ -31,6 +31,7 @@ Trades, connection events and stored snapshots are never dropped or thinned at a
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -92,6 +93,18 @@ class LoadGovernor:
     @property
     def slowdown(self) -> Slowdown:
         return LEVELS[self.level]
+
+    def sample(self, now: float, lags: list[float], counts: dict[str, int], pipeline: Any, storage: Any) -> None:
+        """This second's sample from the daemon's parts (the API's monitor calls it once a second): each
+        venue's message counter and newest book, the write backlog, this process' memory and CPU time."""
+        newest = pipeline.newest_books if pipeline is not None else {}
+        venues = {}
+        for name, n in counts.items():
+            b = newest.get(name)
+            venues[name] = VenueSample(n) if b is None else \
+                VenueSample(n, b.timestamp.timestamp(), b.received_at.timestamp())
+        self.observe(now, lags, venues, storage.buffer.pending() if storage is not None else 0,
+                     rss_bytes(), time.process_time())
 
     def observe(self, now: float, lags: list[float], venues: dict[str, VenueSample], backlog_rows: int = 0,
                 rss_bytes: int = 0, cpu_s: float = 0.0) -> None:

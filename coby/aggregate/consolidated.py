@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from coby.bookframe import ASK, BID, BookColumns
+from coby.aggregate.bookframe import ASK, BID, BookColumns
 from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, constructor
 
 _level = constructor(ConsolidatedLevel)

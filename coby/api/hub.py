@@ -5,7 +5,7 @@ The bus is the daemon's cache, or a replay session's own ``MemoryCache``: anythi
 message once, frames it once (``text_frame``), and offers both to every client of the
 channel without awaiting (``client.offer_latest`` on book-like channels,
 ``client.offer_queued`` on trades and ohlcv); what a client does with it - write the frame
-now, coalesce, queue, give up - is ``coby.ws``'s policy.
+now, coalesce, queue, give up - is ``coby.api.ws``'s policy.
 """
 
 from __future__ import annotations
@@ -13,13 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from coby.metrics import WS_COALESCED, WS_MESSAGES
 from coby.streams import COALESCED_KINDS
 
-if TYPE_CHECKING:
-    from coby.ws import Client
+
+
+class Client(Protocol):
+    """A receiver of a feed: :class:`coby.api.ws.Client` (a protocol, so that the hub, which ws.py
+    builds on, does not import ws.py)."""
+
+    def offer_latest(self, feed: "Feed", payload: bytes, frame: bytes | None = None) -> bool: ...
+
+    def offer_many(self, feed: "Feed", payloads: list[bytes], frames: bytes) -> int: ...
+
+    def fail(self, message: str, reason: str, code: int, notify: bool = True) -> None: ...
 
 CLOSE_OVERLOADED = 4013  # the server itself lost messages of a queued channel
 CLOSE_GOING_AWAY = 1001  # shutdown, or the source of the channels (a replay session) ended

@@ -1,4 +1,4 @@
-"""The web dashboard: static files shipped in ``coby/web/``, served by the daemon's own app.
+"""The web dashboard: static files shipped in ``coby/api/web/``, served by the daemon's own app.
 
     GET /                  index.html (the dashboard)
     GET /static/{path}     its ES modules, stylesheet, icon and vendored libraries
@@ -12,7 +12,7 @@ Caching: file names carry no version, so every response says ``no-cache`` - the 
 the file but revalidates it with its ETag (a cheap 304), and a new coby release never runs
 against a stale script. Only the suffixes the dashboard uses are served, with explicit content
 types (``.mjs`` is not in every ``mimetypes`` table); anything else, or a path outside
-``coby/web/``, is a 404.
+``coby/api/web/``, is a 404.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def static(request: web.Request) -> web.StreamResponse:
-    """GET /static/{path}: one file of coby/web/ (ETag, Last-Modified, 304 and Range by FileResponse)."""
+    """GET /static/{path}: one file of coby/api/web/ (ETag, Last-Modified, 304 and Range by FileResponse)."""
     path = (WEB_DIR / request.match_info["path"]).resolve()
     content_type = _content_type(path)
     if content_type is None or not path.is_relative_to(WEB_DIR) or not path.is_file():

@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Sequence
 
-from coby.bookframe import ASK, BID, BookColumns
+from coby.aggregate.bookframe import ASK, BID, BookColumns
 from coby.models import ImbalanceMetrics, OrderBookMetrics
 
 DEPTH_BANDS: tuple[float, ...] = (0.001, 0.005, 0.01)

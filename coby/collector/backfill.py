@@ -12,20 +12,22 @@ trades (a daemon start: the gap since the last stored trade), after every reconn
 recovery or circuit close, and after quiet trades were resubscribed (reported only if trades were
 missed) - the next live trade of that market is the gap's upper end. The lower end is the last trade
 seen live before the gap, or at a start the last trade stored for the market. Every trade stamped
-between the two whose id was neither seen live nor stored is recovered.
+between the two that was neither seen live nor stored is recovered: known by the venue's trade id, or -
+kucoin, mexc, whose histories carry no id the WebSocket sends - by content, counted (coby.collector.backfill_paging).
 
-Paging (:data:`PAGING`, one row per venue): ``since`` - forward by time from the lower end (binance);
-``window`` - newest first within [lower, upper], backwards by time (coinbase); ``before_id`` - newest
-first, backwards by trade id (okx's history-trades); ``latest`` - the latest page only, no paging
-(bybit keeps the last 1000); kraken and bitfinex page forward by time, gate backwards by id. The outcome is **closed** when the fetched history reaches back to the
-lower end (it holds that trade, or an older one), else **narrowed** with the reason: the venue keeps
-too little history, the gap is longer than ``backfill_max_gap``, or the fetch failed.
+Paging, per venue: :data:`coby.collector.backfill_paging.PAGING` (by time, by id, or the latest N only). The outcome is
+**closed** when the fetched history reaches back to the lower end (it holds that trade, or an older one),
+else **narrowed** with the reason: the venue keeps too little history (bybit spot serves its latest 60, kucoin
+its last 100), the gap is longer than ``backfill_max_gap``, or the fetch failed. After a start fill, the
+downtime's OHLCV bars are rebuilt from the stored trades (``Pipeline.rebuild_after_restart``).
 
 Failure policy: the fill never touches the live streams. It runs on a ccxt client of its own (REST
 only, ``enableRateLimit``), at most :data:`PER_VENUE` fills of a venue at once; a 429 (``RateLimited``)
 waits - doubling from 1 s - and retries the same page, so the venue's limit slows the fill and never
-reaches the live circuit breakers. Any other error ends the fill as ``narrowed``. Every task is owned
-by :class:`Backfill` and cancelled by ``aclose()``.
+reaches the live circuit breakers. Any other error ends the fill as ``narrowed``. While the daemon is
+overloaded (coby.collector.load) no page is asked and no slice handed on. At a start with the database down, the fill
+waits for it (the last stored trade is its lower end). Every task is owned by :class:`Backfill` and
+cancelled by ``aclose()``.
 """
 
 from __future__ import annotations
@@ -33,62 +35,43 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import structlog
 
-from coby.ccxterrors import translate_ccxt_error
+from coby.collector.backfill_paging import PAGING, Mark, Recent, fetch, new_by_content
+from coby.collector.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
+from coby.collector.normalize import INFO_TIME_NS, trade_ms
 from coby.models import ConnectionEvent, ConnectionEventKind, TradeEvent, utc_from_ms, utcnow
-from coby.venues import build_client, override_base
+from coby.collector.venues import build_client, override_base
 
 log = structlog.get_logger("coby.backfill")
 
 PER_VENUE = 2  # fills of one venue at once
-LIVE_IDS = 5_000  # trade ids remembered per market, to tell a fetched trade from one that came live
-MAX_PAGES = 200  # a bound on one fill's requests, whatever the venue answers
 RETRIES = 6  # 429s in a row on one page before the fill gives up (narrowed)
 HAND_ON = 500  # fetched trades handed to the pipeline at once
+STORAGE_RETRY, STORAGE_RETRY_MAX = 0.5, 5.0  # seconds between reads of the last stored trade while the DB is down
+OVERLOAD_POLL = 0.5  # seconds between looks at the load governor while the daemon is overloaded
 CLOSED, NARROWED = "closed", "narrowed"
 
 
-@dataclass(frozen=True, slots=True)
-class Paging:
-    mode: str  # since | window | before_id | latest
-    limit: int  # the venue's largest page
-    params: dict[str, Any] | None = None  # extra ccxt params (the method ccxt must call)
-    cursor: str = "after"  # before_id: the parameter naming the id to page back from
-    numbered: bool = True  # trade ids are numbers in trade order (bybit's are UUIDs)
 
-
-# Venues not listed have no history coby can page through and dedupe by id: htx and kucoin serve the
-# latest trades only, under ids their WebSocket does not use; mexc's aggTrades carry no id.
-PAGING: dict[str, Paging] = {
-    "binance": Paging("since", 1000),
-    "okx": Paging("before_id", 100, {"method": "publicGetMarketHistoryTrades"}),
-    "bybit": Paging("latest", 1000, numbered=False),
-    "coinbase": Paging("window", 1000),
-    "kraken": Paging("since", 1000),
-    "bitfinex": Paging("since", 10_000),
-    "gate": Paging("before_id", 1000, {"reverse": "true"}, cursor="last_id"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """One end of a gap: a trade's time (ms) and id."""
-
-    ts: int
-    id: str
-
-    @classmethod
-    def of(cls, t: TradeEvent) -> "Mark":
-        return cls(round(t.timestamp.timestamp() * 1000), t.trade_id)
+def _before(raw: dict, upper: Mark, paging: Any) -> bool:
+    """Made before the gap's upper end (the first live trade after it). Of that trade's millisecond, only those
+    with a smaller id where ids count in trade order; none by content (kucoin, mexc): the rest of that
+    millisecond may still be on its way live, and a fill that took them for missed would store them twice."""
+    ts = raw["timestamp"]
+    if ts != upper.ts:
+        return ts < upper.ts
+    if paging.by_content:
+        return False
+    if paging.numbered and str(raw["id"]).isdigit() and upper.id.isdigit():
+        return int(raw["id"]) < int(upper.id)
+    return True
 
 
 _STORED = object()  # the gap's lower end is the last stored trade (a daemon start)
@@ -98,15 +81,17 @@ class Backfill:
     """Fills the gaps of every attached connector's trade streams. See the module docstring."""
 
     def __init__(self, settings: Any, storage: Any, pipeline: Any, *,
-                 client_factory: Callable[..., Any] = build_client) -> None:
+                 client_factory: Callable[..., Any] = build_client, load: Any = None) -> None:
         self.settings, self.storage, self.pipeline = settings, storage, pipeline
+        self.load = load  # the daemon's LoadGovernor (coby.collector.load): while it says overloaded, no new page is asked
+        self.paused = 0  # times a fill waited for an overload to pass
         self._factory = client_factory
         self._enabled = set(settings.exchanges) if "*" in settings.backfill else set(settings.backfill)
         self._connectors: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._last: dict[tuple[str, str], Mark] = {}
-        self._live: dict[tuple[str, str], tuple[set[str], deque[str]]] = {}
+        self._live: dict[tuple[str, str], Recent] = {}  # per market: live trade ids (by_content: fingerprints)
         self._waiting: dict[tuple[str, str], tuple[Any, bool]] = {}  # market -> (lower end: a Mark or _STORED, quiet)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, dict[str, int]] = {}
@@ -135,13 +120,10 @@ class Backfill:
         if type(event) is TradeEvent:
             key = (event.exchange, event.symbol)
             mark = Mark.of(event)
-            ids = self._live.get(key)
-            if ids is None:
-                ids = self._live[key] = (set(), deque())
-            if len(ids[1]) >= LIVE_IDS:
-                ids[0].discard(ids[1].popleft())
-            ids[0].add(mark.id)
-            ids[1].append(mark.id)
+            live = self._live.get(key)
+            if live is None:
+                live = self._live[key] = Recent()
+            live.add(mark.fp if PAGING[event.exchange].by_content else mark.id)
             if key in self._waiting:
                 lower, quiet = self._waiting[key]
                 if lower is _STORED or mark.ts >= lower.ts:  # not an old trade resent on subscribe
@@ -172,12 +154,15 @@ class Backfill:
         async with limit:
             started = time.monotonic()
             with structlog.contextvars.bound_contextvars(exchange=exchange, symbol=symbol):
+                start = lower is _STORED
                 try:
-                    if lower is _STORED:
+                    if start:
                         lower = await self._last_stored(exchange, symbol, upper)
                         if lower is None:
                             return  # nothing stored yet: no gap to fill
                     recovered, outcome, reason = await self._recover(exchange, symbol, lower, upper)
+                    if start:  # the downtime's bars, from the stored trades (an earlier process stored the rest)
+                        await self._rebuild_bars(exchange, symbol, lower)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a fill that fails is reported, never fatal
@@ -207,71 +192,44 @@ class Backfill:
             oldest = min((r["timestamp"] for r in raws if r.get("timestamp") is not None), default=None)
             reason = "the venue's history does not reach back to the last trade before the gap" + \
                 (f" (it starts at {utc_from_ms(oldest).isoformat()})" if oldest is not None else "")
-        seen = self._live.get((exchange, symbol), (set(), None))[0]
-        skip = set(seen) | {lower.id} | await self._stored_ids(exchange, symbol, lower, upper)
-        wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
-                  and lower.ts <= r["timestamp"] <= upper.ts]
-        trades = self._connectors[exchange].processor.process_trades(wanted, exchange, symbol) if wanted else []
+        live = self._live.setdefault((exchange, symbol), Recent())
+        stored = await self._stored(exchange, symbol, lower, upper)
+        raws = [r for r in raws if lower.ts <= r["timestamp"] and _before(r, upper, PAGING[exchange])]
+        if PAGING[exchange].by_content:
+            wanted = new_by_content(raws, live, stored)
+        else:
+            skip = {t.trade_id for t in stored} | {lower.id}
+            wanted = [r for r in raws if r.get("id") is not None and str(r["id"]) not in skip
+                      and str(r["id"]) not in live]
+        processor = self._connectors[exchange].processor
+        relost = processor.relost
+        trades = processor.process_trades(wanted, exchange, symbol, recovered=True) if wanted else []
+        if processor.relost > relost:  # validated live but never handed on (coby.collector.normalize.process_trades)
+            log.warning("backfill_recovered_unsent_live_trades", trades=processor.relost - relost)
         for t in trades:
-            seen.add(t.trade_id)
+            live.add(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
         for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first
+            await self._give_way()
             await self.pipeline.on_backfill(trades[i:i + HAND_ON])
             await asyncio.sleep(0)
         return len(trades), CLOSED if reached and not reason else NARROWED, reason
 
     async def _fetch(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> tuple[list[dict], bool]:
-        """The venue's trades from ``lower`` to ``upper`` as ccxt parses them; and whether they reach ``lower``."""
-        paging = PAGING[exchange]
         unified = self._connectors[exchange].symbol_map.unified(exchange, symbol)
-        params = dict(paging.params or {})
-        got: dict[str, dict] = {}
-        pages: list[list[dict]] = []
 
-        def reached() -> bool:
-            return lower.id in got or any(r["timestamp"] < lower.ts for r in got.values())
-
-        cursor_ts, until = lower.ts, upper.ts
-        cursor_id: str | None = None
-        for _ in range(MAX_PAGES):
-            if paging.mode == "since":
-                page = await self._page(exchange, unified, cursor_ts, paging.limit, params)
-            elif paging.mode == "window":
-                page = await self._page(exchange, unified, lower.ts, paging.limit, {**params, "until": until + 1000})
-            elif paging.mode == "before_id":
-                page = await self._page(exchange, unified, None, paging.limit,
-                                        {**params, paging.cursor: cursor_id} if cursor_id else params)
-            else:
-                page = await self._page(exchange, unified, None, paging.limit, params)
-            new = [r for r in page if r.get("id") is not None and str(r["id"]) not in got]
-            got.update((str(r["id"]), r) for r in new)
-            pages.append(new)
-            if not page or not new or len(page) < paging.limit or paging.mode == "latest":
-                break
-            if paging.mode == "since":
-                last = max(r["timestamp"] for r in page)
-                if last >= upper.ts:
-                    break
-                cursor_ts = last if last > cursor_ts else cursor_ts + 1
-            else:
-                oldest = min(page, key=lambda r: r["timestamp"])
-                if reached() or oldest["timestamp"] < lower.ts:
-                    break
-                until, cursor_id = oldest["timestamp"], str(oldest["id"])
-        # In trade order (trades of one millisecond too: OHLCV's open and close depend on it): by id where ids
-        # are numbers; else ccxt's order, which sorts a page by time stably, keeping the venue's newest-first
-        # order within a millisecond - undone by reversing (pages and trades) before a stable sort.
-        ordered = [r for page in reversed(pages) for r in reversed(page)]
-        if paging.numbered:
-            ordered.sort(key=lambda r: (r["timestamp"], int(r["id"])))
-        else:
-            ordered.sort(key=lambda r: r["timestamp"])
-        return ordered, reached()
+        async def page_of(since: int | None, limit: int, params: dict) -> list[dict]:
+            page = await self._page(exchange, unified, since, limit, params)
+            if exchange in INFO_TIME_NS:  # timed as coby times live trades (ccxt's float division may lose 1 ms)
+                page = [{**r, "timestamp": trade_ms(r, exchange)} for r in page]
+            return page
+        return await fetch(page_of, PAGING[exchange], lower, upper)
 
     async def _page(self, exchange: str, unified: str, since: int | None, limit: int, params: dict) -> list[dict]:
         """One request; a 429 waits (doubling from 1 s) and asks again, so the venue's limit slows the fill."""
         client = self._client(exchange)
         delay = 1.0
         for attempt in range(RETRIES + 1):
+            await self._give_way()
             try:
                 return await client.fetch_trades(unified, since, limit, dict(params))
             except Exception as exc:  # noqa: BLE001 - translated once (ccxterrors)
@@ -283,6 +241,26 @@ class Backfill:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _rebuild_bars(self, exchange: str, symbol: str, lower: Mark) -> None:
+        numbered = PAGING[exchange].numbered
+
+        def order(t: TradeEvent) -> tuple:
+            return (t.timestamp, int(t.trade_id) if numbered and t.trade_id.isdigit() else 0)
+        try:
+            await self.pipeline.rebuild_after_restart(exchange, symbol, lower.ts, order)
+        except Exception:  # noqa: BLE001 - the fill stands; the bars stay as they were
+            log.exception("backfill_bars_failed")
+
+    async def _give_way(self) -> None:
+        """While the daemon is overloaded (coby.collector.load), wait: no page is asked, no slice handed on, until it is not."""
+        if self.load is None or not self.load.overloaded:
+            return
+        self.paused += 1
+        log.info("backfill_paused", reason="overloaded")
+        while self.load.overloaded:
+            await asyncio.sleep(OVERLOAD_POLL)
+        log.info("backfill_resumed")
 
     def _client(self, exchange: str) -> Any:
         """The venue's REST client for fills (its own: a 429 on it never touches a live feed's client)."""
@@ -298,23 +276,34 @@ class Backfill:
     # --------------------------------------------------------------------------------- storage
 
     async def _last_stored(self, exchange: str, symbol: str, upper: Mark) -> Mark | None:
-        """The market's last stored trade before ``upper`` (what an earlier run received), or None."""
+        """The market's last stored trade before ``upper`` (what an earlier run received), or None. While the
+        database is down (a daemon started without it), waits - retrying every ``STORAGE_RETRY`` doubling to
+        ``STORAGE_RETRY_MAX`` seconds - until the earlier run's rows can be read: a fill needs its lower end."""
         if self.storage is None:
             return None
-        try:  # an earlier run's journalled rows reach the database first (bounded: it may be down)
-            await asyncio.wait_for(self.storage.flush(), 10.0)
-        except Exception as exc:  # noqa: BLE001 - read what the database has
-            log.info("backfill_flush_skipped", error=repr(exc)[:200])
-        rows = await self.storage.get_trades(symbol, None, utc_from_ms(upper.ts), exchange=exchange, limit=1,
-                                             newest_first=True)
+        delay, waiting = STORAGE_RETRY, False
+        while True:
+            try:  # an earlier run's journalled rows reach the database first
+                await asyncio.wait_for(self.storage.flush(), 10.0)
+                rows = await self.storage.get_trades(symbol, None, utc_from_ms(upper.ts), exchange=exchange,
+                                                     limit=1, newest_first=True)
+                break
+            except Exception as exc:  # noqa: BLE001 - StorageUnavailable and the drivers' own: wait, ask again
+                if not waiting:
+                    log.warning("backfill_waiting_for_storage", error=repr(exc)[:200])
+                    waiting = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX)
+        if waiting:
+            log.info("backfill_storage_back")
         return Mark.of(rows[0]) if rows else None
 
-    async def _stored_ids(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> set[str]:
+    async def _stored(self, exchange: str, symbol: str, lower: Mark, upper: Mark) -> list[TradeEvent]:
+        """The market's stored trades of [lower, upper]."""
         if self.storage is None:
-            return set()
-        rows = await self.storage.get_trades(symbol, utc_from_ms(lower.ts), utc_from_ms(upper.ts) +
+            return []
+        return await self.storage.get_trades(symbol, utc_from_ms(lower.ts), utc_from_ms(upper.ts) +
                                              timedelta(milliseconds=1), exchange=exchange, limit=100_000)
-        return {t.trade_id for t in rows}
 
     # ---------------------------------------------------------------------------------- output
 

@@ -1,9 +1,10 @@
-"""What a WebSocket client may ask (``coby.ws``): its requests decoded and checked, channel names in canonical form.
+"""What a WebSocket client may ask (``coby.api.ws``): its requests decoded and checked, channel names in canonical form.
 
 A request is a JSON text ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": optional}``
 or ``{"op": "ping"}``; a subscribe may carry ``"resume": {channel: last seq seen}`` (a client that
-reconnects: it is sent what it missed, ``coby.ws_resume``). ``parse_request`` turns one into a ``Request`` or refuses it with the
-error message the client is sent; what a subscription then does is ``coby.ws``'s business.
+reconnects: it is sent what it missed, ``coby.api.ws_resume``). ``parse_request`` turns one into a
+``Request`` or refuses it with the error message the client is sent; what a subscription then does is
+``coby.api.ws``'s business.
 docs/api.md is the reference.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from coby.api import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
+from coby.api.params import ApiError, TIMEFRAMES, valid_exchange, valid_symbol, valid_timeframe
 from coby.config import Settings
 
 

@@ -35,11 +35,11 @@ from typing import Any
 import structlog
 
 from coby.errors import ExchangeError
-from coby.markets import MarketCatalog
+from coby.collector.markets import MarketCatalog
 from coby.errors import StaleFeed
 from coby.models import ConnectionState, OrderBookSnapshot
-from coby.resilience import Backoff, CircuitBreaker, CircuitState
-from coby.venues import Venue
+from coby.collector.resilience import Backoff, CircuitBreaker, CircuitState
+from coby.collector.venues import Venue
 
 log = structlog.get_logger("coby.exchanges")
 

@@ -12,7 +12,7 @@ One row per exchange (:data:`VENUES`), not a subclass tree. A row says:
   either does not notice, or cannot recover on the same connection);
 * ``trades_own_connection`` - ccxt puts trades on a connection of their own (a different URL), where
   the next watch reconnects by itself: a failed trade stream re-watches instead of recycling its
-  feed (books and trades never share a feed anyway: :mod:`coby.feeds`);
+  feed (books and trades never share a feed anyway: :mod:`coby.collector.feeds`);
 * ``sequenced`` - a lost book frame is noticed (by ccxt or by ``gap_check``); where
   not (kraken), an unparseable frame forces a resync;
 * ``gap_check`` - a sequence check ccxt does not do, run on each raw frame
@@ -169,6 +169,7 @@ def _htx_urls(ex: Any, http: str, ws: str) -> None:
     spot = ex.urls["api"]["ws"][ex.options["api"]]["spot"]
     spot["public"] = f"{ws}/htx/ws"
     spot["feed"] = f"{ws}/htx/feed"
+    ex.urls["api"]["spot"] = f"{http}/htx"  # REST: /market/history/trade (the gap filler)
 
 
 def _kucoin_urls(ex: Any, http: str, ws: str) -> None:

@@ -255,6 +255,34 @@ class OHLCVBuilder:
                 if bars is self._recent:
                     self._repaired[key] = bar
 
+    @property
+    def origin(self) -> int | None:
+        """The first close horizon (ms): bars before it are never remade from trades; None before it is set."""
+        return self._origin
+
+    def seed(self, part: OHLCVBar, origin: int) -> bool:
+        """Merge ``part`` - a bar's trades before ``origin`` (an earlier process', composed from stored bars,
+        coby.aggregate.ohlcv_rebuild) - into that bar here, once: an open one, or a closed one still kept (stored again
+        through ``take_repaired``); a bar not here yet is made from it. False if the bar is closed and gone."""
+        tf = TIMEFRAMES[part.timeframe]
+        start = to_ms(part.timestamp)
+        key = (tf, part.symbol, part.exchange, start)
+        bar = _Bar(part.open, start, 0, part.volume, part.buy_volume, part.sell_volume)
+        bar.high, bar.low, bar.close, bar.close_ts = part.high, part.low, part.close, origin - 1
+        bar.notional, bar.count = part.vwap * part.volume, part.trade_count
+        closed = self._closed_ms is not None and start + tf <= self._closed_ms
+        bars = self._recent if closed else self._coarse
+        if closed and key not in bars:
+            return False
+        into = bars.get(key)
+        if into is None:
+            bars[key] = bar
+        else:
+            into.merge(bar)
+        if closed:
+            self._repaired[key] = bars[key]
+        return True
+
     def take_repaired(self) -> list[OHLCVBar]:
         """The closed bars late trades changed since the last call, as they stand now (``closed=True``),
         ordered by end time, timeframe, symbol and venue (consolidated first)."""

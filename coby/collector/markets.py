@@ -30,7 +30,7 @@ import orjson
 import structlog
 
 from coby.symbols import SymbolMap, VenueMarket
-from coby.venues import VENUES, override_base, preset_market
+from coby.collector.venues import VENUES, override_base, preset_market
 
 log = structlog.get_logger("coby.markets")
 

@@ -27,18 +27,26 @@ import asyncio
 import contextlib
 import math
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import structlog
 
 from coby.errors import ReplayError
 from coby.models import ConnectionEvent, ReplayState, ReplayStatus, utc_from_ms, utcnow
-from coby.replaybus import ReplayBus
-from coby.replayclock import Pacer
-from coby.replaystream import GapTracker, books_before, connection_state_before, gap_message, merged_events
+from coby.api.replay_bus import ReplayBus
+from coby.api.replay_clock import Pacer
+from coby.api.replay_stream import GapTracker, books_before, connection_state_before, gap_message, merged_events
 
-if TYPE_CHECKING:
-    from coby.replay import ReplayManager
+
+
+class ReplayManager(Protocol):
+    """What a session reads of :class:`coby.replay.ReplayManager`, which creates it (a protocol, so the
+    two modules do not import each other)."""
+
+    settings: Any
+    storage: Any
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
 
 log = structlog.get_logger("coby.replay")
 ACTIVE = frozenset({ReplayState.CREATED, ReplayState.RUNNING, ReplayState.PAUSED})

@@ -5,10 +5,10 @@ and ``{"op": "ping"}``. Server -> client: the pipeline's envelopes, byte for byt
 (``{"channel", "type": "update", "seq", "ts", "received", "data"}``), a ``"type": "snapshot"``
 envelope first on every channel that has a stored state, and control messages
 (``subscribed``, ``unsubscribed``, ``pong``, ``error``). A subscribe with ``"resume": {channel: seq}`` gets
-what it missed first (``coby.ws_resume``). docs/api.md is the reference. Requests
-are decoded and checked, channel names made canonical, in ``coby.ws_requests``.
+what it missed first (``coby.api.ws_resume``). docs/api.md is the reference. Requests
+are decoded and checked, channel names made canonical, in ``coby.api.ws_requests``.
 
-Shape: a ``coby.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own
+Shape: a ``coby.api.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own
 bus) out to its clients. Each message is framed once; a client that keeps up (nothing
 pending, socket buffer under 64 KiB) gets that frame written to its socket at once, with no
 task switch. Otherwise the client keeps what it has not sent yet, and its sender task sends
@@ -31,14 +31,15 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import WSMsgType, web
 
-from coby import ws_resume
-from coby.api import DAEMON_KEY, ApiError
+from coby.api import ws_resume
+from coby.api.params import ApiError
+from coby.api.rest import DAEMON_KEY
 from coby.codec import dumps
 from coby.config import Settings
-from coby.hub import CLOSE_GOING_AWAY, Feed, Hub, stored_state  # Hub: also coby.ws.Hub for replay
+from coby.api.hub import CLOSE_GOING_AWAY, Feed, Hub, stored_state  # Hub: also coby.api.ws.Hub for replay
 from coby.metrics import WS_CLIENTS, WS_DISCONNECTS, WS_MESSAGES, WS_REFUSED
 from coby.models import utcnow
-from coby.ws_requests import RequestError, parse_request
+from coby.api.ws_requests import RequestError, parse_request
 
 log = structlog.get_logger("coby.ws")
 

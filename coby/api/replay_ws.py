@@ -1,11 +1,11 @@
-"""Replay over WebSocket: a session's bus served with the live protocol of ``coby.ws``.
+"""Replay over WebSocket: a session's bus served with the live protocol of ``coby.api.ws``.
 
-``GET /api/v1/replay/{id}/ws`` speaks exactly the protocol of ``/ws`` (``coby.ws.serve``:
+``GET /api/v1/replay/{id}/ws`` speaks exactly the protocol of ``/ws`` (``coby.api.ws.serve``:
 subscribe/unsubscribe/ping, snapshots, the pipeline's envelopes byte for byte - each carrying
 ``"replay": id``), so a client written for live data runs unchanged against a replay; only
 the URL differs. Subscribe first, then ``POST /api/v1/replay/{id}/start``.
 
-One ``ReplayHub`` per session fans its bus out. It differs from the live ``coby.hub.Hub`` in what a
+One ``ReplayHub`` per session fans its bus out. It differs from the live ``coby.api.hub.Hub`` in what a
 slow client costs, because a replay can wait where live data cannot:
 
 - every message is delivered, book-like channels included (no coalescing: a replay shows
@@ -25,17 +25,17 @@ from typing import Any
 
 from aiohttp import web
 
-from coby import ws
-from coby.api import ApiError
-from coby.hub import Hub
-from coby.replaybus import END
+from coby.api import ws
+from coby.api.params import ApiError
+from coby.api.hub import Hub
+from coby.api.replay_bus import END
 
 REPLAY_HUBS_KEY: web.AppKey[dict] = web.AppKey("replay_hubs", dict)
 _POLL = 0.001  # seconds between looks at a full client queue (ws.Client has no "room again" signal)
 
 
 class ReplayHub(Hub):
-    """``coby.hub.Hub`` for one replay session: waits for slow clients instead of dropping them."""
+    """``coby.api.hub.Hub`` for one replay session: waits for slow clients instead of dropping them."""
 
     def __init__(self, session: Any, registry: dict[str, "ReplayHub"]) -> None:
         super().__init__(session.bus, bus_queue=session.settings.replay_queue_size)

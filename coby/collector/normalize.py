@@ -61,8 +61,23 @@ _fromtimestamp = datetime.fromtimestamp
 
 # Venues whose ccxt trade ``id`` is not the venue's trade id: take it from the raw payload.
 # htx's 24-digit ``id`` does not survive JSON parsing as an integer (distinct trades
-# collide); ``tradeId`` is the real, small, unique id.
+# collide); ``tradeId`` is the real, small, unique id. Its REST history (the gap filler) sends it as
+# ``trade-id``, which ccxt makes the trade's ``id``: without the key in ``info``, the ``id`` is taken.
 INFO_TRADE_ID: dict[str, str] = {"htx": "tradeId"}
+# Venues that stamp trades in nanoseconds: ccxt parses them through a float (``int(float(ns)) / 1e6``: 1 ms
+# early at times); coby divides the raw integer itself, exactly (trade_ms; the gap filler matches kucoin's
+# trades by content, time included, so its fetched trades are timed the same way).
+INFO_TIME_NS: dict[str, str] = {"kucoin": "time"}
+
+
+def trade_ms(raw: Mapping[str, Any], exchange: str) -> Any:
+    """A ccxt trade's time in ms, exact where the venue sends nanoseconds (INFO_TIME_NS)."""
+    key = INFO_TIME_NS.get(exchange)
+    if key is not None:
+        ns = raw["info"].get(key)
+        if ns is not None:
+            return int(ns) // 1_000_000
+    return raw["timestamp"]
 
 
 class _RecentIds:
@@ -104,6 +119,7 @@ class DataProcessor:
         self._id_memory = trade_id_memory
         self._log_interval = reject_log_interval
         self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
+        self.relost = 0  # validated live, never handed on, recovered by the gap filler (process_trades)
         self._rejects: dict[str, dict[str, int]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
         self._log_state: dict[tuple[str, str], list[float]] = {}  # -> [last logged at, suppressed since]
@@ -161,7 +177,9 @@ class DataProcessor:
         try:
             price, amount, side, ts = raw["price"], raw["amount"], raw["side"], raw["timestamp"]
             key = INFO_TRADE_ID.get(exchange)
-            trade_id = raw["info"].get(key) if key else raw.get("id")
+            trade_id = (raw["info"].get(key) or raw.get("id")) if key else raw.get("id")
+            if exchange in INFO_TIME_NS:
+                ts = trade_ms(raw, exchange)
         except (KeyError, TypeError, AttributeError):
             raise ValidationError("schema", "trade without price/amount/side/timestamp") from None
         if not (type(price) is float or type(price) is int) or not (type(amount) is float or type(amount) is int):
@@ -179,8 +197,12 @@ class DataProcessor:
         return TradeEvent(symbol, exchange, _fromtimestamp(ts / 1000.0, UTC), float(price), float(amount), side,
                           trade_id, _fromtimestamp(self._clock(), UTC))
 
-    def process_trades(self, raws: Iterable[Mapping[str, Any]], exchange: str, symbol: str) -> list[TradeEvent]:
-        """Normalise and validate a batch (as ``watch_trades`` returns it); rejects are dropped."""
+    def process_trades(self, raws: Iterable[Mapping[str, Any]], exchange: str, symbol: str, *,
+                       recovered: bool = False) -> list[TradeEvent]:
+        """Normalise and validate a batch (as ``watch_trades`` returns it); rejects are dropped. ``recovered``:
+        trades the gap filler fetched and found neither live nor stored (coby.collector.backfill) - an id validated here
+        before is no duplicate then: the live trade was validated but never handed on (its stream was cancelled
+        between the two); counted in ``relost``."""
         out: list[TradeEvent] = []
         seen: dict[tuple[Any, ...], int] | None = None
         for raw in raws:
@@ -194,11 +216,21 @@ class DataProcessor:
             except ValidationError as exc:
                 self.reject(exchange, symbol, exc.reason, str(exc))
                 continue
-            if self.validate_data(trade):
+            if self._recovered(trade) if recovered else self.validate_data(trade):
                 out.append(trade)
         return out
 
     # ------------------------------------------------------------- validation
+
+    def _recovered(self, trade: TradeEvent) -> bool:
+        reason = self._trade_reason(trade)
+        if reason is not None and reason[0] == "duplicate_trade":
+            self.relost += 1
+            return True
+        if reason is not None:
+            self.reject(trade.exchange, trade.symbol, reason[0], reason[1])
+            return False
+        return True
 
     def validate_data(self, item: OrderBookSnapshot | TradeEvent) -> bool:
         """Full checks of a snapshot or trade; False (counted, logged) if rejected.

@@ -6,7 +6,7 @@ the API sends. The document is built per app from its settings: exchanges, symbo
 limits appear as enums and bounds. Every route the app serves is here (a test checks it): the
 REST routes, the operations routes, ``/ws`` and the dashboard's files (described: OpenAPI has no
 vocabulary for a WebSocket's messages; docs/api.md is their reference), and the replay routes,
-which ``coby.replay_api`` adds with ``Document.extend``.
+which ``coby.api.replay_routes`` adds with ``Document.extend``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from coby import __version__, models
-from coby.api import MAX_DEPTH, MAX_MS, TIMEFRAMES
+from coby.api.params import MAX_DEPTH, MAX_MS, TIMEFRAMES
 from coby.codec import dumps
 from coby.config import Settings
-from coby.heatmap_history import (
+from coby.api.heatmap_history import (
     MAX_BUCKET as HEATMAP_MAX_BUCKET, MAX_COLUMNS as HEATMAP_MAX_COLUMNS, MAX_RANGE as HEATMAP_MAX_RANGE,
     MIN_BUCKET as HEATMAP_MIN_BUCKET,
 )
@@ -197,7 +197,7 @@ def _schemas() -> dict[str, Any]:
     out["Ready"] = _obj({"ok": {"type": "boolean"}, "storage": {"type": "boolean"},
                          "live_exchanges": {"type": "array", "items": {"type": "string"}}},
                         overloaded={"type": "boolean"},
-                        overload={"type": "array", "items": {"type": "string"}, "description": "why (coby.load)"})
+                        overload={"type": "array", "items": {"type": "string"}, "description": "why (coby.collector.load)"})
     return out
 
 

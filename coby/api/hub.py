@@ -16,6 +16,7 @@ import struct
 from typing import Any, Protocol
 
 from coby.metrics import WS_COALESCED, WS_MESSAGES
+from coby.streams import COALESCED_KINDS
 
 
 
@@ -31,7 +32,6 @@ class Client(Protocol):
 
 CLOSE_OVERLOADED = 4013  # the server itself lost messages of a queued channel
 CLOSE_GOING_AWAY = 1001  # shutdown, or the source of the channels (a replay session) ended
-COALESCED_KINDS = frozenset({"book", "consolidated", "heatmap", "metrics", "status"})
 
 _LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
 

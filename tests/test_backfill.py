@@ -188,8 +188,8 @@ async def _gap(d: Daemon, fault: str, exchanges) -> None:
     """Break every venue's trade stream with ``fault`` and wait for each gap's outcome."""
     before = {ex: len(await _gap_events(d, ex)) for ex in exchanges}
     for ex in exchanges:  # nothing is sent while stalled (trades made meanwhile are lost on the wire) ...
-        d.simulator.venues[ex].faults.stall(1.0 if fault == "drop" else 4.0)
-    if fault == "drop":  # ... and the connections drop during it; a 4 s stall: the watchdog (1.5 s) recovers
+        d.simulator.venues[ex].faults.stall(1.0 if fault == "drop" else 15.0)
+    if fault == "drop":  # ... and the connections drop during it; a 15 s stall: the watchdog (1.5 s) recycles the feed until it ends
         await asyncio.sleep(0.5)
         for ex in exchanges:
             await d.simulator.inject(ex, "drop")
@@ -199,7 +199,7 @@ async def _gap(d: Daemon, fault: str, exchanges) -> None:
             if len(await _gap_events(d, ex)) <= before[ex]:
                 return False
         return True
-    await _until(outcomes, 25, f"every venue's outcome after a {fault}: {before}")
+    await _until(outcomes, 40, f"every venue's outcome after a {fault}: {before}")
 
 
 async def test_drops_and_stalls_are_filled_from_history_closed_on_every_venue(tmp_path):

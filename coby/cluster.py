@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from coby.leases import Leases, cluster_status, default_collector_id
+from coby.models import ConnectionEvent, ConnectionEventKind, utcnow
 from coby.sharding import parse_shard, shard_symbols
 
 log = structlog.get_logger("coby.cluster")
@@ -57,6 +58,17 @@ class Cluster:
                 pass
 
     async def _gained(self, symbols: list[str]) -> None:
+        """A takeover: the gap is recorded per venue (``disconnected``, naming the collector whose lease expired)
+        before the symbol is connected here (``connected`` per stream follows, then the gap filler's outcome)."""
+        pipeline = self.daemon.pipeline
+        if pipeline is not None:
+            now = utcnow()
+            for symbol in symbols:
+                before = self.leases.seen_owner.get(symbol, "unknown") if self.leases is not None else "unknown"
+                for exchange in self.settings.exchanges:
+                    await pipeline.on_event(ConnectionEvent(
+                        exchange, symbol, now, ConnectionEventKind.DISCONNECTED.value,
+                        f"owner {before} lost its lease (stopped or cut off); taken over by {self.id}"))
         await self.daemon.add_symbols(symbols)
 
     async def _lost(self, symbols: list[str], reason: str) -> None:

@@ -72,10 +72,11 @@ class Daemon:
                 await self._start_simulator()
             await self._start_pipeline()
         await self._start_http()
+        if self.collects:
+            await self._start_connectors()  # built and started, no symbol yet: the costly part before any lease
         if s.role != "all":
             await self._start_cluster()
-        if self.collects:
-            await self._start_connectors()
+        await self.add_symbols(self.symbols)
         log.info("daemon_started", role=s.role, storage_mode=self.storage.mode,
                  api=f"http://{s.api_host}:{self.api_port}", symbols=list(self.symbols))
 
@@ -146,10 +147,11 @@ class Daemon:
             if self.backfill is not None:
                 self.backfill.attach(conn)  # fills the gaps of its trade streams from the venue's history
             await conn.connect()
-        await self.add_symbols(self.symbols)
 
     async def add_symbols(self, symbols: list[str] | tuple[str, ...]) -> None:
         """Connect ``symbols`` on every venue (at start, and when a collector takes a symbol over)."""
+        if self._stopped:
+            return
         for conn in self.connectors.values():
             for symbol in symbols:
                 await conn.subscribe_orderbook(symbol)

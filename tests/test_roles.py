@@ -116,9 +116,8 @@ async def test_second_claim_is_refused_and_standby_takes_over_when_the_owner_die
         assert {c["id"] for c in view["collectors"]} >= {"a", "b", "s"}
         assert sorted(view["refused"]) == sorted(syms[:2])
         # the owner dies (no release, no heartbeat): its leases expire, b and the standby take them
-        a._task.cancel()
-        await asyncio.gather(a._task, return_exceptions=True)
-        a._task, a.owned = None, {}
+        await a.stop_heartbeat()
+        a.owned = {}
         t0 = time.monotonic()
         await _until(lambda: len(lb.gained) + len(ls.gained) == 4, 5, "taken over")
         took = time.monotonic() - t0
@@ -154,5 +153,5 @@ async def test_lease_taken_by_another_is_lost_and_unrefreshed_one_is_fenced(rds)
 
 
 class _Broken:
-    async def __call__(self, *a, **k):
+    def __call__(self, *a, **k):
         raise ConnectionError("redis unreachable")

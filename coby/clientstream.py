@@ -6,10 +6,12 @@ public API (``/ws`` live, ``/api/v1/replay/{id}/ws`` for a replay: the same prot
 - ``Event``: one envelope, its ``data`` rebuilt as coby's own model (``coby.models``) by
   ``coby.codec.from_dict``, chosen once per channel kind (``DECODERS``);
 - ``Reconnected``: the connection was lost and is back, every channel resubscribed; each
-  book-like channel (and ohlcv) starts again with the server's snapshot;
-- ``Gap``: a queued channel (``trades``, ``ohlcv``) skipped sequence numbers (messages lost
-  while disconnected, or after a slow-consumer close), or its numbering restarted (the daemon
-  restarted: ``missing`` is None). Book-like channels are full states, coalesced by design, so
+  book-like channel starts again with the server's snapshot; queued channels (trades, ohlcv) resume
+  (the subscribe names the last seq received: the server - this node or another behind the same load
+  balancer - sends what was missed, in order, from the channel's Redis stream);
+- ``Gap``: a queued channel (``trades``, ``ohlcv``) skipped sequence numbers (messages the server no
+  longer had when the client resumed - ``reason`` "trimmed" - or lost without Redis), or its numbering
+  restarted (the daemon restarted: ``missing`` is None). Book-like channels are full states, coalesced by design, so
   a jump there is not reported;
 - ``ReplayFinished``: the replay session ended (the last item of a replay).
 
@@ -78,7 +80,8 @@ class Gap:
     channel: str
     expected: int
     got: int
-    reason: str  # "reconnect", "sequence" (a jump within one connection), "restart" (numbering restarted)
+    reason: str  # "reconnect", "sequence" (a jump within one connection), "restart" (numbering restarted),
+    # "trimmed" (a reconnect resumed, but the server no longer kept these messages)
 
     @property
     def missing(self) -> int | None:
@@ -262,7 +265,11 @@ class Subscription:
 
     async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Subscribe to every channel and wait for the server's answer (snapshots follow it)."""
-        request = {"op": "subscribe", "channels": list(self.channels), "id": "coby-client"}
+        request: dict[str, Any] = {"op": "subscribe", "channels": list(self.channels), "id": "coby-client"}
+        resume = {ch: last[0] for ch, last in self._last.items()
+                  if ch in self.channels and ch.split(":", 1)[0] in QUEUED_KINDS}
+        if resume:  # a reconnect: the server sends what was missed (or says what it no longer has)
+            request["resume"] = resume
         try:
             async with asyncio.timeout(self._client.timeout):
                 await ws.send_str(orjson.dumps(request).decode())
@@ -308,6 +315,14 @@ class Subscription:
             if env.get("type") == "error":  # e.g. "slow consumer: ...", followed by the close
                 self._error = str(env.get("error"))
                 log.warning("client_server_error", error=self._error)
+            return
+        if env.get("type") == "gap":  # after a resume: messages the server no longer has
+            first, last = env.get("from"), env.get("to")
+            if isinstance(first, int) and isinstance(last, int):
+                self._pending.append(Gap(channel, first, last + 1, "trimmed"))
+                prev = self._last.get(channel)
+                self._last[channel] = (last, prev[1] if prev else None)
+                self._fresh.discard(channel)
             return
         seq, received = env.get("seq"), parse_time(env.get("received"))
         if isinstance(seq, int) and not self._in_order(channel, seq, received):

@@ -190,6 +190,13 @@ class Settings:
                                     ("COBY_REDIS_URL",), _redis_url, secret=True)
     redis_host: str | None = setting(None, "Redis host (used when redis_url is unset).", ("REDIS_HOST",))
     redis_port: int = setting(6379, "Redis port.", ("REDIS_PORT",), _port)
+    bus_stream_length: int = setting(5000, "Messages kept per queued channel (trades, ohlcv) in its Redis stream "
+                                     "(approximately): what an API node or a WebSocket client that was away can "
+                                     "still catch up on; older ones are a gap message.",
+                                     ("COBY_BUS_STREAM_LENGTH",), _positive)
+    bus_book_stream_length: int = setting(4, "States kept per book-like channel in its Redis stream (each is a "
+                                          "full state: only the newest matters).", ("COBY_BUS_BOOK_STREAM_LENGTH",),
+                                          _positive)
     # --- aggregation -------------------------------------------------------------------------
     bucket_sizes: dict[str, float] = setting({"BTC": 10.0, "ETH": 1.0}, "Price bucket width per base asset (or per "
                                              "canonical symbol), in quote currency. Env or flag: BTC=10,ETH=1 or "

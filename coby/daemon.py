@@ -33,7 +33,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: Storage = open_storage(settings)
-        self.cache: MemoryCache = open_cache(settings.cache_url)
+        self.cache: MemoryCache = open_cache(settings.cache_url, **_bus_options(settings))
         self.started_at = time.time()
         self.simulator: Any = None
         self.connectors: dict[str, Any] = {}
@@ -216,6 +216,13 @@ class Daemon:
         if self.simulator is not None:
             await step("simulator", self.simulator.aclose())
         log.info("daemon_stopped", pending_rows=self.storage.buffer.pending())
+
+
+def _bus_options(settings: Settings) -> dict[str, Any]:
+    """The Redis cache's stream lengths (``open_cache``'s options; none for the in-process cache)."""
+    if not settings.cache_url:
+        return {}
+    return {"stream_length": settings.bus_stream_length, "book_stream_length": settings.bus_book_stream_length}
 
 
 async def run(settings: Settings) -> int:

@@ -16,13 +16,13 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from coby.metrics import WS_COALESCED, WS_MESSAGES
+from coby.streams import COALESCED_KINDS
 
 if TYPE_CHECKING:
     from coby.ws import Client
 
 CLOSE_OVERLOADED = 4013  # the server itself lost messages of a queued channel
 CLOSE_GOING_AWAY = 1001  # shutdown, or the source of the channels (a replay session) ended
-COALESCED_KINDS = frozenset({"book", "consolidated", "heatmap", "metrics", "status"})
 
 _LEN1, _LEN2, _LEN3 = struct.Struct("!BB"), struct.Struct("!BBH"), struct.Struct("!BBQ")
 

@@ -66,6 +66,12 @@ CACHE_ERRORS = Counter("coby_cache_errors_total", "Redis operations that failed 
                        ["op"], registry=REGISTRY)
 CACHE_CONNECTED = Gauge("coby_cache_connected", "1 while the Redis cache is reachable (1 for the in-process cache).",
                         registry=REGISTRY)
+BUS_MESSAGES = Counter("coby_bus_messages_total", "Messages this process read from other processes' channels "
+                       "(Redis Streams; an API node).", registry=REGISTRY)
+BUS_GAPS = Counter("coby_bus_gaps_total", "Gaps in a queued channel read from Redis: messages trimmed from the "
+                   "stream before this process read them (its clients got a gap message).", registry=REGISTRY)
+BUS_RECONNECTS = Counter("coby_bus_reconnects_total", "Times this process' stream reader got Redis back after "
+                         "losing it.", registry=REGISTRY)
 
 # --- API ------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter("coby_http_requests_total", "HTTP requests by route template and status.",
@@ -130,7 +136,7 @@ ProcessCollector(registry=REGISTRY)
 REJECT_REASONS = ("schema", "range", "empty_book", "future_timestamp", "old_timestamp", "crossed_book",
                   "locked_book", "duplicate_trade", "malformed")
 LOST_REASONS = ("journal_write_failed", "journal_stalled", "closed", "not_started")
-CACHE_OPS = ("publish_dropped", "flush", "get")
+CACHE_OPS = ("publish_dropped", "flush", "get", "read", "seq_conflict")
 WS_DISCONNECT_REASONS = ("closed", "slow_consumer", "overload", "error", "shutdown")
 
 

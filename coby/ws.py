@@ -27,10 +27,10 @@ from collections import Counter, deque
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-import orjson
 import structlog
 from aiohttp import WSMsgType, web
 
+from coby import ws_resume
 from coby.api import DAEMON_KEY, ApiError
 from coby.codec import dumps
 from coby.config import Settings
@@ -50,7 +50,7 @@ class Client:
     """One WebSocket connection: its subscriptions, what it has not been sent yet, and its failure."""
 
     __slots__ = ("ws", "transport", "hub", "settings", "remote", "feeds", "control", "queue", "latest", "held",
-                 "wake", "failure", "tasks", "max_queue")
+                 "wake", "failure", "tasks", "max_queue", "expect", "resuming")
 
     def __init__(self, ws: web.WebSocketResponse, hub: Hub, settings: Settings, remote: str,
                  transport: Any = None) -> None:
@@ -64,7 +64,9 @@ class Client:
         self.control: deque[bytes] = deque()
         self.queue: deque[tuple[Feed, bytes]] = deque()
         self.latest: dict[Feed, bytes] = {}
-        self.held: dict[Feed, list[bytes]] = {}  # channels waiting for their snapshot
+        self.held: dict[Feed, list[bytes]] = {}  # channels waiting for their snapshot, or a resume's backlog
+        self.expect: dict[Feed, int] = {}  # after a resume: the next seq of a channel (coby.ws_resume.expected)
+        self.resuming: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.failure: tuple[str, str, int, bool] | None = None
         self.tasks: tuple[asyncio.Task, ...] = ()
@@ -113,12 +115,30 @@ class Client:
     def offer_many(self, feed: Feed, payloads: list[bytes], frames: bytes) -> int:
         """Several messages of a queued channel (``frames``: theirs, ready-made): one write if the client
         keeps up, else ``offer_queued`` each. The number written."""
+        if self.expect and feed in self.expect:
+            payloads = ws_resume.expected(self, feed, payloads)
+            for p in payloads:
+                self.offer_queued(feed, p)
+            return 0
         if not (self.held and feed in self.held) and self._keeping_up():
             self.transport.write(frames)
             return len(payloads)
         for p in payloads:
             self.offer_queued(feed, p)
         return 0
+
+    def push(self, feed: Feed, payload: bytes) -> None:
+        """Queue a message of ``feed`` past its hold (a resume's backlog, in order, before the held ones)."""
+        self.queue.append((feed, payload))
+        if len(self.queue) > self.max_queue:
+            self.fail(f"slow consumer: {len(self.queue)} messages behind on {feed.channel} "
+                      f"(ws_queue_size={self.max_queue})", "slow_consumer", CLOSE_SLOW_CONSUMER)
+        self.wake.set()
+
+    async def drained(self) -> None:
+        """Return once the client's queue is at most half full (a resume's backlog goes in page by page)."""
+        while len(self.queue) > self.max_queue // 2 and self.failure is None:
+            await asyncio.sleep(0.02)
 
     def _hold(self, feed: Feed, payload: bytes) -> None:
         held = self.held[feed]
@@ -133,7 +153,7 @@ class Client:
         with the goodbye's writes (cancelling one would cancel both); with its queues empty it stops."""
         if self.failure is None:
             self.failure = (message, reason, code, notify)
-            for t in self.tasks:
+            for t in (*self.tasks, *self.resuming):
                 t.cancel()
             self.close_subscriptions()
             self.control.clear()
@@ -159,11 +179,14 @@ class Client:
             self.reply({"type": "pong", "id": req.id, "time": utcnow()})
             return
         try:
-            await (self.subscribe if req.op == "subscribe" else self.unsubscribe)(req.channels, req.id)
+            if req.op == "subscribe":
+                await self.subscribe(req.channels, req.id, req.resume)
+            else:
+                await self.unsubscribe(req.channels, req.id)
         except ApiError as e:
             self.reply(req.error(e.message))
 
-    async def subscribe(self, names: list[str], rid: Any) -> None:
+    async def subscribe(self, names: list[str], rid: Any, resume: dict[str, int] | None = None) -> None:
         new = [n for n in names if n not in self.feeds]
         limit = self.settings.ws_max_subscriptions
         if len(self.feeds) + len(new) > limit:
@@ -173,12 +196,18 @@ class Client:
         for name in new:
             feed = self.hub.attach(self, name)
             self.feeds[name] = feed
-            if feed.kind != "trades":
+            if feed.kind != "trades" or resume and name in resume:
                 self.held[feed] = []
             feeds.append(feed)
         self.reply({"type": "subscribed", "channels": names, "id": rid})
         for feed in feeds:
             if feed not in self.held:
+                continue
+            if resume and feed.channel in resume and not feed.coalesce:  # what it missed, then live
+                task = asyncio.get_running_loop().create_task(
+                    ws_resume.catch_up(self, feed, resume[feed.channel]), name=f"coby-ws-resume:{feed.channel}")
+                self.resuming.add(task)
+                task.add_done_callback(self.resuming.discard)
                 continue
             try:
                 env = await stored_state(self.hub.bus, feed.channel)
@@ -191,7 +220,7 @@ class Client:
                 snap_seq = env.get("seq")
                 self.reply({**env, "channel": feed.channel, "type": "snapshot"})
             for payload in held:
-                if isinstance(snap_seq, int) and _seq(payload) <= snap_seq:
+                if isinstance(snap_seq, int) and ws_resume.payload_seq(payload) <= snap_seq:
                     continue  # already in the snapshot
                 (self.offer_latest if feed.coalesce else self.offer_queued)(feed, payload)
 
@@ -203,6 +232,7 @@ class Client:
             self.hub.detach(self, name)
             self.latest.pop(feed, None)
             self.held.pop(feed, None)
+            self.expect.pop(feed, None)
             if any(f is feed for f, _ in self.queue):
                 self.queue = deque((f, p) for f, p in self.queue if f is not feed)
         self.reply({"type": "unsubscribed", "channels": names, "id": rid})
@@ -238,17 +268,11 @@ class Client:
                     feed.sent.inc()
 
     def close_subscriptions(self) -> None:
+        for t in self.resuming:
+            t.cancel()
         for name in list(self.feeds):
             self.hub.detach(self, name)
         self.feeds.clear()
-
-
-def _seq(payload: bytes) -> int:
-    try:
-        seq = orjson.loads(payload).get("seq")
-    except (orjson.JSONDecodeError, AttributeError):
-        return 0
-    return seq if isinstance(seq, int) else 0
 
 
 class Connections:

@@ -1,14 +1,15 @@
 """What a WebSocket client may ask (``coby.ws``): its requests decoded and checked, channel names in canonical form.
 
 A request is a JSON text ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": optional}``
-or ``{"op": "ping"}``. ``parse_request`` turns one into a ``Request`` or refuses it with the
+or ``{"op": "ping"}``; a subscribe may carry ``"resume": {channel: last seq seen}`` (a client that
+reconnects: it is sent what it missed, ``coby.ws_resume``). ``parse_request`` turns one into a ``Request`` or refuses it with the
 error message the client is sent; what a subscription then does is ``coby.ws``'s business.
 docs/api.md is the reference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -38,6 +39,23 @@ def parse_channel(settings: Settings, name: Any) -> str:
                         f"({'|'.join(TIMEFRAMES)}), status, or on a replay gap and replay")
 
 
+def parse_resume(settings: Settings, resume: Any, channels: list[str]) -> dict[str, int]:
+    """A subscribe's ``resume``: ``{channel: last seq seen}`` over channels of the same request, canonical."""
+    if resume is None:
+        return {}
+    if not isinstance(resume, dict):
+        raise ApiError(400, "resume must be an object {channel: the last seq received}")
+    out = {}
+    for name, seq in resume.items():
+        channel = parse_channel(settings, name)
+        if channel not in channels:
+            raise ApiError(400, f"resume names {name[:60]!r}, which is not among the channels subscribed")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ApiError(400, f"resume of {name[:60]!r}: the last seq received, an integer >= 0")
+        out[channel] = seq
+    return out
+
+
 @dataclass(slots=True, frozen=True)
 class Request:
     """A valid request: ``op`` (subscribe, unsubscribe or ping), ``id`` as the client gave it (None unless an
@@ -46,6 +64,7 @@ class Request:
     op: str
     id: int | str | None
     channels: list[str]
+    resume: dict[str, int] = field(default_factory=dict)  # subscribe: channel -> the last seq the client saw
 
     def error(self, message: str) -> dict[str, Any]:
         """The error reply to this request."""
@@ -81,7 +100,8 @@ def parse_request(settings: Settings, text: str) -> Request:
             if len(channels) > settings.ws_max_subscriptions:
                 raise ApiError(400, f"too many channels in one request (ws_max_subscriptions="
                                     f"{settings.ws_max_subscriptions})")
-            return Request(op, rid, list(dict.fromkeys(parse_channel(settings, c) for c in channels)))
+            names = list(dict.fromkeys(parse_channel(settings, c) for c in channels))
+            return Request(op, rid, names, parse_resume(settings, req.get("resume"), names) if op == "subscribe" else {})
         if op == "ping":
             return Request(op, rid, [])
         raise ApiError(400, f"unknown op {str(op)[:40]!r}; use subscribe, unsubscribe or ping")

@@ -39,24 +39,21 @@ async def test_redis_carries_state_and_messages_to_other_processes():
     """With Redis, another client sees the latest book and receives published messages."""
     r = aioredis.from_url(REDIS_URL)
     await r.flushdb()
-    ps = r.pubsub()
-    await ps.subscribe("coby:status")
-    await ps.get_message(timeout=1)  # the subscribe confirmation
     c = RedisCache(REDIS_URL, interval=0.01)
     await c.start()
     try:
         await c.set_book("okx", "ETH-USDT", {"seq": 7})
-        await c.publish("status", {"ok": True})
-        msg = None
+        await c.publish("trades:ETH-USDT", {"seq": 3, "ok": True})
+        got = []
         for _ in range(100):
-            msg = await ps.get_message(timeout=0.1)
-            if msg and msg["type"] == "message":
+            got = await r.xrange("coby:s:trades:ETH-USDT")
+            if got:
                 break
-        assert msg and msg["data"] == b'{"ok":true}'
+            await asyncio.sleep(0.02)
+        assert got == [(b"0-3", {b"d": b'{"seq":3,"ok":true}'})]  # the stream id is the channel's seq
         assert await r.get(book_key("okx", "ETH-USDT")) == b'{"seq":7}'
     finally:
         await c.aclose()
-        await ps.aclose()
         await r.aclose()
 
 

@@ -62,6 +62,7 @@ class Cluster:
         before the symbol is connected here (``connected`` per stream follows, then the gap filler's outcome)."""
         pipeline = self.daemon.pipeline
         if pipeline is not None:
+            await pipeline.publisher.resume()  # channels published here before continue from Redis' numbering
             now = utcnow()
             for symbol in symbols:
                 before = self.leases.seen_owner.get(symbol, "unknown") if self.leases is not None else "unknown"

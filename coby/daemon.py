@@ -33,7 +33,9 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: Storage = open_storage(settings)
-        self.cache: MemoryCache = open_cache(settings.cache_url, **_bus_options(settings))
+        # an api node publishes nothing itself: its subscribers read the collectors' channels from Redis
+        self.cache: MemoryCache = open_cache(settings.cache_url, remote=settings.role == "api",
+                                             **_bus_options(settings))
         self.started_at = time.time()
         self.simulator: Any = None
         self.connectors: dict[str, Any] = {}

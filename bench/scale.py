@@ -31,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
-from bench.daemon import cpu_seconds, drop_db, http, new_db  # noqa: E402
+from bench.daemon import cpu_seconds, drop_db, http, new_db, sent  # noqa: E402
 from bench.ingest import free_port  # noqa: E402
 
 from coby.instruments import SYMBOLS as INSTRUMENTS  # noqa: E402
@@ -127,13 +127,16 @@ def collectors(args: argparse.Namespace, symbols: list[str], processes: int) -> 
         for name, p, _ in c.procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}")
-        c0, t0 = c.cpu("collector"), time.monotonic()
+        m0, c0, t0 = sent(args.simurl), c.cpu("collector"), time.monotonic()
         time.sleep(args.seconds)
-        cpu, wall = c.cpu("collector") - c0, time.monotonic() - t0
+        m1, cpu, wall = sent(args.simurl), c.cpu("collector") - c0, time.monotonic() - t0
     finally:
         c.close()
     vs = len(symbols) * len(args.venues.split(","))
-    return {"venue_symbols": vs, "cpu_per_s": cpu / wall, "per_vs": cpu / wall / vs, "load": load_average()}
+    msgs = max(1, m1 - m0)
+    # per venue-symbol per second at the offered rate: CPU per message x messages per venue-symbol per second
+    return {"venue_symbols": vs, "cpu_per_s": cpu / wall, "per_vs": cpu / wall / vs, "load": load_average(),
+            "msg_per_s": msgs / wall, "us_per_msg": cpu / msgs * 1e6}
 
 
 def api_nodes(args: argparse.Namespace, symbols: list[str], nodes: int) -> dict:
@@ -179,7 +182,7 @@ def main() -> None:
                             "--exchanges", args.venues, "--symbols", ",".join(SYMBOLS), "--rate", str(args.rate)],
                            env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, cwd="/tmp")
-    simurl = f"http://127.0.0.1:{args.sim_port}"
+    simurl = args.simurl = f"http://127.0.0.1:{args.sim_port}"
     parts = set(args.only.split(","))
     try:
         time.sleep(3)
@@ -189,19 +192,20 @@ def main() -> None:
             for n in (2, 4, 8, 16):
                 r = collectors(args, SYMBOLS[:n], 1)
                 print(f"1 collector, {n:2d} symbols ({r['venue_symbols']:3d} venue-symbols): {r['cpu_per_s']:.2f} core, "
-                      f"{r['per_vs'] * 1000:.2f} ms CPU per venue-symbol per s -> {1 / r['per_vs']:.0f} venue-symbols "
-                      f"per core (load {r['load']})", flush=True)
+                      f"{r['msg_per_s']:.0f} msg/s, {r['us_per_msg']:.0f} us/msg, {r['per_vs'] * 1000:.2f} ms CPU per "
+                      f"venue-symbol per s -> {1 / r['per_vs']:.0f} venue-symbols per core (load {r['load']})",
+                      flush=True)
             http(f"{simurl}/_sim/rate", {"rate": args.busy_rate})
             r = collectors(args, SYMBOLS[:8], 1)
             http(f"{simurl}/_sim/rate", {"rate": args.rate})
             print(f"busy ({args.busy_rate:g}/s): 1 collector, 8 symbols: {r['cpu_per_s']:.2f} core, "
-                  f"{r['per_vs'] * 1000:.2f} ms per venue-symbol per s -> {1 / r['per_vs']:.0f} venue-symbols per "
+                  f"{r['msg_per_s']:.0f} msg/s, {r['us_per_msg']:.0f} us/msg, {r['per_vs'] * 1000:.2f} ms per venue-symbol per s -> {1 / r['per_vs']:.0f} venue-symbols per "
                   f"core (load {r['load']})", flush=True)
         if "2" in parts:
             for k in (1, 2, 3):
                 r = collectors(args, SYMBOLS[:12], k)
-                print(f"12 symbols over {k} collector(s): {r['cpu_per_s']:.2f} core in all, {r['per_vs'] * 1000:.2f} "
-                      f"ms per venue-symbol per s (load {r['load']})", flush=True)
+                print(f"12 symbols over {k} collector(s): {r['cpu_per_s']:.2f} core in all, {r['msg_per_s']:.0f} "
+                      f"msg/s, {r['us_per_msg']:.0f} us/msg, {r['per_vs'] * 1000:.2f} ms per venue-symbol per s (load {r['load']})", flush=True)
         if "3" in parts:
             for k in (1, 2):
                 r = api_nodes(args, SYMBOLS[:8], k)

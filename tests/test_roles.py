@@ -155,3 +155,48 @@ async def test_lease_taken_by_another_is_lost_and_unrefreshed_one_is_fenced(rds)
 class _Broken:
     def __call__(self, *a, **k):
         raise ConnectionError("redis unreachable")
+
+
+async def test_collector_stops_a_symbol_whose_lease_another_took_and_takes_it_back_when_free(pg_url, tmp_path, rds):
+    """An in-process collector (simulator, binance, 2 symbols, TTL 1 s): another id written into one symbol's
+    lease (a partition during which someone else took it) stops that symbol's streams - a 'disconnected' event
+    saying so, no more of its trades stored - while the other symbol flows on; once the key is free again the
+    collector claims it back and the symbol flows again."""
+    from coby.daemon import Daemon
+    from tests.conftest import make_settings
+    keys = [k async for k in rds.scan_iter("coby:*", count=1000)]
+    if keys:
+        await rds.delete(*keys)
+    settings = make_settings(tmp_path, db_url=pg_url, redis_url=REDIS, role="collector", collector_id="solo",
+                             simulate=True, simulator_port=0, api_port=0, exchanges=("binance",),
+                             symbols=("BTC-USDT", "ETH-USDT"), lease_ttl=1.0, lease_heartbeat=0.25, backfill=())
+    d = Daemon(settings)
+    await d.start()
+    try:
+        d.simulator.set_rate(20.0)
+        conn = d.connectors["binance"]
+        await _until(lambda: conn.latest_book("BTC-USDT") is not None and conn.latest_book("ETH-USDT") is not None,
+                     30, "both books")
+        assert sorted(d.symbols) == ["BTC-USDT", "ETH-USDT"]
+        await rds.set(lease_key("BTC-USDT"), "intruder", px=4000)
+        await _until(lambda: "BTC-USDT" not in d.symbols, 3, "BTC-USDT dropped")
+        assert ("book", "BTC-USDT") not in conn._streams and ("book", "ETH-USDT") in conn._streams
+        await d.storage.flush()
+        stored = len(await d.storage.get_trades("BTC-USDT", exchange="binance", limit=100_000))
+        await asyncio.sleep(1.5)
+        await d.storage.flush()
+        assert len(await d.storage.get_trades("BTC-USDT", exchange="binance", limit=100_000)) == stored
+        events = [e for e in await d.storage.get_connection_events(exchange="binance")
+                  if e.symbol == "BTC-USDT" and e.event == "disconnected"]
+        assert any("lease lost" in e.detail for e in events), events
+        status = await d.cluster.status()
+        assert status["owners"]["BTC-USDT"] == "intruder" and status["node"]["symbols"] == ["ETH-USDT"]
+        await rds.delete(lease_key("BTC-USDT"))
+        await _until(lambda: "BTC-USDT" in d.symbols, 3, "BTC-USDT claimed back")
+        t0 = time.monotonic()
+        await _until(lambda: (conn.latest_book("BTC-USDT") or 0) and conn._streams[("book", "BTC-USDT")].live,
+                     30, "BTC-USDT flowing again")
+        print(f"claimed back; flowing again after {time.monotonic() - t0:.1f} s")
+    finally:
+        await d.stop()
+    assert await rds.get(lease_key("ETH-USDT")) is None  # released on stop

@@ -66,6 +66,7 @@ class Watcher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.consolidated: dict[str, list[float]] = {s: [] for s in SYMBOLS}
+        self.seqs: dict[str, list[tuple[float, int]]] = {s: [] for s in SYMBOLS}  # consolidated: (arrival, seq)
         self.trades: dict[str, int] = Counter()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -82,6 +83,7 @@ class Watcher:
                     kind, _, sym = ch.partition(":")
                     if kind == "consolidated":
                         self.consolidated[sym].append(time.monotonic())
+                        self.seqs[sym].append((time.monotonic(), env["seq"]))
                     elif kind == "trades":
                         self.trades[sym] += 1
 
@@ -184,6 +186,11 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
         print(f"kill -9 c{victim} ({len(lost_syms)} symbols): standby owns them after {took_over:.1f} s, served "
               f"again after {took_over + served:.1f} s (bound {TTL} + {HEARTBEAT} + {CONNECT})")
         assert took_over + served <= TTL + HEARTBEAT + CONNECT
+        for w in ([] if NO_BUS else watchers):  # the standby numbers each channel on from Redis, not from 1
+            for sym in lost_syms:
+                before = [q for t, q in w.seqs[sym] if t < t_kill]
+                after = [q for t, q in w.seqs[sym] if t > t_kill + took_over]
+                assert before and after and min(after) > max(before), (sym, before[-3:], after[:3])
         st = await apis[0].get("/api/v1/status")
         assert {c["id"] for c in st["cluster"]["collectors"]} == {f"c{k}" for k in range(3) if k != victim} | {
             "standby"}

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from coby.leases import Leases, cluster_status, default_collector_id
+from coby.metrics import LEASE_TAKEOVERS, LEASES_LOST, LEASES_OWNED, LEASES_REFUSED
 from coby.models import ConnectionEvent, ConnectionEventKind, utcnow
 from coby.sharding import parse_shard, shard_symbols
 
@@ -87,6 +88,11 @@ class Cluster:
                             "reconnects": st.reconnects, "age_s": round(wall - last.timestamp(), 3) if last else None}
         ok, why = d.storage.ready()
         load = getattr(d, "load", None)
+        if self.leases is not None:
+            LEASES_OWNED.set(len(self.leases.owned))
+            LEASES_REFUSED.set(len(self.leases.refused))
+            LEASE_TAKEOVERS.set(self.leases.takeovers)
+            LEASES_LOST.set(self.leases.lost)
         return {"role": s.role, "shard": s.shard, "exchanges": list(s.exchanges), "venues": venues,
                 "api_port": d.api_port, "started_at": d.started_at,
                 "health": {"storage": ok, "storage_error": why, "cache": d.cache.connected,

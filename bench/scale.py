@@ -12,8 +12,8 @@ database, one Redis db), waits ``--warmup`` seconds, then reads their CPU (user 
    8 symbols the same at ``--busy-rate`` (a busy market);
 2. the 12-symbol load split over 1, 2 and 3 collectors (``--shard K/N``): the same figure over the sum of
    their CPU (what splitting costs or saves);
-3. one collector (8 symbols) and 1 or 2 API nodes, ``--clients`` WebSocket clients per node (in a separate
-   process) each subscribed to every book, consolidated and trades channel: messages per second delivered,
+3. one collector (8 symbols) and 1 or 2 API nodes, ``--clients`` WebSocket clients per node (one client
+   process per node) each subscribed to every book, consolidated and trades channel: messages per second delivered,
    the API nodes' CPU, and so the microseconds of API CPU per delivered message.
 
 The machine is shared (2 cores, other work running): figures are noisy; the load average is printed with them.
@@ -149,16 +149,18 @@ def api_nodes(args: argparse.Namespace, symbols: list[str], nodes: int) -> dict:
         c.start("collector", "--role", "collector")
         ports = [c.start(f"api-{k}", "--role", "api") for k in range(nodes)]
         time.sleep(args.warmup / 2)
-        clients = subprocess.Popen([sys.executable, "-c", CLIENTS,
-                                    json.dumps([ports, channels, args.clients, args.warmup / 2, args.seconds])],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ,
-                                                                                         "PYTHONPATH": HERE})
+        clients = [subprocess.Popen([sys.executable, "-c", CLIENTS,  # one client process per node: not the limit
+                                     json.dumps([[port], channels, args.clients, args.warmup / 2, args.seconds])],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    env={**os.environ, "PYTHONPATH": HERE}) for port in ports]
         time.sleep(args.warmup / 2)
         a0, t0 = c.cpu("api"), time.monotonic()
         time.sleep(args.seconds)
         cpu, wall = c.cpu("api") - a0, time.monotonic() - t0
-        out, _ = clients.communicate(timeout=args.seconds + 60)
-        got = json.loads(out)
+        got = {"messages": 0, "seconds": args.seconds}
+        for proc in clients:
+            out, _ = proc.communicate(timeout=args.seconds + 60)
+            got["messages"] += json.loads(out)["messages"]
     finally:
         c.close()
     per_s = got["messages"] / got["seconds"]

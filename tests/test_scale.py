@@ -160,12 +160,21 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
                       for k in range(3)]
         apis = [spawn(f"api{k}", "--role", "api") for k in range(2)]
         ready = await _until(lambda: _covered(apis[0]), 90, "every symbol owned", nodes)
-        standby = spawn("standby", "--role", "collector", "--standby", "--collector-id", "standby")
-        status = await _until(lambda: _has_collectors(apis[1], 4), 60, "4 collectors registered", nodes)
+        spawn("standby", "--role", "collector", "--standby", "--collector-id", "standby")
+        # a misconfigured second collector for shard 1: it refuses every symbol (already owned), connects none
+        dup = spawn("dup", "--role", "collector", "--shard", "1/3", "--collector-id", "dup")
+        status = await _until(lambda: _has_collectors(apis[1], 5), 60, "5 collectors registered", nodes)
         view = (await apis[1].get("/api/v1/status"))["cluster"]
         for k in range(3):
             assert view["owners"] == {**view["owners"], **{s: f"c{k}" for s in shard_symbols(SYMBOLS, (k, 3))}}
-        assert view["uncovered"] == [] and view["refused"] == []
+        assert view["uncovered"] == [] and sorted(view["refused"]) == sorted(shard_symbols(SYMBOLS, (1, 3)))
+        reg = next(c for c in view["collectors"] if c["id"] == "dup")
+        assert reg["symbols"] == [] and set(reg["refused"]) == set(shard_symbols(SYMBOLS, (1, 3)))
+        assert all(v["messages"] == 0 for v in reg["venues"].values()), reg["venues"]
+        assert "lease_refused" in dup.log.read_text()
+        dup.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(dup.proc.wait, 30) == 0
+        nodes.remove(dup)
         print(f"cluster covered {ready:.1f} s after start; standby registered after {status:.1f} s")
 
         watchers = [Watcher(a) for a in apis]

@@ -1,13 +1,17 @@
 """Scale-out end to end, with real processes (issue 19): 3 collector shards, a standby and 2 API nodes on one
 PostgreSQL database and one Redis (the test's db), fed by the simulator (12 symbols on binance and okx).
 
-- every symbol is owned by exactly one collector (the cluster section of /api/v1/status on both API nodes);
+- every symbol is owned by exactly one collector (the cluster section of /api/v1/status on both API nodes); a
+  second collector started for a shard already owned refuses every symbol and connects none;
 - a WebSocket client on each API node receives every symbol's consolidated book and trades;
 - kill -9 of one collector: the standby takes its symbols over within lease TTL + heartbeat + connect time,
   they are served again on both API nodes, and the gap is explicit in connection_events (``disconnected``
   naming the dead collector, then the standby's ``connected``, then the gap filler's outcome);
 - the stored trades of every (venue, symbol) equal the simulator's own list between the first and the
   last stored trade: 0 lost and 0 duplicated, the failover's gap included (filled from the venues' history).
+
+A second test cuts one collector's Redis (a TCP proxy): it stops its symbols before the standby takes them.
+The API-node kill and WebSocket resume are in tests/test_bus.py (part B).
 """
 
 from __future__ import annotations
@@ -132,6 +136,14 @@ def _stored(pg_url: str) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+def _clear_db(pg_url: str) -> None:
+    """Rows of an earlier test in this session's database (the simulator's seeded trade ids repeat)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for table in ("trade_events", "connection_events"):
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]:
+                conn.execute(f"DELETE FROM {table} WHERE symbol = ANY(%s)", (list(SYMBOLS),))
+
+
 def _events(pg_url: str, symbols) -> list[tuple]:
     with psycopg.connect(pg_url) as conn:
         return conn.execute("SELECT exchange, symbol, event, detail, timestamp FROM connection_events "
@@ -140,6 +152,7 @@ def _events(pg_url: str, symbols) -> list[tuple]:
 
 async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
     await _clear_redis()
+    _clear_db(pg_url)
     sim = Simulator(exchanges=VENUES, symbols=SYMBOLS, port=0, rate=5.0)
     await sim.start()
     env = {**os.environ, "COBY_EXCHANGES": ",".join(VENUES), "COBY_SYMBOLS": ",".join(SYMBOLS),
@@ -227,10 +240,24 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
                 n.proc.kill()
         await sim.aclose()
 
-    stored = _stored(pg_url)
-    report = []
+    _assert_stored_equals_simulator(pg_url, sim, SYMBOLS)
+    events = _events(pg_url, lost_syms)
     for ex in VENUES:
-        for sym in SYMBOLS:
+        for sym in lost_syms:
+            mine = [(e[2], e[3]) for e in events if e[0] == ex and e[1] == sym]
+            kinds = [k for k, _ in mine]
+            handover = next(i for i, (k, d) in enumerate(mine) if k == "disconnected" and f"owner c{victim}" in d)
+            assert "connected" in kinds[handover:], (ex, sym, mine)
+            assert any(k in ("gap_closed", "gap_narrowed") for k in kinds[handover:]), (ex, sym, mine)
+
+
+def _assert_stored_equals_simulator(pg_url: str, sim: Simulator, symbols) -> None:
+    """Per (venue, symbol): every trade the simulator made between the first and the last stored one is
+    stored, once."""
+    stored = _stored(pg_url)
+    total = 0
+    for ex in VENUES:
+        for sym in symbols:
             ids = stored.get((ex, sym), [])
             assert ids, f"{ex} {sym}: nothing stored"
             dupes = [i for i, n in Counter(ids).items() if n > 1]
@@ -241,18 +268,9 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
             assert len(idx) == len(ids), f"{ex} {sym}: stored trades the simulator never made"
             window = made[idx[0]:idx[-1] + 1]
             missing = set(window) - set(ids)
-            report.append((ex, sym, len(window), len(missing)))
             assert not missing, f"{ex} {sym}: {len(missing)} of {len(window)} trades missing"
-    print("stored = simulator (0 lost, 0 duplicated):", sum(r[2] for r in report), "trades over",
-          len(report), "markets")
-    events = _events(pg_url, lost_syms)
-    for ex in VENUES:
-        for sym in lost_syms:
-            mine = [(e[2], e[3]) for e in events if e[0] == ex and e[1] == sym]
-            kinds = [k for k, _ in mine]
-            handover = next(i for i, (k, d) in enumerate(mine) if k == "disconnected" and f"owner c{victim}" in d)
-            assert "connected" in kinds[handover:], (ex, sym, mine)
-            assert any(k in ("gap_closed", "gap_narrowed") for k in kinds[handover:]), (ex, sym, mine)
+            total += len(window)
+    print(f"stored = simulator (0 lost, 0 duplicated): {total} trades over {len(VENUES) * len(symbols)} markets")
 
 
 async def _covered(api: Node) -> bool:
@@ -269,3 +287,79 @@ async def _owned_by(api: Node, symbols, owner: str) -> bool:
     st = await api.get("/api/v1/status")
     owners = (st or {}).get("cluster", {}).get("owners", {})
     return all(owners.get(s) == owner for s in symbols)
+
+
+async def test_a_collector_cut_off_from_redis_stops_its_symbols_before_the_standby_takes_them(pg_url, tmp_path):
+    """A collector whose Redis is cut (a TCP proxy) cannot refresh its leases: it stops its symbols after
+    lease_ttl - lease_heartbeat, before the keys expire; the standby takes them after lease_ttl (+ a heartbeat).
+    Per venue and symbol the collector's 'lease lost' event comes before the standby's takeover event: the two
+    never both hold the symbol. Redis back: the collector finds the standby owning them and refuses them (no
+    flapping). Stored trades equal the simulator's (the gap filled from history)."""
+    from coby.leases import cluster_status
+    from tests.netproxy import TcpProxy
+    await _clear_redis()
+    _clear_db(pg_url)
+    symbols = SYMBOLS[:3]
+    sim = Simulator(exchanges=VENUES, symbols=symbols, port=0, rate=5.0)
+    await sim.start()
+    proxy = await TcpProxy("127.0.0.1", 6379).start()
+    via = REDIS.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+    base = {**os.environ, "COBY_EXCHANGES": ",".join(VENUES), "COBY_SYMBOLS": ",".join(symbols),
+            "COBY_DB_URL": pg_url, "COBY_EXCHANGE_URLS": f"*=http://127.0.0.1:{sim.port}",
+            "COBY_LEASE_TTL": str(TTL), "COBY_LEASE_HEARTBEAT": str(HEARTBEAT), "COBY_FLUSH_INTERVAL": "0.5",
+            "LOG_LEVEL": "WARNING"}
+    rds = aioredis.from_url(REDIS)
+    nodes: list[Node] = []
+    try:
+        cut_off = Node("cut", ["--role", "collector", "--collector-id", "cut", "--port", str(free_port()),
+                               "--data-dir", str(tmp_path / "cut")], {**base, "COBY_REDIS_URL": via},
+                       tmp_path / "cut.log")
+        nodes.append(cut_off)
+
+        async def owners() -> dict:
+            return (await cluster_status(rds, symbols))["owners"]
+
+        await _until(lambda: _all_owned(owners, symbols, "cut"), 60, "the collector owns every symbol", nodes)
+        nodes.append(Node("standby", ["--role", "collector", "--standby", "--collector-id", "standby", "--port",
+                                      str(free_port()), "--data-dir", str(tmp_path / "standby")],
+                          {**base, "COBY_REDIS_URL": REDIS}, tmp_path / "standby.log"))
+        await asyncio.sleep(6.0)  # trades stored; the standby registered and waiting
+        proxy.cut()
+        took = await _until(lambda: _all_owned(owners, symbols, "standby"), TTL + HEARTBEAT + 5,
+                            "the standby owns every symbol", nodes)
+        print(f"Redis cut: the standby owns the symbols after {took:.1f} s")
+        await asyncio.sleep(3.0)
+        proxy.restore()
+        await asyncio.sleep(4.0)  # the collector is back on Redis: it must refuse, not take back
+        assert await owners() == {s: "standby" for s in symbols}
+        view = await cluster_status(rds, symbols)
+        reg = next(c for c in view["collectors"] if c["id"] == "cut")
+        assert reg["symbols"] == [] and set(reg["refused"]) == set(symbols), reg
+        log = cut_off.log.read_text()
+        assert "lease_expired_unrefreshed" in log and "lease_refused" in log
+        await asyncio.sleep(2.0)
+        for n in nodes:
+            n.proc.send_signal(signal.SIGTERM)
+        for n in nodes:
+            assert await asyncio.to_thread(n.proc.wait, 60) == 0, n.tail()
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.proc.kill()
+        await rds.aclose()
+        await proxy.aclose()
+        await sim.aclose()
+    events = _events(pg_url, symbols)
+    for ex in VENUES:
+        for sym in symbols:
+            mine = [e for e in events if e[0] == ex and e[1] == sym]
+            fenced = [e[4] for e in mine if e[2] == "disconnected" and "lease lost" in e[3]]
+            taken = [e[4] for e in mine if e[2] == "disconnected" and "taken over by standby" in e[3]]
+            assert fenced and taken, (ex, sym, mine)
+            assert max(fenced) < min(taken), (ex, sym, fenced, taken)
+    _assert_stored_equals_simulator(pg_url, sim, symbols)
+
+
+async def _all_owned(owners, symbols, who: str) -> bool:
+    got = await owners()
+    return all(got.get(s) == who for s in symbols)

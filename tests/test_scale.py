@@ -28,7 +28,6 @@ from pathlib import Path
 import aiohttp
 import orjson
 import psycopg
-import pytest
 import redis.asyncio as aioredis
 
 from coby.sharding import shard_symbols

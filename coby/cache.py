@@ -149,6 +149,7 @@ class MemoryCache:
 
     # --- pub/sub ------------------------------------------------------------------------------
     on_seq_conflict: Any = None  # set by a publisher: called with a channel whose seqs another process holds
+    keeps_history = False  # read_since answers None: no message is kept once delivered
 
     async def last_seq(self, channel: str) -> int:
         """The seq ``channel`` has reached on the shared bus: 0 here (nothing is shared)."""
@@ -183,6 +184,7 @@ class MemoryCache:
 
 class RedisCache(MemoryCache):
     kind = "redis"
+    keeps_history = True  # each channel's Redis stream
     local_fanout = True  # subscribers of this process are fed what it publishes (remote: from Redis)
 
     def __init__(self, url: str, interval: float = 0.05, *, stream_length: int = 5000, book_stream_length: int = 4,
@@ -219,6 +221,7 @@ class RedisCache(MemoryCache):
 
     async def start(self) -> None:
         self._redis = self._client()
+        self._append = self._redis.register_script(streams.APPEND)
         try:
             await self._redis.ping()
             self._set_connected(True)
@@ -317,22 +320,18 @@ class RedisCache(MemoryCache):
                         pipe.publish(PREFIX + channel, payload)
                     await pipe.execute()
                     return
-                length, book_length = self.stream_length, self.book_stream_length
-                for channel, (seq, payload) in latest.items():
-                    streams.add_command(pipe, channel, seq, payload, length, book_length)
-                for channel, seq, payload in pubs:
-                    streams.add_command(pipe, channel, seq, payload, length, book_length)
+                calls = await streams.add_commands(pipe, self._append, latest, pubs, self.stream_length,
+                                             self.book_stream_length)
                 results = await pipe.execute(raise_on_error=False)
-        except Exception:
+        except BaseException:  # a failure, or a cancellation mid-flush (shutdown): nothing in flight is lost
             # keep the latest values (newer writes win) and the unsent messages for the retry; a retried XADD
             # that Redis had already applied is refused (its seq is there), so nothing is written twice
             self._pending_sets = {**sets, **self._pending_sets}
             self._pending_pubs = (pubs + self._pending_pubs)[-self.max_pending_pubs:]
             self._pending_latest = {**latest, **self._pending_latest}
             raise
-        if any(isinstance(r, Exception) for r in results):
-            streams.refused(results[len(sets):], [*latest, *(c for c, _, _ in pubs)], self._conflicts_logged,
-                            self.on_seq_conflict)
+        if any(results[len(sets):]):  # a call's reply lists what it refused (empty: nothing)
+            streams.refused(results[len(sets):], calls, self._conflicts_logged, self.on_seq_conflict)
 
     async def _run(self) -> None:
         delay = self.interval

@@ -211,7 +211,10 @@ WS_DESCRIPTION = """The live WebSocket (RFC 6455; JSON text frames). Send
 `metrics:{symbol}`, `trades:{symbol}`, `ohlcv:{symbol}:{timeframe}`, `status`. Each channel sends a
 snapshot first, then envelopes `{"channel", "type": "update", "seq", "ts", "received", "data"}` with
 per-channel sequence numbers. A client more than ws_queue_size trades behind is sent an `error` and
-closed with code 4008; book-like channels coalesce to the latest state instead. With api_token set,
+closed with code 4008; book-like channels coalesce to the latest state instead. A client that
+reconnects (to any API node) adds `"resume": {"trades:BTC-USDT": <last seq received>}` to its subscribe:
+it gets the messages it missed, then the live ones, with no gap - or first `{"channel", "type": "gap",
+"from", "to"}` for those no longer kept. With api_token set,
 pass it as `Authorization: Bearer` or `?token=`. Reference: docs/api.md."""
 
 

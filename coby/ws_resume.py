@@ -12,6 +12,8 @@ channel and gets what it missed, in order, then the live messages, with no gap a
   pending) is read from the stream again for up to ``HOLE_WAIT`` seconds before it is declared a gap.
   A bus that keeps no history (the in-process cache without Redis): the first live message above 908 is
   preceded by a gap message.
+- a resume seq above the channel's newest in Redis (its numbering restarted: Redis lost its data): no
+  resume, the live stream as it comes.
 - book-like channels: resume is the snapshot (the latest state, ``coby.ws``) - each message is a full state.
 
 Nothing here awaits the client's socket: messages are offered to the client's queues (``coby.ws.Client``),
@@ -52,6 +54,9 @@ async def catch_up(client: Any, feed: Any, after: int) -> None:
     delivered = after
     waited = 0.0
     try:
+        if getattr(bus, "keeps_history", False) and await _newest(bus, channel, after) < after:
+            delivered = 0  # the channel's numbering restarted (Redis lost its data): the live stream, as it is
+            return
         while True:
             held = client.held.get(feed)
             if held is None or client.failure is not None:
@@ -85,11 +90,22 @@ async def catch_up(client: Any, feed: Any, after: int) -> None:
         release(client, feed, delivered)
 
 
+async def _newest(bus: Any, channel: str, default: int) -> int:
+    try:
+        return await bus.last_seq(channel)
+    except Exception:  # noqa: BLE001 - Redis unreachable: assume no restart; the reads below come back empty
+        return default
+
+
 def release(client: Any, feed: Any, delivered: int) -> None:
     """Send the held messages above ``delivered``, in order (a jump: a gap message first), and let the guard
-    (``client.expect``) check the first live message after them."""
+    (``client.expect``) check the first live message after them. ``delivered`` 0: all of them, no guard."""
     held = client.held.pop(feed, None)
     if held is None or client.failure is not None or client.feeds.get(feed.channel) is not feed:
+        return
+    if not delivered:
+        for payload in held:
+            client.push(feed, payload)
         return
     for payload in held:
         seq = payload_seq(payload)

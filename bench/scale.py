@@ -93,9 +93,11 @@ class Cluster:
                    COBY_REDIS_URL=self.args.redis)
         return env
 
-    def start(self, name: str, *flags: str) -> int:
+    def start(self, name: str, *flags: str, drop: str | None = None) -> int:
         port = free_port()
-        proc = subprocess.Popen([*COBY, *flags], env=self.env(port), stdout=subprocess.DEVNULL,
+        env = self.env(port)
+        env.pop(drop or "", None)
+        proc = subprocess.Popen([*COBY, *flags], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, cwd="/tmp")
         self.procs.append((name, proc, port))
         return port
@@ -114,15 +116,17 @@ class Cluster:
         drop_db(self.db)
 
 
-def collectors(args: argparse.Namespace, symbols: list[str], processes: int) -> dict:
-    """``processes`` collectors sharing ``symbols``: CPU seconds per venue-symbol per second (their sum)."""
+def collectors(args: argparse.Namespace, symbols: list[str], processes: int, role: str = "collector",
+               redis: bool = True) -> dict:
+    """``processes`` collectors sharing ``symbols``: CPU seconds per venue-symbol per second (their sum).
+    ``role="all"``: one single process instead (``redis=False``: with the in-process cache), to compare."""
     c = Cluster(args, symbols)
     try:
         for k in range(processes):
-            flags = ["--role", "collector", "--collector-id", f"bench-{k}"]
+            flags = ["--role", role] + (["--collector-id", f"bench-{k}"] if role == "collector" else [])
             if processes > 1:
                 flags += ["--shard", f"{k}/{processes}"]
-            c.start(f"collector-{k}", *flags)
+            c.start(f"collector-{k}", *flags, **({} if redis else {"drop": "COBY_REDIS_URL"}))
         time.sleep(args.warmup)
         for name, p, _ in c.procs:
             if p.poll() is not None:
@@ -177,7 +181,8 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/13")
-    p.add_argument("--only", default="1,2,3", help="which parts to run (1: symbols, 2: split, 3: API nodes)")
+    p.add_argument("--only", default="1,2,3", help="which parts to run (1: symbols, 2: split, 3: API nodes; "
+                                                    "0: a collector against role all, with and without Redis)")
     args = p.parse_args()
     args.sim_port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "coby.cli", "simulate", "--port", str(args.sim_port),
@@ -208,6 +213,12 @@ def main() -> None:
                 r = collectors(args, SYMBOLS[:12], k)
                 print(f"12 symbols over {k} collector(s): {r['cpu_per_s']:.2f} core in all, {r['msg_per_s']:.0f} "
                       f"msg/s, {r['us_per_msg']:.0f} us/msg, {r['per_vs'] * 1000:.2f} ms per venue-symbol per s (load {r['load']})", flush=True)
+        if "0" in parts:  # the same 8 symbols: a collector against one process, with and without Redis
+            for label, role, redis in (("role all, in-process cache", "all", False), ("role all, Redis", "all", True),
+                                       ("role collector (Redis)", "collector", True)):
+                r = collectors(args, SYMBOLS[:8], 1, role, redis)
+                print(f"8 symbols, {label}: {r['cpu_per_s']:.2f} core, {r['msg_per_s']:.0f} msg/s, "
+                      f"{r['us_per_msg']:.0f} us/msg (load {r['load']})", flush=True)
         if "3" in parts:
             for k in (1, 2):
                 r = api_nodes(args, SYMBOLS[:8], k)

@@ -66,7 +66,9 @@ class Cluster:
             await pipeline.publisher.resume()  # channels published here before continue from Redis' numbering
             now = utcnow()
             for symbol in symbols:
-                before = self.leases.seen_owner.get(symbol, "unknown") if self.leases is not None else "unknown"
+                before = self.leases.seen_owner.get(symbol) if self.leases is not None else None
+                if before is None:  # nobody held it before (a fresh cluster, Redis back after a start without it)
+                    continue
                 for exchange in self.settings.exchanges:
                     await pipeline.on_event(ConnectionEvent(
                         exchange, symbol, now, ConnectionEventKind.DISCONNECTED.value,

@@ -122,7 +122,11 @@ class Leases:
         self._stamp()
         gained: list[str] = []
         if not self.standby:
-            gained = await asyncio.to_thread(self._claim, self.wanted)
+            try:
+                gained = await asyncio.to_thread(self._claim, self.wanted)
+            except Exception as e:  # noqa: BLE001 - Redis down at start: the heartbeat claims once it answers
+                log.warning("leases_unavailable", collector=self.id, error=repr(e),
+                            detail="owning nothing until Redis answers")
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self._register)
         self._stamp_task = self._loop.create_task(self._stamps(), name="coby-lease-stamp")
@@ -237,12 +241,17 @@ class Leases:
             self.lost += len(lost)
             self._call(self._on_lose, lost, "lease lost")
         if self.redis_ok and loop_silent <= 3 * self.ttl:
-            gained = self._claim([s for s in self.wanted if s not in self.owned and s not in lost])
+            try:
+                gained = self._claim([s for s in self.wanted if s not in self.owned and s not in lost])
+                self._register()
+            except Exception as e:  # noqa: BLE001 - the next beat tries again
+                log.warning("lease_claim_failed", collector=self.id, error=repr(e))
+                self.redis_ok = False
+                return
             if gained:
                 self.takeovers += len(gained)
                 log.warning("lease_taken_over", collector=self.id, symbols=gained)
                 self._call(self._on_gain, gained)
-            self._register()
 
     def _claim(self, symbols: Iterable[str]) -> list[str]:
         symbols = list(symbols)

@@ -200,3 +200,25 @@ async def test_collector_stops_a_symbol_whose_lease_another_took_and_takes_it_ba
     finally:
         await d.stop()
     assert await rds.get(lease_key("ETH-USDT")) is None  # released on stop
+
+
+async def test_redis_down_at_start_then_up_the_collector_claims_its_symbols(rds):
+    """Redis unreachable when a collector starts: it starts owning nothing (no exception); once Redis answers,
+    its heartbeat claims its symbols."""
+    from tests.netproxy import TcpProxy
+    syms = _syms(2)
+    proxy = await TcpProxy("127.0.0.1", 6379).start()
+    proxy.cut()
+    la = Log()
+    a = Leases(REDIS.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}"), "a", syms, ttl=0.6, heartbeat=0.15,
+               on_gain=la.gain, on_lose=la.lose)
+    try:
+        assert await a.start() == []
+        await asyncio.sleep(0.5)
+        assert a.owned == {} and not la.gained
+        proxy.restore()
+        await _until(lambda: sorted(la.gained) == sorted(syms), 5, "claimed once Redis answers")
+        assert await rds.mget([lease_key(x) for x in syms]) == [b"a", b"a"]
+    finally:
+        await a.aclose()
+        await proxy.aclose()

@@ -99,6 +99,7 @@ class Leases:
         self.redis_ok = False
         self.loop_seen = clock()  # the event loop's last sign of life (the stamp task)
         self._info_snapshot: dict = {}
+        self._claim_failing = False
         self._redis: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -244,10 +245,12 @@ class Leases:
             try:
                 gained = self._claim([s for s in self.wanted if s not in self.owned and s not in lost])
                 self._register()
-            except Exception as e:  # noqa: BLE001 - the next beat tries again
-                log.warning("lease_claim_failed", collector=self.id, error=repr(e))
-                self.redis_ok = False
+            except Exception as e:  # noqa: BLE001 - the next beat tries again (logged once per outage)
+                if not self._claim_failing:
+                    log.warning("lease_claim_failed", collector=self.id, error=repr(e))
+                self._claim_failing, self.redis_ok = True, False
                 return
+            self._claim_failing = False
             if gained:
                 self.takeovers += len(gained)
                 log.warning("lease_taken_over", collector=self.id, symbols=gained)

@@ -191,7 +191,8 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready: storage can write (database up, journal writable and not too far behind) and at least one
     venue is connected (a process without connectors, serving from storage and Redis only, needs
-    storage alone), and the daemon is not overloaded (coby.load). The body says why not."""
+    storage alone; an API node also Redis; a collector holding no symbol, a standby, needs no venue),
+    and the daemon is not overloaded (coby.load). The body says why not."""
     daemon = request.app[DAEMON_KEY]
     storage_ok, why = daemon.storage.ready()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
@@ -201,6 +202,9 @@ async def ready(request: web.Request) -> web.Response:
     if load is not None and load.overloaded:
         ok = False
     body = {"ok": ok, "storage": storage_ok, "live_exchanges": live}
+    if getattr(daemon.settings, "role", "all") == "api":  # an API node's live data is all in Redis
+        body["cache"] = daemon.cache.connected
+        body["ok"] = ok = ok and daemon.cache.connected
     if load is not None:
         body["overloaded"] = load.overloaded
         if load.overloaded:

@@ -172,7 +172,7 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
                       for k in range(3)]
         apis = [spawn(f"api{k}", "--role", "api") for k in range(2)]
         ready = await _until(lambda: _covered(apis[0]), 90, "every symbol owned", nodes)
-        spawn("standby", "--role", "collector", "--standby", "--collector-id", "standby")
+        standby = spawn("standby", "--role", "collector", "--standby", "--collector-id", "standby")
         # a misconfigured second collector for shard 1: it refuses every symbol (already owned), connects none
         dup = spawn("dup", "--role", "collector", "--shard", "1/3", "--collector-id", "dup")
         status = await _until(lambda: _has_collectors(apis[1], 5), 60, "5 collectors registered", nodes)
@@ -184,6 +184,12 @@ async def test_three_shards_a_standby_and_two_api_nodes(pg_url, tmp_path):
         assert reg["symbols"] == [] and set(reg["refused"]) == set(shard_symbols(SYMBOLS, (1, 3)))
         assert all(v["messages"] == 0 for v in reg["venues"].values()), reg["venues"]
         assert "lease_refused" in dup.log.read_text()
+        api_ready = await apis[0].get("/ready")
+        assert api_ready["ok"] and api_ready["cache"] is True and api_ready["live_exchanges"] == [], api_ready
+        assert (await standby.get("/ready"))["ok"]  # a standby holds no symbol: ready on storage alone
+        assert (await collectors[0].get("/ready"))["ok"]
+        assert (await collectors[0].get("/api/v1/status"))["status"] == 404  # a collector serves no public API
+        assert "coby_leases_owned" in await _text(collectors[0], "/metrics")
         dup.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(dup.proc.wait, 30) == 0
         nodes.remove(dup)
@@ -270,6 +276,12 @@ def _assert_stored_equals_simulator(pg_url: str, sim: Simulator, symbols) -> Non
             assert not missing, f"{ex} {sym}: {len(missing)} of {len(window)} trades missing"
             total += len(window)
     print(f"stored = simulator (0 lost, 0 duplicated): {total} trades over {len(VENUES) * len(symbols)} markets")
+
+
+async def _text(node: Node, path: str) -> str:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{node.port}{path}") as r:
+            return await r.text()
 
 
 async def _covered(api: Node) -> bool:

@@ -9,10 +9,19 @@ Interface (what a daemon in role ``api`` uses)::
     await cache.read_since("trades:BTC-USDT", 907)  # what is still kept after seq 907 (a resume)
     await cache.aclose()
 
+and, on the publishing side (a collector; nothing to call in the normal case)::
+
+    cache = open_cache(url)                    # RedisCache: each channel also appended to its stream
+    await cache.last_seq("trades:BTC-USDT")    # the seq the channel has reached in Redis
+    await pipeline.publisher.resume(channels)  # at a takeover (failover): their numbering is re-read from
+                                               # Redis before their next message (a first publish does it anyway)
+
 ``StreamReader`` (owned by such a cache) reads the stream of every channel this process has at least one
-subscriber for, with one blocking ``XREAD`` over all of them (``block`` seconds at most, so a channel
-subscribed meanwhile is read from then on: no busy loop, no wake-up messages), and hands each message to
-the cache's in-process fan-out, in seq order. A channel is read from its stream's newest entry at the time
+subscriber for and hands each message to the cache's in-process fan-out, in seq order: what is new in all
+of them comes in one reply (``streams.READ``, a script: one bulk string, parsed with a few slices per
+message - redis-py's parser costs ~100 us a message on XREAD's nested replies); when nothing is, one
+blocking ``XREAD`` over all of them waits for something (``block`` seconds at most, so a channel
+subscribed meanwhile is read from then on: no busy loop, no wake-up messages). A channel is read from its stream's newest entry at the time
 the reader first sees it. Memory: at most ``count`` entries per stream per read, and the subscribers' own
 bounded queues.
 
@@ -74,6 +83,7 @@ class StreamReader:
     async def start(self) -> None:
         import redis.asyncio as aioredis
         self._redis = aioredis.from_url(self.url, socket_connect_timeout=2, socket_timeout=self.block_ms / 1000 + 5)
+        self._script = self._redis.register_script(streams.READ)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="coby-bus-reader")
 
     async def aclose(self) -> None:
@@ -90,6 +100,7 @@ class StreamReader:
     # --- the loop -----------------------------------------------------------------------------
     async def _run(self) -> None:
         delay = 0.25
+        turn = 0
         while not self._closing:
             if not self._positions:
                 self._changed.clear()
@@ -97,8 +108,13 @@ class StreamReader:
                 continue
             try:
                 await self._start_new()
-                positions = {streams.PREFIX + c: p for c, p in self._positions.items() if p is not None}
-                got = await self._redis.xread(positions, count=self.count, block=self.block_ms) if positions else []
+                started = [(c, p) for c, p in self._positions.items() if p is not None]
+                turn = (turn + 1) % max(1, len(started))
+                started = started[turn:] + started[:turn]  # each stream first in turn: a busy one starves none
+                data = await self._read(started) if started else b""
+                if not data:  # nothing new: wait in Redis until something is (or block ms pass)
+                    await self._redis.xread({streams.PREFIX + c: p for c, p in started}, count=1,
+                                            block=self.block_ms)
                 self.reads += 1
             except asyncio.CancelledError:
                 raise
@@ -115,8 +131,15 @@ class StreamReader:
                 BUS_RECONNECTS.inc()
                 log.info("bus_reconnected")
             delay = 0.25
-            for key, entries in got or ():
-                self._handle(streams.channel_of(key), entries)
+            if data:
+                for channel, entries in streams.parse_batch(data, [c for c, _ in started]).items():
+                    self._handle(channel, entries)
+
+    async def _read(self, started: list[tuple[str, str]]) -> bytes:
+        """The entries after each position, as one reply (``streams.READ``): at most ``count`` per stream and
+        ``10 * count`` in all."""
+        return await self._script(keys=[streams.PREFIX + c for c, _ in started],
+                                  args=[10 * self.count, self.count, *(p for _, p in started)])
 
     async def _start_new(self) -> None:
         """Channels seen for the first time start at their stream's newest entry."""
@@ -135,7 +158,7 @@ class StreamReader:
                     self._positions[c] = "0-0"
                     self._fresh.add(c)
 
-    def _handle(self, channel: str, entries: list[Any]) -> None:
+    def _handle(self, channel: str, entries: list[tuple[bytes, bytes]]) -> None:
         position = self._positions.get(channel)
         if position is None or not entries:
             return  # unsubscribed meanwhile
@@ -144,10 +167,14 @@ class StreamReader:
         last = None if channel in self._fresh else streams.seq_of_id(position)
         self._fresh.discard(channel)
         out: list[bytes] = []
-        for eid, fields in entries:
-            seq = streams.seq_of_id(eid)
-            payload = fields.get(b"d")
-            if seq is None or payload is None:
+        if entries[0][0] == b"0-0":  # the stream was wiped and numbered again: read it from its start
+            log.warning("bus_stream_restarted", channel=channel, position=position)
+            self._positions[channel] = "0-0"
+            self._fresh.add(channel)
+            return
+        for eid, payload in entries:
+            seq = int(eid[2:]) if eid[:2] == b"0-" else None
+            if seq is None or not payload:
                 continue
             if not coalesce and last is not None and seq > last + 1:
                 BUS_GAPS.inc()
@@ -156,8 +183,7 @@ class StreamReader:
                 out.append(streams.gap_message(channel, last + 1, seq - 1))
             out.append(streams.patch_seq(payload, seq) if shared else payload)
             last = seq
-        eid = entries[-1][0]
-        self._positions[channel] = eid.decode() if isinstance(eid, bytes) else eid
+        self._positions[channel] = entries[-1][0].decode()
         BUS_MESSAGES.inc(len(entries))
         for payload in (out[-1:] if coalesce else out):
             self.deliver(channel, payload)

@@ -222,6 +222,7 @@ class RedisCache(MemoryCache):
     async def start(self) -> None:
         self._redis = self._client()
         self._append = self._redis.register_script(streams.APPEND)
+        self._read = self._redis.register_script(streams.READ)
         try:
             await self._redis.ping()
             self._set_connected(True)
@@ -313,15 +314,11 @@ class RedisCache(MemoryCache):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, data in sets.items():
                     pipe.set(key, data)
-                if self.transport == "pubsub":
-                    for channel, (seq, payload) in latest.items():
+                if self.transport == "pubsub":  # the write before Streams, for bench/bus.py; nothing reads it
+                    for channel, _, payload in (*((c, *v) for c, v in latest.items()), *pubs):
                         pipe.publish(PREFIX + channel, payload)
-                    for channel, seq, payload in pubs:
-                        pipe.publish(PREFIX + channel, payload)
-                    await pipe.execute()
-                    return
-                calls = await streams.add_commands(pipe, self._append, latest, pubs, self.stream_length,
-                                             self.book_stream_length)
+                calls = [] if self.transport == "pubsub" else await streams.add_commands(
+                    pipe, self._append, latest, pubs, self.stream_length, self.book_stream_length)
                 results = await pipe.execute(raise_on_error=False)
         except BaseException:  # a failure, or a cancellation mid-flush (shutdown): nothing in flight is lost
             # keep the latest values (newer writes win) and the unsent messages for the retry; a retried XADD
@@ -330,7 +327,7 @@ class RedisCache(MemoryCache):
             self._pending_pubs = (pubs + self._pending_pubs)[-self.max_pending_pubs:]
             self._pending_latest = {**latest, **self._pending_latest}
             raise
-        if any(results[len(sets):]):  # a call's reply lists what it refused (empty: nothing)
+        if calls and any(results[len(sets):]):  # a call's reply lists what it refused (empty: nothing)
             streams.refused(results[len(sets):], calls, self._conflicts_logged, self.on_seq_conflict)
 
     async def _run(self) -> None:
@@ -354,6 +351,8 @@ class RedisCache(MemoryCache):
     async def last_seq(self, channel: str) -> int:
         """The newest seq of ``channel`` in Redis, or written here and not flushed yet. Raises when Redis
         cannot be asked (the caller decides: a publisher then numbers from what it knows)."""
+        if not self._connected:  # not one connect timeout per channel: the flusher reconnects
+            raise ConnectionError("Redis unavailable")
         pending = [s for c, s, _ in self._pending_pubs if c == channel and s is not None]
         if channel in self._pending_latest and self._pending_latest[channel][0] is not None:
             pending.append(self._pending_latest[channel][0])
@@ -364,7 +363,7 @@ class RedisCache(MemoryCache):
         """Up to ``count`` messages of ``channel`` after seq ``after`` (and up to ``until``) still in its
         stream, oldest first, as ``(seq, payload)``; ``[]`` when Redis cannot be asked."""
         try:
-            return await streams.read_since(self._redis, channel, after, count, until)
+            return await streams.read_since(self._read, channel, after, count, until)
         except Exception as e:  # noqa: BLE001
             CACHE_ERRORS.labels("get").inc()
             log.warning("bus_read_failed", channel=channel, error=str(e) or type(e).__name__)

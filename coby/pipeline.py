@@ -69,6 +69,7 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self._stale: set[str] = set()  # channels whose numbering is read from the bus again before the next publish
         self._seeding = asyncio.Lock()
+        self._unknown = 0  # channels numbered without asking Redis (it was down)
         bus.on_seq_conflict = self._stale.add
 
     def envelope(self, channel: str, data: Any, ts: datetime | None, received: datetime | None) -> dict:
@@ -91,7 +92,10 @@ class Publisher:
             try:
                 last = await self.bus.last_seq(channel)
             except Exception as e:  # noqa: BLE001 - Redis down: number on from what this process knows
-                log.warning("publisher_seq_unknown", channel=channel, error=str(e) or type(e).__name__)
+                if not self._unknown:  # once: every channel would say the same
+                    log.warning("publisher_seq_unknown", channel=channel, error=str(e) or type(e).__name__,
+                                detail="numbering from what this process knows; Redis refuses seqs it holds")
+                self._unknown += 1
                 last = 0
             self._stale.discard(channel)
             self._seq[channel] = max(self._seq.get(channel, 0), last)

@@ -116,6 +116,51 @@ async def add_commands(pipe: Any, script: Any, latest: dict[str, tuple[int | Non
     return calls
 
 
+#: The entries after a position in each of KEYS (ARGV: total budget, per-stream count, then one position per
+#: key), as one bulk string: per entry ``"{key number} {id} {payload length}\n{payload}"``; a stream whose
+#: newest entry is below the position (deleted, e.g. Redis wiped, and numbered again from 1) answers one entry
+#: ``0-0`` with no payload: read it again from its start.
+READ = r"""
+local out = {}
+local budget = tonumber(ARGV[1])
+local per = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if budget <= 0 then break end
+  local entries = redis.call('XRANGE', KEYS[i], '(' .. ARGV[i + 2], '+', 'COUNT', math.min(per, budget))
+  for _, e in ipairs(entries) do
+    local f, payload = e[2], ''
+    for j = 1, #f, 2 do
+      if f[j] == 'd' then payload = f[j + 1] end
+    end
+    out[#out + 1] = i .. ' ' .. e[1] .. ' ' .. #payload .. '\n' .. payload
+  end
+  if #entries == 0 and ARGV[i + 2] ~= '0-0' then
+    local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    local ms, seq = string.match(ARGV[i + 2], '(%d+)-(%d+)')
+    local tms, tseq = -1, -1
+    if #top > 0 then tms, tseq = string.match(top[1][1], '(%d+)-(%d+)') end
+    if tonumber(tms) < tonumber(ms) or (tonumber(tms) == tonumber(ms) and tonumber(tseq) < tonumber(seq)) then
+      out[#out + 1] = i .. ' 0-0 0\n'  -- the stream now ends below the position: it was wiped, numbering restarted
+    end
+  end
+  budget = budget - #entries
+end
+return table.concat(out)
+"""
+
+
+def parse_batch(data: bytes, channels: list[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """``READ``'s reply as ``{channel: [(entry id, payload), ...]}`` (``channels``: its KEYS' channels)."""
+    out: dict[str, list[tuple[bytes, bytes]]] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        i, eid, n = data[pos:nl].split(b" ")
+        pos = nl + 1 + int(n)
+        out.setdefault(channels[int(i) - 1], []).append((eid, data[nl + 1:pos]))
+    return out
+
+
 async def last_seq(redis: Any, channel: str) -> int:
     """The seq of the newest entry of ``channel``'s stream (0: none)."""
     got = await redis.xrevrange(PREFIX + channel, "+", "-", count=1)
@@ -124,17 +169,18 @@ async def last_seq(redis: Any, channel: str) -> int:
     return seq_of_id(got[0][0]) or 0
 
 
-async def read_since(redis: Any, channel: str, after: int, count: int, until: int | None = None) -> list[tuple[int, bytes]]:
+async def read_since(script: Any, channel: str, after: int, count: int,
+                     until: int | None = None) -> list[tuple[int, bytes]]:
     """Up to ``count`` messages of ``channel`` with seq above ``after`` (and at most ``until``), oldest first,
-    as ``(seq, payload)``."""
-    got = await redis.xrange(PREFIX + channel, f"(0-{after}", f"0-{until}" if until is not None else "+",
-                             count=count)
+    as ``(seq, payload)``; ``script``: ``READ`` registered on a client."""
+    data = await script(keys=[PREFIX + channel], args=[count, count, f"0-{after}"])
     out = []
-    for eid, fields in got:
-        seq = seq_of_id(eid)
-        payload = fields.get(b"d")
-        if seq is None or payload is None:
+    for eid, payload in parse_batch(data, [channel]).get(channel, ()):
+        seq = int(eid[2:]) if eid[:2] == b"0-" else None
+        if seq is None or not payload:
             continue
+        if until is not None and seq > until:
+            break
         out.append((seq, patch_seq(payload, seq) if channel in SHARED_CHANNELS else payload))
     return out
 

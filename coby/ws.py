@@ -4,7 +4,8 @@ Client -> server (JSON text): ``{"op": "subscribe" | "unsubscribe", "channels": 
 and ``{"op": "ping"}``. Server -> client: the pipeline's envelopes, byte for byte
 (``{"channel", "type": "update", "seq", "ts", "received", "data"}``), a ``"type": "snapshot"``
 envelope first on every channel that has a stored state, and control messages
-(``subscribed``, ``unsubscribed``, ``pong``, ``error``). docs/api.md is the reference. Requests
+(``subscribed``, ``unsubscribed``, ``pong``, ``error``). A subscribe with ``"resume": {channel: seq}`` gets
+what it missed first (``coby.ws_resume``). docs/api.md is the reference. Requests
 are decoded and checked, channel names made canonical, in ``coby.ws_requests``.
 
 Shape: a ``coby.hub.Hub`` fans one bus (the daemon's cache, or a replay session's own

@@ -8,6 +8,7 @@ with SIGKILL), counted: every message sent arrives once, in seq order, or a gap 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from coby.cache import RedisCache, open_cache
 from coby.metrics import BUS_GAPS, BUS_RECONNECTS, CACHE_ERRORS
 from coby.pipeline import Publisher
-from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving
+from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving, trade
 from tests.conftest import REDIS_URL, make_settings
 from tests.netproxy import TcpProxy
 
@@ -362,3 +363,235 @@ async def test_resume_requests_are_checked(tmp_path, pg):
             reply = await recv_json(ws)
             assert reply["type"] == "error" and "resume" in reply["error"] and reply["id"] == 9
         await ws.close()
+
+
+async def test_status_from_several_collectors_is_numbered_once_by_redis(redis):
+    """``status`` is published by every collector: Redis numbers its entries, and a reader gets 1..N in
+    order whatever each publisher's own count was."""
+    reader = open_cache(REDIS_URL, remote=True)
+    writers = [RedisCache(REDIS_URL, interval=0.01) for _ in range(2)]
+    for c in (reader, *writers):
+        await c.start()
+    try:
+        sub = reader.subscribe("status", maxsize=1000)
+        await asyncio.sleep(0.3)
+        pubs = [Publisher(w) for w in writers]
+        for i in range(20):
+            await pubs[i % 2].publish("status", {"from": i % 2}, latest=("status", "*"))
+            await asyncio.sleep(0.03)  # book-like: coalesced per flush, so one per flush here
+        msgs = await drain(sub, 20, timeout=3)
+        got = seqs(msgs, "status")
+        assert got == sorted(set(got)) and got[-1] == 20  # the stream's numbering: increasing, ends at 20
+        assert await redis.xlen("coby:s:status") <= 4
+    finally:
+        for c in (reader, *writers):
+            await c.aclose()
+
+
+async def test_resume_above_the_streams_numbering_is_no_resume(tmp_path, pg, redis):
+    """A client resumes with a seq the channel never reached (Redis lost its data, numbering restarted): it
+    gets the live stream as it comes, not nothing."""
+    writer = RedisCache(REDIS_URL, interval=0.01)
+    await writer.start()
+    pub = Publisher(writer)
+    cache, host = await _api_node(tmp_path, pg, "a")
+    trades = "trades:BTC-USDT"
+    try:
+        async with serving(host) as api:
+            await pub.publish(trades, {"i": 0})
+            await asyncio.sleep(0.2)
+            ws = await api.ws_connect("/ws")
+            await ws.send_json({"op": "subscribe", "channels": [trades], "resume": {trades: 5000}})
+            assert (await recv_json(ws))["type"] == "subscribed"
+            await asyncio.sleep(0.5)
+            for i in range(3):
+                await pub.publish(trades, {"i": i})
+            got = [await recv_json(ws) for _ in range(3)]
+            await ws.close()
+        assert [m["seq"] for m in got] == [2, 3, 4]
+    finally:
+        await cache.aclose()
+        await writer.aclose()
+
+
+async def test_coby_run_channels_reach_another_process_with_the_same_seqs(tmp_path, redis):
+    """A real ``coby run`` (role all, the simulator, Redis): another process reading its channels from Redis
+    gets every trade once, in seq order from 1, and the same messages under the same seqs as a WebSocket
+    client of the daemon itself (its in-process path)."""
+    from tests.conftest import free_port
+    port = free_port()
+    env = {**os.environ, "COBY_EXCHANGES": "binance,okx", "COBY_SYMBOLS": "BTC-USDT", "COBY_SIMULATE": "1",
+           "COBY_SIMULATOR_PORT": "0", "COBY_REDIS_URL": REDIS_URL, "COBY_DB_URL": f"sqlite:///{tmp_path / 'c.db'}",
+           "COBY_DATA_DIR": str(tmp_path / "d"), "COBY_LOG_LEVEL": "WARNING", "API_PORT": str(port),
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    trades, cons = "trades:BTC-USDT", "consolidated:BTC-USDT"
+    sub = reader.subscribe(trades, cons, maxsize=100_000)
+    await asyncio.sleep(0.3)  # started on the (empty) streams: from seq 1
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coby.cli", "run", env=env, cwd=str(ROOT),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    local: dict[int, dict] = {}
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(120):
+                try:
+                    ws = await s.ws_connect(f"http://127.0.0.1:{port}/ws")
+                    break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.25)
+            await ws.send_json({"op": "subscribe", "channels": [trades]})
+            assert (await recv_json(ws))["type"] == "subscribed"
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 8
+            while loop.time() < end:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    m = await recv_json(ws, timeout=1)
+                    local[m["seq"]] = m
+            await ws.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    try:
+        remote = await drain(sub, 10**9, timeout=2)
+    finally:
+        await reader.aclose()
+    got = [m for ch, m in remote if ch == trades]
+    assert len(got) > 20 and [m["seq"] for m in got] == list(range(1, len(got) + 1))  # once each, in order
+    assert local
+    both = [m for m in got if m["seq"] in local]
+    assert len(both) == len(local)  # every message the daemon's own client got reached the other process
+    assert all(local[m["seq"]] == m for m in both)  # the same message under the same seq
+    books = seqs(remote, cons)
+    assert books and books == sorted(set(books))
+
+
+async def test_collector_started_while_redis_is_down_joins_the_streams_numbering(redis):
+    """A publisher that starts while Redis is unreachable numbers from 1; when Redis is back the seqs the
+    stream already holds are refused (counted, not written twice) and the numbering goes on above the
+    stream's top: a reader sees one unbroken sequence."""
+    old = RedisCache(REDIS_URL, interval=0.01)
+    await old.start()
+    opub = Publisher(old)
+    for i in range(30):
+        await opub.publish("trades:AAA-USDT", {"i": i})
+    await old.aclose()
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    proxy = await TcpProxy("127.0.0.1", 6379).start()
+    proxy.cut()
+    url = REDIS_URL.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+    new = RedisCache(url, interval=0.01)
+    await new.start()
+    assert not new.connected
+    pub = Publisher(new)
+    conflicts = CACHE_ERRORS.labels("seq_conflict")._value.get()
+    try:
+        sub = reader.subscribe("trades:AAA-USDT", maxsize=1000)
+        await asyncio.sleep(0.3)
+        for i in range(10):
+            assert (await pub.publish("trades:AAA-USDT", {"i": i}))["seq"] == i + 1  # what it knows
+        proxy.restore()
+        for _ in range(200):
+            if new.connected and CACHE_ERRORS.labels("seq_conflict")._value.get() > conflicts:
+                break
+            await asyncio.sleep(0.05)
+        assert CACHE_ERRORS.labels("seq_conflict")._value.get() == conflicts + 10
+        after = [await pub.publish("trades:AAA-USDT", {"i": i}) for i in range(5)]
+        assert [e["seq"] for e in after] == [31, 32, 33, 34, 35]
+        msgs = await drain(sub, 35, timeout=5, channel="trades:AAA-USDT")
+        assert seqs(msgs, "trades:AAA-USDT") == [31, 32, 33, 34, 35]  # started at the top (30): no gap, no repeat
+    finally:
+        await new.aclose()
+        await reader.aclose()
+        await proxy.aclose()
+
+
+async def test_reader_follows_a_stream_wiped_and_numbered_again(redis):
+    """Redis wiped under a running API node and the collector restarted (numbering from 1 again): the reader
+    notices the stream now ends below where it was, and reads it from its start."""
+    reader = open_cache(REDIS_URL, remote=True)
+    await reader.start()
+    first = RedisCache(REDIS_URL, interval=0.01)
+    await first.start()
+    try:
+        sub = reader.subscribe("trades:AAA-USDT", maxsize=1000)
+        await asyncio.sleep(0.3)
+        pub = Publisher(first)
+        for i in range(30):
+            await pub.publish("trades:AAA-USDT", {"i": i})
+        assert seqs(await drain(sub, 30, timeout=5, channel="trades:AAA-USDT"), "trades:AAA-USDT")[-1] == 30
+        await first.aclose()
+        await redis.delete("coby:s:trades:AAA-USDT")
+        first = RedisCache(REDIS_URL, interval=0.01)
+        await first.start()
+        pub = Publisher(first)
+        for i in range(5):
+            await pub.publish("trades:AAA-USDT", {"i": i})
+        assert seqs(await drain(sub, 5, timeout=5, channel="trades:AAA-USDT"), "trades:AAA-USDT") == [1, 2, 3, 4, 5]
+    finally:
+        await first.aclose()
+        await reader.aclose()
+
+
+@pytest.mark.parametrize("trimmed", [False, True])
+async def test_python_client_behind_a_balancer_resumes_on_the_other_node(tmp_path, pg, redis, trimmed):
+    """coby's Python client behind a TCP balancer: node A's connection is cut and the balancer now sends it
+    to node B; the client resubscribes with its last seqs by itself and goes on with no gap and no repeat -
+    or, when the stream no longer holds what it missed, yields one Gap ("trimmed") and goes on."""
+    from coby.client import CobyClient
+    from coby.clientstream import Event, Gap, Reconnected
+    writer = RedisCache(REDIS_URL, interval=0.01, stream_length=100 if trimmed else 5000)
+    await writer.start()
+    pub = Publisher(writer)
+    cache_a, host_a = await _api_node(tmp_path, pg, "a")
+    cache_b, host_b = await _api_node(tmp_path, pg, "b")
+    trades = "trades:BTC-USDT"
+    try:
+        async with asyncio.timeout(60), serving(host_a) as a, serving(host_b) as b:
+            balancer = await TcpProxy("127.0.0.1", a.server.port).start()
+            client = CobyClient(f"http://127.0.0.1:{balancer.port}", timeout=5.0, backoff_initial=0.1,
+                                backoff_max=0.3)
+            items: list = []
+            try:
+                sub = client.stream([trades])
+                it = sub.__aiter__()
+
+                async def take(until) -> None:
+                    while not until():
+                        items.append(await it.__anext__())
+
+                reader = asyncio.create_task(take(lambda: False))
+                await asyncio.sleep(1.0)  # subscribed on A
+                for i in range(50):
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                while sum(isinstance(x, Event) for x in items) < 50:
+                    await asyncio.sleep(0.05)
+                balancer.cut()
+                balancer.target = ("127.0.0.1", b.server.port)
+                for i in range(50, 450):  # while the client is away
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                await asyncio.sleep(0.3)
+                balancer.restore()
+                while not any(isinstance(x, Reconnected) for x in items):
+                    await asyncio.sleep(0.05)
+                for i in range(450, 500):
+                    await pub.publish(trades, trade("BTC-USDT", "binance", i))
+                while not items or not isinstance(items[-1], Event) or items[-1].seq != 500:
+                    await asyncio.sleep(0.05)
+                reader.cancel()
+                await sub.aclose()
+            finally:
+                await client.aclose()
+                await balancer.aclose()
+        got = [x.seq for x in items if isinstance(x, Event)]
+        gaps = [x for x in items if isinstance(x, Gap)]
+        if not trimmed:
+            assert got == list(range(1, 501)) and gaps == []
+        else:
+            assert len(gaps) == 1 and gaps[0].reason == "trimmed" and gaps[0].expected == 51
+            assert got == list(range(1, 51)) + list(range(gaps[0].got, 501))
+            assert gaps[0].missing == gaps[0].got - 51 > 0
+    finally:
+        for c in (cache_a, cache_b, writer):
+            await c.aclose()

@@ -79,11 +79,16 @@ def run(
     simulator_port: Optional[int] = typer.Option(None, "--simulator-port",
                                                  help="Port of the in-process simulator (default 8765)."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
+    role: Optional[str] = typer.Option(None, "--role", help="all (default), collector or api (docs/scaling.md)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="A collector's share of the symbols: K/N."),
+    standby: Optional[bool] = typer.Option(None, "--standby/--no-standby",
+                                           help="A collector that takes over symbols whose owner died."),
+    collector_id: Optional[str] = typer.Option(None, "--collector-id", help="This collector's name (default host:pid)."),
 ) -> None:
     """Run the daemon: connectors, aggregation, storage, cache and the API, until SIGINT/SIGTERM."""
     settings = _settings(config, db_url=db, redis_url=redis, api_host=host, api_port=port, exchanges=exchanges,
                          symbols=symbols, data_dir=data_dir, simulate=simulate, simulator_port=simulator_port,
-                         log_level=log_level)
+                         log_level=log_level, role=role, shard=shard, standby=standby, collector_id=collector_id)
     _check_bind(settings)
     ports = [(settings.api_host, settings.api_port, "api_port: --port or API_PORT")]
     if settings.simulate:
@@ -207,7 +212,8 @@ def status(url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The r
         _fail(f"{url} answered HTTP {e.code}: {detail}", 1)
     except (urllib.error.URLError, OSError, ValueError) as e:
         _fail(f"cannot reach {url}: {getattr(e, 'reason', e)}", 1)
-    typer.echo(_status_table(body))
+    from coby.cluster_table import cluster_table
+    typer.echo("\n".join(filter(None, (_status_table(body), cluster_table(body.get("cluster"))))))
 
 
 def _status_table(body: dict) -> str:

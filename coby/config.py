@@ -122,6 +122,15 @@ def _origins(v: tuple[str, ...]) -> str | None:
     return f"bad origin(s) {', '.join(bad)}: use scheme://host[:port] or *" if bad else None
 
 
+def _shard(v: str | None) -> str | None:
+    from coby.sharding import parse_shard  # imports nothing of coby's settings
+    try:
+        parse_shard(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _choice(*allowed: str) -> Callable[[str], str | None]:
     return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
 
@@ -324,6 +333,23 @@ class Settings:
                                 "in memory at most).", ("COBY_REPLAY_CHUNK",), _positive)
     replay_queue_size: int = setting(1000, "Messages one replay subscriber may have unread before the session waits "
                                      "for it (replay never drops).", ("COBY_REPLAY_QUEUE_SIZE",), _positive)
+    # --- scale-out (docs/scaling.md) -------------------------------------------------------------
+    role: str = setting("all", "What this process runs: all (one process: connectors, storage, API), collector "
+                        "(connectors, aggregation, storage writes; only /health, /ready, /metrics) or api (REST, "
+                        "WebSocket, dashboard, replay from Redis and the database; no venue connection). A role "
+                        "other than all needs PostgreSQL and Redis.", ("COBY_ROLE",), _choice("all", "collector", "api"))
+    shard: str | None = setting(None, "A collector's share of the symbols, K/N (0 <= K < N): each symbol goes to one "
+                                "of N shards by rendezvous hashing, so adding a symbol moves only it. Unset: every "
+                                "symbol.", ("COBY_SHARD",), _shard)
+    standby: bool = setting(False, "A collector that owns nothing at start and takes over the symbols (of its shard, "
+                            "or all) whose ownership lease expires.", ("COBY_STANDBY",))
+    collector_id: str | None = setting(None, "This collector's name in the cluster (leases, status). Unset: "
+                                       "host:pid.", ("COBY_COLLECTOR_ID",))
+    lease_ttl: float = setting(10.0, "Seconds a collector's ownership of a symbol (a Redis key) lasts without a "
+                               "heartbeat; a standby takes over within this plus the venues' connect time.",
+                               ("COBY_LEASE_TTL",), _positive)
+    lease_heartbeat: float = setting(2.0, "Seconds between a collector's lease refreshes (and its cluster status); "
+                                     "must be well below lease_ttl.", ("COBY_LEASE_HEARTBEAT",), _positive)
     # --- operations --------------------------------------------------------------------------
     log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)
     shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",
@@ -364,6 +390,19 @@ class Settings:
         if self.snapshot_depth > self.book_depth:
             raise ConfigError(f"invalid setting snapshot_depth={self.snapshot_depth}: must be <= book_depth "
                               f"({self.book_depth})")
+        if self.role != "all":
+            if not self.storage_url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"invalid setting role={self.role}: a distributed role needs PostgreSQL/TimescaleDB "
+                                  "(db_url or DB_HOST), not SQLite")
+            if self.cache_url is None:
+                raise ConfigError(f"invalid setting role={self.role}: a distributed role needs Redis (redis_url or "
+                                  "REDIS_HOST), not the in-process cache")
+        if self.role != "collector" and (self.standby or self.shard):
+            raise ConfigError(f"invalid setting {'standby' if self.standby else 'shard'}: only a collector "
+                              f"(role=collector) has a shard or stands by, not role={self.role}")
+        if self.lease_heartbeat * 2 > self.lease_ttl:
+            raise ConfigError(f"invalid setting lease_heartbeat={self.lease_heartbeat:g}: must be at most half of "
+                              f"lease_ttl ({self.lease_ttl:g})")
         if self.batch_write_size > self.data_buffer_size:
             raise ConfigError(f"invalid setting batch_write_size={self.batch_write_size}: must be <= "
                               f"data_buffer_size ({self.data_buffer_size})")

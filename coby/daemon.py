@@ -1,7 +1,10 @@
 """The daemon: builds every part from settings, owns every long-lived task, shuts down in order.
 
-Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> HTTP -> pipeline -> connectors
-(each watched by the gap filler, :mod:`coby.collector.backfill`).
+Start: storage (migrations, flusher, the retention job) -> cache -> [simulator] -> pipeline -> HTTP -> [cluster]
+-> connectors (each watched by the gap filler, :mod:`coby.collector.backfill`). The role (``role``) decides which parts:
+``all`` every one; ``collector`` no public API (only /health, /ready, /metrics), its symbols from its leases
+(:mod:`coby.cluster`, :mod:`coby.leases`); ``api`` no simulator, pipeline, retention or connectors - live state
+from Redis, history from the database.
 Stop (SIGINT/SIGTERM, or ``stop()``): connectors first (no new intake), the gap filler's fetches, then the
 pipeline's timers, HTTP, the write buffer (flushed; what cannot be written in time is
 spilled to disk and loaded at the next start), the cache, the simulator. The whole stop
@@ -30,7 +33,9 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: Storage = open_storage(settings)
-        self.cache: MemoryCache = open_cache(settings.cache_url, **_bus_options(settings))
+        # an api node publishes nothing itself: its subscribers read the collectors' channels from Redis
+        self.cache: MemoryCache = open_cache(settings.cache_url, remote=settings.role == "api",
+                                             **_bus_options(settings))
         self.started_at = time.time()
         self.simulator: Any = None
         self.connectors: dict[str, Any] = {}
@@ -39,6 +44,9 @@ class Daemon:
         self.replay: Any = None
         self.retention: Any = None
         self.backfill: Any = None
+        self.cluster: Any = None  # roles collector and api (coby.cluster)
+        # the symbols this process connects: all configured ones (role all), its leases (collector), none (api)
+        self.symbols: tuple[str, ...] = tuple(settings.symbols) if settings.role == "all" else ()
         from coby.collector.load import LoadGovernor
         self.load = LoadGovernor(settings, self._slow_down)  # fed every second by the HTTP monitor
         self._tasks: list[asyncio.Task] = []
@@ -47,23 +55,42 @@ class Daemon:
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the parts of this process' role (``role``: all, collector or api; docs/scaling.md)."""
         s = self.settings
-        log.info("daemon_starting", storage=self.storage.kind, cache=self.cache.kind,
-                 exchanges=list(s.exchanges), symbols=list(s.symbols), simulate=s.simulate)
+        log.info("daemon_starting", role=s.role, storage=self.storage.kind, cache=self.cache.kind,
+                 exchanges=list(s.exchanges), symbols=list(s.symbols), shard=s.shard, standby=s.standby,
+                 simulate=s.simulate)
         from coby.db.tables import TABLES
         from coby.metrics import preset
         preset(s.exchanges, TABLES)  # every venue's and table's series exist from the start, at 0
         await self.storage.start()
-        from coby.db.retention import Retention
-        self.retention = Retention(self.storage)  # old rows deleted off the hot path (SQLite, plain PostgreSQL)
-        self.retention.start()
+        if self.collects:
+            from coby.db.retention import Retention
+            self.retention = Retention(self.storage)  # old rows deleted off the hot path (SQLite, plain PostgreSQL)
+            self.retention.start()
         await self.cache.start()
-        if s.simulate:
-            await self._start_simulator()
-        await self._start_pipeline()
+        if self.collects:
+            if s.simulate:
+                await self._start_simulator()
+            await self._start_pipeline()
         await self._start_http()
-        await self._start_connectors()
-        log.info("daemon_started", storage_mode=self.storage.mode, api=f"http://{s.api_host}:{self.api_port}")
+        if self.collects:
+            await self._start_connectors()  # built and started, no symbol yet: the costly part before any lease
+        if s.role != "all":
+            await self._start_cluster()
+        await self.add_symbols(self.symbols)
+        log.info("daemon_started", role=s.role, storage_mode=self.storage.mode,
+                 api=f"http://{s.api_host}:{self.api_port}", symbols=list(self.symbols))
+
+    @property
+    def collects(self) -> bool:
+        """Whether this process connects venues and writes (roles all and collector)."""
+        return self.settings.role != "api"
+
+    @property
+    def serves(self) -> bool:
+        """Whether this process serves the public API (roles all and api)."""
+        return self.settings.role != "collector"
 
     @property
     def api_port(self) -> int:
@@ -96,13 +123,20 @@ class Daemon:
 
     async def _start_http(self) -> None:
         from coby.http import ApiServer
-        from coby.replay import ReplayManager
-        from coby.api.replay_routes import add_replay_routes
-        if self.replay is None:
-            self.replay = ReplayManager(self.settings, self.storage)
-        self.http = ApiServer(self)
-        add_replay_routes(self.http.app, self.replay)  # /api/v1/replay...: sessions over this daemon's storage
+        self.http = ApiServer(self, public=self.serves)
+        if self.serves:
+            from coby.replay import ReplayManager
+            from coby.api.replay_routes import add_replay_routes
+            if self.replay is None:
+                self.replay = ReplayManager(self.settings, self.storage)
+            add_replay_routes(self.http.app, self.replay)  # /api/v1/replay...: sessions over this daemon's storage
         await self.http.start()
+
+    async def _start_cluster(self) -> None:
+        """Roles collector and api: the cluster's view (coby.cluster); a collector also claims its symbols."""
+        from coby.cluster import Cluster
+        self.cluster = Cluster(self)
+        self.symbols = await self.cluster.start()
 
     async def _start_connectors(self) -> None:
         from coby.collector.backfill import Backfill
@@ -115,9 +149,21 @@ class Daemon:
             if self.backfill is not None:
                 self.backfill.attach(conn)  # fills the gaps of its trade streams from the venue's history
             await conn.connect()
-            for symbol in self.settings.symbols:
+
+    async def add_symbols(self, symbols: list[str] | tuple[str, ...]) -> None:
+        """Connect ``symbols`` on every venue (at start, and when a collector takes a symbol over)."""
+        if self._stopped:
+            return
+        for conn in self.connectors.values():
+            for symbol in symbols:
                 await conn.subscribe_orderbook(symbol)
                 await conn.subscribe_trades(symbol)
+        self.symbols = tuple(dict.fromkeys((*self.symbols, *symbols)))
+
+    async def drop_symbols(self, symbols: list[str], reason: str) -> None:
+        """Stop ``symbols`` on every venue (a collector that lost their leases)."""
+        await asyncio.gather(*(conn.unsubscribe(sym, reason) for conn in self.connectors.values() for sym in symbols))
+        self.symbols = tuple(s for s in self.symbols if s not in symbols)
 
     def _slow_down(self, slowdown: Any) -> None:
         """A new degradation level (coby.collector.load): the pipeline's and the connectors' intervals."""
@@ -152,6 +198,8 @@ class Daemon:
                 log.error("shutdown_step_failed", step=name, error=repr(e))
 
         await asyncio.gather(*(step(f"connector:{n}", c.disconnect()) for n, c in self.connectors.items()))
+        if self.cluster is not None:
+            await step("cluster", self.cluster.aclose())  # leases released: a standby takes over at once
         if self.backfill is not None:
             await step("backfill", self.backfill.aclose())
         for t in self._tasks:

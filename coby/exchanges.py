@@ -144,6 +144,25 @@ class ExchangeConnector:
     async def subscribe_trades(self, symbol: str) -> None:
         await self._subscribe(TRADES, symbol)
 
+    async def unsubscribe(self, symbol: str, reason: str) -> None:
+        """Stop ``symbol``'s book and trade streams (another collector owns it now, coby.leases): their tasks
+        cancelled, a ``disconnected`` event each if it was live, a feed left with no stream closed."""
+        for kind in (BOOK, TRADES):
+            st = self._streams.pop((kind, symbol), None)
+            if st is None:
+                continue
+            st.failed = reason  # _ended does not restart it
+            if st.task is not None:
+                st.task.cancel()
+                await asyncio.gather(st.task, return_exceptions=True)
+            if st in st.feed.streams:
+                st.feed.streams.remove(st)
+            if not st.feed.streams:
+                self._pool.recycle(st.feed, TemporaryExchangeError(self.exchange, reason))
+            if st.live:
+                st.live = False
+                await self._event(ConnectionEventKind.DISCONNECTED, symbol, f"{kind}: {reason}")
+
     async def disconnect(self) -> None:
         """Cancel and await every task, close every ccxt client. Idempotent."""
         if self._stopped:

@@ -191,15 +191,20 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready: storage can write (database up, journal writable and not too far behind) and at least one
     venue is connected (a process without connectors, serving from storage and Redis only, needs
-    storage alone), and the daemon is not overloaded (coby.collector.load). The body says why not."""
+    storage alone; an API node also Redis; a collector holding no symbol, a standby, needs no venue),
+    and the daemon is not overloaded (coby.collector.load). The body says why not."""
     daemon = request.app[DAEMON_KEY]
     storage_ok, why = daemon.storage.ready()
     live = [n for n, c in daemon.connectors.items() if _state(c) == "connected"]
-    ok = storage_ok and (bool(live) or not daemon.connectors)
+    # a process without connectors (an api node), or a collector holding no symbol (a standby), needs storage alone
+    ok = storage_ok and (bool(live) or not daemon.connectors or not getattr(daemon, "symbols", True))
     load = getattr(daemon, "load", None)
     if load is not None and load.overloaded:
         ok = False
     body = {"ok": ok, "storage": storage_ok, "live_exchanges": live}
+    if getattr(daemon.settings, "role", "all") == "api":  # an API node's live data is all in Redis
+        body["cache"] = daemon.cache.connected
+        body["ok"] = ok = ok and daemon.cache.connected
     if load is not None:
         body["overloaded"] = load.overloaded
         if load.overloaded:
@@ -291,9 +296,10 @@ class Monitor:
 
 
 # --- assembly -------------------------------------------------------------------------------------
-def create_app(daemon: Any) -> web.Application:
+def create_app(daemon: Any, public: bool = True) -> web.Application:
     """The whole HTTP surface for ``daemon`` (anything with .settings, .storage, .cache, .connectors,
-    .started_at): ops routes, REST, /ws on the daemon's cache, the OpenAPI document."""
+    .started_at): ops routes, REST, /ws on the daemon's cache, the OpenAPI document. ``public=False``
+    (a collector): the ops routes alone - /health, /ready, /metrics."""
     app = web.Application(middlewares=[request_context, count_requests, cors, bearer_token, error_boundary],
                           client_max_size=64 * 1024)
     app.on_response_prepare.append(_echo_request_id)
@@ -304,10 +310,11 @@ def create_app(daemon: Any) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/openapi.json", openapi_document)
-    api.add_routes(app)
-    app[CLIENT_COUNT_KEY] = ws.add_routes(app, ws.Hub(daemon.cache))
-    dashboard.add_routes(app)  # GET / and /static/...: the web dashboard (coby/api/web/)
+    if public:
+        app.router.add_get("/api/v1/openapi.json", openapi_document)
+        api.add_routes(app)
+        app[CLIENT_COUNT_KEY] = ws.add_routes(app, ws.Hub(daemon.cache))
+        dashboard.add_routes(app)  # GET / and /static/...: the web dashboard (coby/api/web/)
     monitor = Monitor(daemon, rates)
     app[MONITOR_KEY] = monitor
 
@@ -357,9 +364,9 @@ class _AppRunner(web.AppRunner):
 class ApiServer:
     """Runs ``create_app`` on ``api_host:api_port`` (port 0: any free port, read back in ``.port``)."""
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: Any, public: bool = True) -> None:
         self.daemon = daemon
-        self.app = create_app(daemon)
+        self.app = create_app(daemon, public)
         self._runner: web.AppRunner | None = None
         self.port: int = daemon.settings.api_port
 

@@ -122,6 +122,14 @@ REPLAY_SESSIONS = Gauge("coby_replay_sessions", "Replay sessions active now (cre
                         registry=REGISTRY)
 REPLAY_SESSIONS_MAX = Gauge("coby_replay_sessions_max", "The limit on active replay sessions (replay_max_sessions).",
                             registry=REGISTRY)
+LEASES_OWNED = Gauge("coby_leases_owned", "Symbols this collector holds the ownership lease of (role collector; "
+                     "docs/scaling.md).", registry=REGISTRY)
+LEASES_REFUSED = Gauge("coby_leases_refused", "Symbols this collector wants that another collector owns (refused: "
+                       "not connected here).", registry=REGISTRY)
+LEASE_TAKEOVERS = Gauge("coby_lease_takeovers", "Symbols this collector took over after their lease expired, since "
+                        "start.", registry=REGISTRY)
+LEASES_LOST = Gauge("coby_leases_lost", "Leases this collector lost (taken by another, or not refreshed in time), "
+                    "since start.", registry=REGISTRY)
 RETENTION_DELETED = Counter("coby_retention_deleted_rows_total", "Rows deleted by the retention job (SQLite and "
                             "plain PostgreSQL; TimescaleDB drops whole chunks by its own policy).", ["table"],
                             registry=REGISTRY)

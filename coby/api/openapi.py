@@ -160,7 +160,19 @@ def _schemas() -> dict[str, Any]:
                                                                    expected_per_s={"type": ["number", "null"]},
                                                                    delay_s={"type": ["number", "null"]})},
     }, cpu={"type": ["number", "null"], "description": "cores used by the process over 10 s"},
-        slowdown={"type": "object", "additionalProperties": {"type": "number"}}))
+        slowdown={"type": "object", "additionalProperties": {"type": "number"}}),
+        cluster={"type": "object", "description": "roles collector and api only (docs/scaling.md): this node, "
+                                                  "every live collector's registration, each symbol's owner, "
+                                                  "the symbols nobody owns",
+                 "properties": {
+                     "node": {"type": "object"},
+                     "collectors": {"type": "array", "items": {"type": "object"}},
+                     "owners": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                     "uncovered": {"type": "array", "items": {"type": "string"}},
+                     "refused": {"type": "array", "items": {"type": "string"},
+                                 "description": "symbols a second collector claimed and refused"},
+                     "covered": {"type": "integer"}, "symbols": {"type": "integer"},
+                     "error": {"type": "string", "description": "Redis unreachable"}}})
     out["Symbols"] = _obj({"ok": _ok(), "symbols": {"type": "array", "items": {"type": "string"}},
                            "exchanges": {"type": "array", "items": {"type": "string"}},
                            "timeframes": {"type": "array", "items": {"type": "string"}}},

@@ -114,6 +114,7 @@ async def status(request: web.Request) -> web.Response:
         "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},
         "exchanges": venues,
         **({"load": daemon.load.status()} if getattr(daemon, "load", None) is not None else {}),
+        **({"cluster": await daemon.cluster.status()} if getattr(daemon, "cluster", None) is not None else {}),
     })
 
 

@@ -14,9 +14,9 @@ channel and gets what it missed, in order, then the live messages, with no gap a
   preceded by a gap message.
 - a resume seq above the channel's newest in Redis (its numbering restarted: Redis lost its data): no
   resume, the live stream as it comes.
-- book-like channels: resume is the snapshot (the latest state, ``coby.ws``) - each message is a full state.
+- book-like channels: resume is the snapshot (the latest state, ``coby.api.ws``) - each message is a full state.
 
-Nothing here awaits the client's socket: messages are offered to the client's queues (``coby.ws.Client``),
+Nothing here awaits the client's socket: messages are offered to the client's queues (``coby.api.ws.Client``),
 whose limits apply (a client that does not take its backlog fails as a slow consumer, 4008).
 """
 

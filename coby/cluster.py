@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from coby.leases import Leases, cluster_status, default_collector_id
-from coby.metrics import LEASE_TAKEOVERS, LEASES_LOST, LEASES_OWNED, LEASES_REFUSED
+from coby.metrics import CLUSTER_UNCOVERED, LEASE_TAKEOVERS, LEASES_LOST, LEASES_OWNED, LEASES_REFUSED
 from coby.models import ConnectionEvent, ConnectionEventKind, utcnow
 from coby.sharding import parse_shard, shard_symbols
 
@@ -113,4 +113,5 @@ class Cluster:
             view = await cluster_status(self._redis, self.settings.symbols)
         except Exception as e:  # noqa: BLE001 - Redis unreachable: say so, keep the rest of the status
             return {"node": me, "error": f"redis unavailable: {e}"}
+        CLUSTER_UNCOVERED.set(len(view["uncovered"]))
         return {"node": me, **view}

@@ -220,6 +220,12 @@ def _state(conn: Any) -> str:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    cluster = getattr(request.app[DAEMON_KEY], "cluster", None)
+    if cluster is not None:  # roles collector and api: the cluster's coverage read now (coby_cluster_uncovered_symbols)
+        try:
+            await cluster.status()
+        except Exception:  # noqa: BLE001 - a Redis hiccup must not fail the scrape; the status route says why
+            log.warning("cluster_status_failed", exc_info=True)
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -122,6 +122,9 @@ REPLAY_SESSIONS = Gauge("coby_replay_sessions", "Replay sessions active now (cre
                         registry=REGISTRY)
 REPLAY_SESSIONS_MAX = Gauge("coby_replay_sessions_max", "The limit on active replay sessions (replay_max_sessions).",
                             registry=REGISTRY)
+CLUSTER_UNCOVERED = Gauge("coby_cluster_uncovered_symbols", "Configured symbols no collector holds the lease of, "
+                          "read from Redis when /metrics is scraped (roles collector and api; 0 in role all).",
+                          registry=REGISTRY)
 LEASES_OWNED = Gauge("coby_leases_owned", "Symbols this collector holds the ownership lease of (role collector; "
                      "docs/scaling.md).", registry=REGISTRY)
 LEASES_REFUSED = Gauge("coby_leases_refused", "Symbols this collector wants that another collector owns (refused: "

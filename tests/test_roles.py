@@ -222,3 +222,37 @@ async def test_redis_down_at_start_then_up_the_collector_claims_its_symbols(rds)
     finally:
         await a.aclose()
         await proxy.aclose()
+
+
+async def test_an_api_node_exports_the_uncovered_symbols_at_each_scrape(pg_url, tmp_path, rds):
+    """Role api with no collector running: every configured symbol is uncovered - in the status' cluster
+    section and in /metrics' coby_cluster_uncovered_symbols (what CobySymbolsUncovered alerts on), read from
+    Redis at the scrape; a lease appearing covers its symbol at the next scrape."""
+    import aiohttp
+
+    from coby.daemon import Daemon
+    from tests.conftest import make_settings
+    keys = [k async for k in rds.scan_iter("coby:*", count=1000)]
+    if keys:
+        await rds.delete(*keys)
+    settings = make_settings(tmp_path, db_url=pg_url, redis_url=REDIS, role="api", api_port=0,
+                             exchanges=("binance",), symbols=("BTC-USDT", "ETH-USDT", "SOL-USDT"))
+    d = Daemon(settings)
+    await d.start()
+
+    async def uncovered(http: aiohttp.ClientSession) -> float:
+        async with http.get(f"http://127.0.0.1:{d.api_port}/metrics") as r:
+            text = await r.text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("coby_cluster_uncovered_symbols "))
+        return float(line.split()[1])
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert await uncovered(http) == 3.0
+            async with http.get(f"http://127.0.0.1:{d.api_port}/api/v1/status") as r:
+                cluster = (await r.json())["cluster"]
+            assert cluster["uncovered"] == ["BTC-USDT", "ETH-USDT", "SOL-USDT"] and cluster["collectors"] == []
+            await rds.set(lease_key("ETH-USDT"), "someone", px=10_000)
+            assert await uncovered(http) == 2.0
+    finally:
+        await d.stop()

@@ -44,6 +44,14 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     || echo "scripts/test.sh: could not install prometheus (tests/test_prometheus.py needs it)" >&2
 fi
 
+# Debian's nginx for deploy/nginx/coby.conf run for real in front of two API nodes (tests/test_deploy_nginx.py);
+# the service is not started.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing nginx" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; } >/dev/null \
+    || echo "scripts/test.sh: could not install nginx (tests/test_deploy_nginx.py needs it)" >&2
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

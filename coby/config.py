@@ -13,23 +13,19 @@ one line and exits with code 2.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
 
 from coby.errors import ConfigError
+from coby.settings_checks import (EXCHANGE_ALIASES, EXCHANGES, check_backfill, check_bucket_sizes, check_choice,
+                                  check_db_url, check_exchange_urls, check_exchanges, check_log_level,
+                                  check_non_negative, check_origins, check_port, check_positive, check_redis_url,
+                                  check_shard, check_symbol_map, check_symbols, setting)
 from coby.settings_sources import coerce, read_toml
-
-EXCHANGES: tuple[str, ...] = (
-    "binance", "coinbase", "kraken", "bybit", "okx", "htx", "kucoin", "gate", "bitfinex", "mexc",
-)
-# The design document names two venues by their old ccxt ids.
-EXCHANGE_ALIASES = {"huobi": "htx", "gateio": "gate"}
-
 
 #: Retention when retention_days / snapshot_retention_days are unset and the storage is SQLite: a bound
 #: on the embedded default's file (it grows ~125 MB an hour with ten venues and two symbols, snapshots
@@ -38,322 +34,233 @@ SQLITE_RETENTION_DAYS = 7.0
 SQLITE_SNAPSHOT_RETENTION_DAYS = 2.0
 
 
-def setting(default: Any, help: str, env: tuple[str, ...] = (), check: Callable[[Any], str | None] | None = None,
-            secret: bool = False) -> Any:
-    """Declare one setting. ``check`` returns an error message or None."""
-    meta = {"help": help, "env": env, "check": check, "secret": secret}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 and (not isinstance(v, float) or math.isfinite(v)) else "must be > 0"
-
-
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def _port(v: int) -> str | None:
-    return None if 0 <= v <= 65535 else "must be a port number 0-65535"
-
-
-def _log_level(v: str) -> str | None:
-    return None if v.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} else \
-        "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
-
-
-def _exchanges(v: tuple[str, ...]) -> str | None:
-    unknown = [e for e in v if e not in EXCHANGES]
-    if unknown:
-        return f"unknown exchange(s) {', '.join(unknown)}; known: {', '.join(EXCHANGES)}"
-    return None if v else "must name at least one exchange"
-
-
-def _backfill(v: tuple[str, ...]) -> str | None:
-    unknown = [e for e in v if e != "*" and e not in EXCHANGES]
-    return f"unknown exchange(s) {', '.join(unknown)}; known: *, {', '.join(EXCHANGES)}" if unknown else None
-
-
-def _symbols(v: tuple[str, ...]) -> str | None:
-    bad = [s for s in v if s.count("-") != 1 or not all(p.isalnum() and p.isupper() for p in s.split("-"))]
-    if bad:
-        return f"bad symbol(s) {', '.join(bad)}: use canonical BASE-QUOTE names such as BTC-USDT"
-    return None if v else "must name at least one symbol"
-
-
-def _bucket_sizes(v: dict[str, float]) -> str | None:
-    for k, size in v.items():
-        if not isinstance(size, (int, float)) or isinstance(size, bool) or not size > 0 or not math.isfinite(size):
-            return f"bucket size for {k!r} must be a positive number"
-    return None
-
-
-def _db_url(v: str | None) -> str | None:
-    if v is None or v.startswith(("postgresql://", "postgres://", "sqlite:///")):
-        return None
-    return "must start with postgresql://, postgres:// or sqlite:///"
-
-
-def _redis_url(v: str | None) -> str | None:
-    if v is None or v.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return "must start with redis://, rediss:// or unix://"
-
-
-def _exchange_urls(v: dict[str, str]) -> str | None:
-    for k, url in v.items():
-        if k != "*" and k not in EXCHANGES:
-            return f"unknown exchange {k!r}; use a venue name or '*'"
-        if not str(url).startswith(("http://", "https://")):
-            return f"URL for {k!r} must start with http:// or https://"
-    return None
-
-
-def _symbol_map(v: dict[str, dict[str, str]]) -> str | None:
-    from coby.symbols import check_symbol_map  # coby.symbols imports nothing of coby's settings
-
-    return check_symbol_map(v)
-
-
-def _origins(v: tuple[str, ...]) -> str | None:
-    bad = [o for o in v if o != "*" and (not o.startswith(("http://", "https://")) or o.endswith("/"))]
-    return f"bad origin(s) {', '.join(bad)}: use scheme://host[:port] or *" if bad else None
-
-
-def _shard(v: str | None) -> str | None:
-    from coby.sharding import parse_shard  # imports nothing of coby's settings
-    try:
-        parse_shard(v)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def _choice(*allowed: str) -> Callable[[str], str | None]:
-    return lambda v: None if v in allowed else f"must be one of {', '.join(allowed)}"
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     # --- what to watch -----------------------------------------------------------------------
-    exchanges: tuple[str, ...] = setting(EXCHANGES, "Venues to connect to (ccxt ids).", ("COBY_EXCHANGES",), _exchanges)
-    symbols: tuple[str, ...] = setting(("BTC-USDT", "ETH-USDT"), "Canonical symbols to watch.", ("COBY_SYMBOLS",), _symbols)
+    exchanges: tuple[str, ...] = setting(EXCHANGES, "Venues to connect to (ccxt ids).",
+                                         ("COBY_EXCHANGES",), check_exchanges)
+    symbols: tuple[str, ...] = setting(("BTC-USDT", "ETH-USDT"), "Canonical symbols to watch.",
+                                       ("COBY_SYMBOLS",), check_symbols)
     # --- storage -----------------------------------------------------------------------------
     db_url: str | None = setting(None, "Database URL: postgresql://... or sqlite:///path. Unset: DB_HOST if given, "
-                                 "else an SQLite file in data_dir.", ("COBY_DB_URL",), _db_url, secret=True)
+                                 "else an SQLite file in data_dir.", ("COBY_DB_URL",), check_db_url, secret=True)
     db_host: str | None = setting(None, "PostgreSQL host (used when db_url is unset).", ("DB_HOST",))
-    db_port: int = setting(5432, "PostgreSQL port.", ("DB_PORT",), _port)
+    db_port: int = setting(5432, "PostgreSQL port.", ("DB_PORT",), check_port)
     db_name: str = setting("market_data", "PostgreSQL database name.", ("DB_NAME",))
     db_user: str = setting("market_user", "PostgreSQL user.", ("DB_USER",))
     db_password: str = setting("", "PostgreSQL password.", ("DB_PASSWORD",), secret=True)
-    db_pool_size: int = setting(4, "PostgreSQL connection pool size.", ("COBY_DB_POOL_SIZE",), _positive)
+    db_pool_size: int = setting(4, "PostgreSQL connection pool size.", ("COBY_DB_POOL_SIZE",), check_positive)
     data_dir: str = setting("./coby-data", "Directory for the SQLite database, the market cache and the write journal "
                             "(data_dir/journal: rows on their way to the database).",
                             ("COBY_DATA_DIR",))
     batch_write_size: int = setting(1000, "Rows per table that trigger journalling before flush_interval is up.",
-                                    ("COBY_BATCH_WRITE_SIZE",), _positive)
+                                    ("COBY_BATCH_WRITE_SIZE",), check_positive)
     data_buffer_size: int = setting(10000, "Rows per table the write path holds in memory once journalled (more "
                                     "wait on disk only, in data_dir/journal, and are read back from there).",
-                                    ("COBY_DATA_BUFFER_SIZE",), _positive)
+                                    ("COBY_DATA_BUFFER_SIZE",), check_positive)
     flush_interval: float = setting(1.0, "Seconds within which an accepted row is journalled and fsynced on local "
                                     "disk (a kill -9 loses at most this much); also the write path's idle wait.",
-                                    ("COBY_FLUSH_INTERVAL",), _positive)
+                                    ("COBY_FLUSH_INTERVAL",), check_positive)
     journal_alert_bytes: int = setting(512 * 1024 * 1024, "Journal bytes not yet in the database above which "
                                        "/ready says storage is behind (the journal itself keeps growing while "
-                                       "the disk has room).", ("COBY_JOURNAL_ALERT_BYTES",), _positive)
+                                       "the disk has room).", ("COBY_JOURNAL_ALERT_BYTES",), check_positive)
     buffer_full_policy: str = setting("spill", "Deprecated, has no effect: every row is journalled on disk "
                                       "(data_dir/journal) until the database has it. Accepted so that older "
                                       "configurations still load.",
-                                      ("COBY_BUFFER_FULL_POLICY",), _choice("spill", "drop"))
+                                      ("COBY_BUFFER_FULL_POLICY",), check_choice("spill", "drop"))
     retention_days: float | None = setting(None, "Days of data kept, in every storage mode (0: keep all). Unset: "
                                            f"{SQLITE_RETENTION_DAYS:g} days with SQLite (which grows ~125 MB an "
                                            "hour by default), everything with PostgreSQL. TimescaleDB drops whole "
                                            "chunks by its retention policy; SQLite and plain PostgreSQL delete "
                                            "old rows in bounded batches every retention_interval.",
-                                           ("COBY_RETENTION_DAYS",), _non_negative)
+                                           ("COBY_RETENTION_DAYS",), check_non_negative)
     snapshot_retention_days: float | None = setting(None, "Days of order_book_snapshots kept (most of the volume), "
                                                     f"0: keep all. Unset: {SQLITE_SNAPSHOT_RETENTION_DAYS:g} days with "
                                                     "SQLite, else retention_days.",
-                                                    ("COBY_SNAPSHOT_RETENTION_DAYS",), _non_negative)
+                                                    ("COBY_SNAPSHOT_RETENTION_DAYS",), check_non_negative)
     retention_interval: float = setting(3600.0, "Seconds between two passes of the retention job (SQLite and plain "
                                         "PostgreSQL); the first runs a minute after start.",
-                                        ("COBY_RETENTION_INTERVAL",), _positive)
+                                        ("COBY_RETENTION_INTERVAL",), check_positive)
     retention_batch: int = setting(10000, "Rows one retention DELETE removes at most (each its own short "
                                    "transaction, so writers are never held up for long).",
-                                   ("COBY_RETENTION_BATCH",), _positive)
+                                   ("COBY_RETENTION_BATCH",), check_positive)
     compress_after_hours: float = setting(24.0, "TimescaleDB: compress chunks older than this many hours.",
-                                          ("COBY_COMPRESS_AFTER_HOURS",), _positive)
+                                          ("COBY_COMPRESS_AFTER_HOURS",), check_positive)
     # --- cache -------------------------------------------------------------------------------
     redis_url: str | None = setting(None, "Redis URL. Unset: REDIS_HOST if given, else an in-process cache.",
-                                    ("COBY_REDIS_URL",), _redis_url, secret=True)
+                                    ("COBY_REDIS_URL",), check_redis_url, secret=True)
     redis_host: str | None = setting(None, "Redis host (used when redis_url is unset).", ("REDIS_HOST",))
-    redis_port: int = setting(6379, "Redis port.", ("REDIS_PORT",), _port)
+    redis_port: int = setting(6379, "Redis port.", ("REDIS_PORT",), check_port)
     bus_stream_length: int = setting(5000, "Messages kept per queued channel (trades, ohlcv) in its Redis stream "
                                      "(approximately): what an API node or a WebSocket client that was away can "
                                      "still catch up on; older ones are a gap message.",
-                                     ("COBY_BUS_STREAM_LENGTH",), _positive)
+                                     ("COBY_BUS_STREAM_LENGTH",), check_positive)
     bus_book_stream_length: int = setting(4, "States kept per book-like channel in its Redis stream (each is a "
                                           "full state: only the newest matters).", ("COBY_BUS_BOOK_STREAM_LENGTH",),
-                                          _positive)
+                                          check_positive)
     # --- aggregation -------------------------------------------------------------------------
     bucket_sizes: dict[str, float] = setting({"BTC": 10.0, "ETH": 1.0}, "Price bucket width per base asset (or per "
                                              "canonical symbol), in quote currency. Env or flag: BTC=10,ETH=1 or "
-                                             "{\"BTC\": 10, \"ETH\": 1}.", ("COBY_BUCKET_SIZES",), _bucket_sizes)
+                                             "{\"BTC\": 10, \"ETH\": 1}.", ("COBY_BUCKET_SIZES",), check_bucket_sizes)
     default_bucket_size: float = setting(1.0, "Bucket width for symbols not in bucket_sizes.",
-                                         ("COBY_DEFAULT_BUCKET_SIZE",), _positive)
+                                         ("COBY_DEFAULT_BUCKET_SIZE",), check_positive)
     aggregate_interval: float = setting(0.5, "Seconds between aggregation ticks (buckets, heatmap, imbalance, "
                                         "consolidated book over all venues at once).", ("COBY_AGGREGATE_INTERVAL",),
-                                        _positive)
+                                        check_positive)
     heatmap_interval: float = setting(5.0, "Seconds between heatmaps stored in heatmap_data.",
-                                      ("COBY_HEATMAP_INTERVAL",), _positive)
+                                      ("COBY_HEATMAP_INTERVAL",), check_positive)
     book_publish_interval: float = setting(0.1, "Seconds between two states of one venue's book published on its "
                                            "book channel and cached (the newest wins; 0: every update).",
-                                           ("COBY_BOOK_PUBLISH_INTERVAL",), _non_negative)
+                                           ("COBY_BOOK_PUBLISH_INTERVAL",), check_non_negative)
     overload_loop_lag: float = setting(0.25, "Event-loop lag (worst sleep overshoot in a second), seconds, at or "
                                        "above which a second counts as overloaded.", ("COBY_OVERLOAD_LOOP_LAG",),
-                                       _positive)
+                                       check_positive)
     overload_feed_delay: float = setting(1.0, "Seconds a venue's newest book may trail its own timestamp (above the "
                                          "least delay seen, which absorbs clock skew) before a second counts as "
                                          "overloaded: the daemon reads slower than the venue sends.",
-                                         ("COBY_OVERLOAD_FEED_DELAY",), _positive)
+                                         ("COBY_OVERLOAD_FEED_DELAY",), check_positive)
     overload_memory_mb: float = setting(1536.0, "Resident memory, MB, at or above which a second counts as "
-                                        "overloaded (0: not checked).", ("COBY_OVERLOAD_MEMORY_MB",), _non_negative)
+                                        "overloaded (0: not checked).",
+                                        ("COBY_OVERLOAD_MEMORY_MB",), check_non_negative)
     overload_after: int = setting(3, "Consecutive overloaded seconds before the daemon says overloaded and starts "
-                                  "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), _positive)
+                                  "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), check_positive)
     overload_recover: int = setting(10, "Consecutive clear seconds before an overloaded daemon returns to normal "
-                                    "intervals.", ("COBY_OVERLOAD_RECOVER",), _positive)
+                                    "intervals.", ("COBY_OVERLOAD_RECOVER",), check_positive)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",
-                                 ("COBY_OHLCV_GRACE",), _non_negative)
+                                 ("COBY_OHLCV_GRACE",), check_non_negative)
     ohlcv_repair_window: float = setting(600.0, "Seconds behind the close horizon within which a trade older than "
                                          "its open OHLCV bar (a venue's snapshot of recent trades, trades missed "
                                          "in a reconnect) is folded into its closed bars, stored again and "
                                          "re-published; older ones are counted in coby_ohlcv_late_trades_total "
                                          "(0: never repair). Closed bars of the window are kept in memory: about "
                                          "0.5 kB per venue, symbol and second with trades.",
-                                         ("COBY_OHLCV_REPAIR_WINDOW",), _non_negative)
+                                         ("COBY_OHLCV_REPAIR_WINDOW",), check_non_negative)
     # --- connectors --------------------------------------------------------------------------
     max_connections_per_exchange: int = setting(5, "ccxt clients per venue and stream kind (books, trades: never on "
                                                 "one client): symbols are spread over at most this many (one per "
                                                 "symbol by default, so one symbol's recovery never touches "
                                                 "another's); each client opens one or two connections.",
-                                                ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), _positive)
+                                                ("COBY_MAX_CONNECTIONS_PER_EXCHANGE",), check_positive)
     snapshot_interval: float = setting(1.0, "Seconds between stored book snapshots per (venue, symbol).",
-                                       ("COBY_SNAPSHOT_INTERVAL",), _positive)
-    snapshot_depth: int = setting(20, "Levels per side in stored book snapshots.", ("COBY_SNAPSHOT_DEPTH",), _positive)
+                                       ("COBY_SNAPSHOT_INTERVAL",), check_positive)
+    snapshot_depth: int = setting(20, "Levels per side in stored book snapshots.",
+                                  ("COBY_SNAPSHOT_DEPTH",), check_positive)
     book_depth: int = setting(100, "Levels per side kept in the live (cached, aggregated) book.",
-                              ("COBY_BOOK_DEPTH",), _positive)
+                              ("COBY_BOOK_DEPTH",), check_positive)
     stale_after: float = setting(10.0, "Seconds without a book update before the watchdog recreates the feed.",
-                                 ("COBY_STALE_AFTER",), _positive)
+                                 ("COBY_STALE_AFTER",), check_positive)
     backoff_initial: float = setting(0.5, "First reconnect delay, seconds (doubles, with jitter).",
-                                     ("COBY_BACKOFF_INITIAL",), _positive)
-    backoff_max: float = setting(30.0, "Largest reconnect delay, seconds.", ("COBY_BACKOFF_MAX",), _positive)
+                                     ("COBY_BACKOFF_INITIAL",), check_positive)
+    backoff_max: float = setting(30.0, "Largest reconnect delay, seconds.", ("COBY_BACKOFF_MAX",), check_positive)
     circuit_failures: int = setting(5, "Consecutive failures that open a venue's circuit breaker.",
-                                    ("COBY_CIRCUIT_FAILURES",), _positive)
+                                    ("COBY_CIRCUIT_FAILURES",), check_positive)
     circuit_cooldown: float = setting(60.0, "Seconds an open circuit waits before a half-open probe.",
-                                      ("COBY_CIRCUIT_COOLDOWN",), _positive)
+                                      ("COBY_CIRCUIT_COOLDOWN",), check_positive)
     simulate: bool = setting(False, "Start the exchange simulator in-process and point every venue at it.",
                              ("COBY_SIMULATE",))
-    simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), _port)
+    simulator_port: int = setting(8765, "Port of the exchange simulator.", ("COBY_SIMULATOR_PORT",), check_port)
     exchange_urls: dict[str, str] = setting({}, "Base URL per venue (key '*': every venue) of a server speaking the "
                                             "venues' protocols; env or flag: *=http://127.0.0.1:8765,"
                                             "binance=http://... or {\"*\": \"http://127.0.0.1:8765\"}; each "
                                             "venue's endpoints become BASE/<venue>/... (the simulator's layout). "
                                             "With simulate, '*' defaults to http://127.0.0.1:<simulator_port>. "
                                             "Markets are then preset.",
-                                            ("COBY_EXCHANGE_URLS",), _exchange_urls)
+                                            ("COBY_EXCHANGE_URLS",), check_exchange_urls)
     symbol_map: dict[str, dict[str, str]] = setting({}, "Per-venue market for a canonical symbol, overriding "
                                                     "BASE/QUOTE, e.g. {coinbase = {\"BTC-USDT\" = \"BTC/USD\"}}; "
                                                     "a venue id may follow the symbol after a vertical bar. "
                                                     "Env or flag: "
                                                     "venue:CANONICAL=SYMBOL,... or {\"venue\": {\"CANONICAL\": "
                                                     "\"SYMBOL\"}}. See docs/symbols.md.",
-                                                    ("COBY_SYMBOL_MAP",), _symbol_map)
+                                                    ("COBY_SYMBOL_MAP",), check_symbol_map)
     book_emit_interval: float = setting(0.05, "Seconds between two states of one book a connector hands on (0: "
                                         "every update). The newest state wins; a held-back one follows within "
                                         "1.5 intervals. Bounds the cost of normalising book_depth levels per "
                                         "update under fast feeds.",
-                                        ("COBY_BOOK_EMIT_INTERVAL",), _non_negative)
+                                        ("COBY_BOOK_EMIT_INTERVAL",), check_non_negative)
     connect_timeout: float = setting(20.0, "Seconds a (re)connecting feed may take to deliver its first book before "
-                                     "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), _positive)
+                                     "the watchdog recreates it.", ("COBY_CONNECT_TIMEOUT",), check_positive)
     trade_stale_after: float = setting(120.0, "Seconds without a trade before the watchdog recreates a trade feed "
                                        "(0: never). Skipped while other trades on the same connection flow; while "
                                        "the symbol's book flows the trades are only resubscribed, with no event: "
                                        "a quiet market is not a dead feed.", ("COBY_TRADE_STALE_AFTER",),
-                                       _non_negative)
+                                       check_non_negative)
     backfill: tuple[str, ...] = setting(("*",), "Venues whose trade gaps (every reconnect, resync, stall, circuit "
                                         "close and daemon start) are filled from their REST trade history "
                                         "('*': every venue that has one; empty: none). See docs/architecture.md.",
-                                        ("COBY_BACKFILL",), _backfill)
+                                        ("COBY_BACKFILL",), check_backfill)
     backfill_max_gap: float = setting(3600.0, "Longest trade gap, in seconds, that is filled; a longer one is "
                                       "filled over its last backfill_max_gap seconds and reported narrowed.",
-                                      ("COBY_BACKFILL_MAX_GAP",), _positive)
+                                      ("COBY_BACKFILL_MAX_GAP",), check_positive)
     markets_ttl: float = setting(86400.0, "Seconds the on-disk market cache (data_dir/markets) is used before a "
-                                 "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), _positive)
+                                 "refresh from the venue is tried.", ("COBY_MARKETS_TTL",), check_positive)
     max_future_skew: float = setting(5.0, "Validation: reject items stamped more than this many seconds in the "
-                                     "future.", ("COBY_MAX_FUTURE_SKEW",), _positive)
+                                     "future.", ("COBY_MAX_FUTURE_SKEW",), check_positive)
     max_data_age: float = setting(3600.0, "Validation: reject items stamped more than this many seconds in the past.",
-                                  ("COBY_MAX_DATA_AGE",), _positive)
+                                  ("COBY_MAX_DATA_AGE",), check_positive)
     trade_id_memory: int = setting(10000, "Recent trade ids remembered per (venue, symbol) to reject duplicates.",
-                                   ("COBY_TRADE_ID_MEMORY",), _positive)
+                                   ("COBY_TRADE_ID_MEMORY",), check_positive)
     reject_log_interval: float = setting(10.0, "Seconds between two log lines about rejected items of one venue and "
-                                         "reason (the others are counted).", ("COBY_REJECT_LOG_INTERVAL",), _positive)
+                                         "reason (the others are counted).",
+                                         ("COBY_REJECT_LOG_INTERVAL",), check_positive)
     # --- API ---------------------------------------------------------------------------------
     api_host: str = setting("127.0.0.1", "Address the HTTP API binds to.", ("API_HOST",))
-    api_port: int = setting(8080, "Port of the HTTP API.", ("API_PORT",), _port)
+    api_port: int = setting(8080, "Port of the HTTP API.", ("API_PORT",), check_port)
     api_token: str | None = setting(None, "Bearer token required on every route but /health and the dashboard's files when set.",
                                     ("COBY_API_TOKEN",), secret=True)
     api_cors_origins: tuple[str, ...] = setting((), "Browser origins allowed to call the API (CORS) and to open "
                                                 "/ws, e.g. https://desk.example; '*' for any. Empty: none but the "
-                                                "API's own origin.", ("COBY_API_CORS_ORIGINS",), _origins)
+                                                "API's own origin.", ("COBY_API_CORS_ORIGINS",), check_origins)
     api_max_range_days: float = setting(7.0, "Longest time range (end - start) one history request may ask for, days.",
-                                        ("COBY_API_MAX_RANGE_DAYS",), _positive)
-    api_max_page: int = setting(1000, "Largest page (limit) of a history request.", ("COBY_API_MAX_PAGE",), _positive)
+                                        ("COBY_API_MAX_RANGE_DAYS",), check_positive)
+    api_max_page: int = setting(1000, "Largest page (limit) of a history request.",
+                                ("COBY_API_MAX_PAGE",), check_positive)
     ws_max_subscriptions: int = setting(100, "Channels one WebSocket connection may subscribe to.",
-                                        ("COBY_WS_MAX_SUBSCRIPTIONS",), _positive)
+                                        ("COBY_WS_MAX_SUBSCRIPTIONS",), check_positive)
     ws_max_connections_per_ip: int = setting(50, "WebSocket connections allowed at once from one client address.",
-                                             ("COBY_WS_MAX_CONNECTIONS_PER_IP",), _positive)
+                                             ("COBY_WS_MAX_CONNECTIONS_PER_IP",), check_positive)
     ws_queue_size: int = setting(2000, "Messages of queued channels (trades, ohlcv) one WebSocket client may fall "
                                  "behind; one more and it is told why and disconnected (close code 4008). Book-like "
-                                 "channels coalesce to the latest state instead.", ("COBY_WS_QUEUE_SIZE",), _positive)
+                                 "channels coalesce to the latest state instead.",
+                                 ("COBY_WS_QUEUE_SIZE",), check_positive)
     ws_heartbeat: float = setting(30.0, "Seconds between WebSocket pings; a client that misses the pong is dropped.",
-                                  ("COBY_WS_HEARTBEAT",), _positive)
+                                  ("COBY_WS_HEARTBEAT",), check_positive)
     ws_close_timeout: float = setting(5.0, "Seconds a disconnected slow client has to take its error and close frame "
-                                      "before the connection is aborted.", ("COBY_WS_CLOSE_TIMEOUT",), _positive)
+                                      "before the connection is aborted.", ("COBY_WS_CLOSE_TIMEOUT",), check_positive)
     # --- replay ------------------------------------------------------------------------------
     replay_max_sessions: int = setting(8, "Replay sessions that may be active (created, running or paused) at once.",
-                                       ("COBY_REPLAY_MAX_SESSIONS",), _positive)
+                                       ("COBY_REPLAY_MAX_SESSIONS",), check_positive)
     replay_max_range_days: float = setting(31.0, "Longest time range (end - start) of one replay session, days.",
-                                           ("COBY_REPLAY_MAX_RANGE_DAYS",), _positive)
+                                           ("COBY_REPLAY_MAX_RANGE_DAYS",), check_positive)
     replay_idle_ttl: float = setting(600.0, "Seconds after which a replay session that has ended, or is left "
                                      "untouched (not started, paused, or blocked on a subscriber that does not "
-                                     "read), is stopped and forgotten.", ("COBY_REPLAY_IDLE_TTL",), _positive)
+                                     "read), is stopped and forgotten.", ("COBY_REPLAY_IDLE_TTL",), check_positive)
     replay_chunk: int = setting(5000, "Rows a replay session reads from each table at a time (two chunks per table "
-                                "in memory at most).", ("COBY_REPLAY_CHUNK",), _positive)
+                                "in memory at most).", ("COBY_REPLAY_CHUNK",), check_positive)
     replay_queue_size: int = setting(1000, "Messages one replay subscriber may have unread before the session waits "
-                                     "for it (replay never drops).", ("COBY_REPLAY_QUEUE_SIZE",), _positive)
+                                     "for it (replay never drops).", ("COBY_REPLAY_QUEUE_SIZE",), check_positive)
     # --- scale-out (docs/scaling.md) -------------------------------------------------------------
     role: str = setting("all", "What this process runs: all (one process: connectors, storage, API), collector "
                         "(connectors, aggregation, storage writes; only /health, /ready, /metrics) or api (REST, "
                         "WebSocket, dashboard, replay from Redis and the database; no venue connection). A role "
-                        "other than all needs PostgreSQL and Redis.", ("COBY_ROLE",), _choice("all", "collector", "api"))
+                        "other than all needs PostgreSQL and Redis.",
+                        ("COBY_ROLE",), check_choice("all", "collector", "api"))
     shard: str | None = setting(None, "A collector's share of the symbols, K/N (0 <= K < N): each symbol goes to one "
                                 "of N shards by rendezvous hashing, so adding a symbol moves only it. Unset: every "
-                                "symbol.", ("COBY_SHARD",), _shard)
+                                "symbol.", ("COBY_SHARD",), check_shard)
     standby: bool = setting(False, "A collector that owns nothing at start and takes over the symbols (of its shard, "
                             "or all) whose ownership lease expires.", ("COBY_STANDBY",))
     collector_id: str | None = setting(None, "This collector's name in the cluster (leases, status). Unset: "
                                        "host:pid.", ("COBY_COLLECTOR_ID",))
     lease_ttl: float = setting(10.0, "Seconds a collector's ownership of a symbol (a Redis key) lasts without a "
                                "heartbeat; a standby takes over within this plus the venues' connect time.",
-                               ("COBY_LEASE_TTL",), _positive)
+                               ("COBY_LEASE_TTL",), check_positive)
     lease_heartbeat: float = setting(2.0, "Seconds between a collector's lease refreshes (and its cluster status); "
-                                     "must be well below lease_ttl.", ("COBY_LEASE_HEARTBEAT",), _positive)
+                                     "must be well below lease_ttl.", ("COBY_LEASE_HEARTBEAT",), check_positive)
     # --- operations --------------------------------------------------------------------------
-    log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), _log_level)
+    log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), check_log_level)
     shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",
-                                      ("COBY_SHUTDOWN_TIMEOUT",), _positive)
+                                      ("COBY_SHUTDOWN_TIMEOUT",), check_positive)
 
     # ------------------------------------------------------------------------------------------
     @classmethod

@@ -62,6 +62,7 @@ from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
                          OrderBookSnapshot, utcnow)
 from coby.normalize import DataProcessor
+from coby.pendingbook import PendingBook
 from coby.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.symbols import SymbolMap, split_canonical
 from coby.venues import VENUES, build_client, override_base
@@ -114,9 +115,11 @@ class ExchangeConnector:
 
     # ------------------------------------------------------------ interface
 
-    def add_data_callback(self, callback: Callback) -> None:
-        """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable)."""
-        self._emit.add(callback)
+    def add_data_callback(self, callback: Callback, lazy_books: bool = False) -> None:
+        """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable).
+        With ``lazy_books`` books come as a :class:`~coby.pendingbook.PendingBook`, normalised only when
+        the consumer resolves it; while any consumer takes snapshots, every book state is normalised."""
+        self._emit.add(callback, lazy_books)
 
     def add_resume_callback(self, callback: Callable[[str, str, bool, bool], None]) -> None:
         """``callback(exchange, symbol, first, quiet)`` whenever a trade stream delivers again - its first
@@ -178,7 +181,12 @@ class ExchangeConnector:
     def latest_book(self, symbol: str) -> OrderBookSnapshot | None:
         """The last valid book emitted for ``symbol`` (None before the first)."""
         st = self._streams.get((BOOK, symbol))
-        return st.latest if st else None
+        if st is None:
+            return None
+        book = st.book.resolve() if st.book is not None else None
+        if book is not None:
+            st.latest = book
+        return st.latest
 
     # ------------------------------------------------------------- streams
 
@@ -192,6 +200,9 @@ class ExchangeConnector:
         feed = self._pool.feed_for(symbol, kind)
         st = Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
+        if kind == BOOK:
+            st.book = PendingBook(self.exchange, symbol, self.processor.process_orderbook, self.settings.book_depth,
+                                  self._book_valid)
         feed.streams.append(st)
         self._streams[(kind, symbol)] = st
         self._start(st)
@@ -242,6 +253,7 @@ class ExchangeConnector:
                     err = translate_ccxt_error(self.exchange, exc)
                 finally:
                     st.watching = False
+                st.epoch += 1  # a book handed on before the failure is not resolved any more
                 st.pending = False  # a held-back state of a failed book is not worth emitting
                 delay = await self._failed(st, err)
                 if delay is None:
@@ -272,18 +284,39 @@ class ExchangeConnector:
             await self._emit_book(st, raw)
 
     async def _emit_book(self, st: Stream, raw: Any) -> None:
-        """Normalise, validate and emit the book's current state (a rejected state is not progress)."""
-        book = self.processor.process_orderbook(raw, self.exchange, st.symbol, self.settings.book_depth)
-        if book is None:
-            return  # rejected (crossed, ...): the watchdog resyncs if it persists
-        st.latest = book
+        """Hand on the book's current state (a rejected state is not progress: the watchdog resyncs if it
+        persists): as a PendingBook to lazy consumers, after the O(1) checks; normalised and validated
+        in full only if a consumer takes snapshots (``coby.pendingbook``)."""
+        pending, feed = st.book, st.feed
+        assert pending is not None
+        if not self.processor.check_top(raw, self.exchange, st.symbol):
+            pending.invalidate()
+            return
+        pending.hand_on(raw, self.processor.clock(), (feed.gen, feed.torn, st.epoch))
+        book = None
+        if self._emit.eager:
+            book = pending.resolve()
+            if book is None:
+                return
         self._messages += 1
         breaker = self._breakers[BOOK]
         if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
             await self._delivered(st)
         self._counters[BOOK].inc()
-        await self._emit(book)
+        await self._emit(pending if book is None else book, pending)
         st.last_progress = self._clock()
+
+    def _book_valid(self, pending: PendingBook) -> bool:
+        """Is the state ``pending`` refers to still whole (see coby.pendingbook)? Not after a failure of its
+        stream, a recycle of its feed, a handler error on the feed, a sequence gap, or ccxt dropping it."""
+        st = self._streams[(BOOK, pending.symbol)]
+        feed = st.feed
+        if (feed.gen, feed.torn, st.epoch) != pending.token:
+            return False
+        if feed.bad_books and (st.symbol in feed.bad_books or None in feed.bad_books):
+            return False
+        books = getattr(feed.client, "orderbooks", None)
+        return books is None or books.get(st.unified) is pending.raw
 
     async def _flusher(self) -> None:
         """Emit book states held back by ``book_emit_interval`` once their interval is over."""
@@ -410,6 +443,7 @@ class ExchangeConnector:
         if malformed is not None:
             self.processor.reject(self.exchange, None, "malformed", malformed)
         if err is not None:
+            feed.torn += 1  # the handler stopped half-way: the books it was updating are not whole
             ws.reject(err)  # wakes every watcher of this connection into the failure policy
 
     # ---------------------------------------------------------------- output

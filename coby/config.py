@@ -206,6 +206,10 @@ class Settings:
                                         "overloaded (0: not checked).", ("COBY_OVERLOAD_MEMORY_MB",), _non_negative)
     overload_after: int = setting(3, "Consecutive overloaded seconds before the daemon says overloaded and starts "
                                   "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), _positive)
+    overload_warmup: float = setting(30.0, "Seconds after the daemon starts during which no second counts as "
+                                     "overloaded and loop lags stay out of the p99: building every venue's clients "
+                                     "and their first books is a burst, not overload.", ("COBY_OVERLOAD_WARMUP",),
+                                     _non_negative)
     overload_recover: int = setting(10, "Consecutive clear seconds before an overloaded daemon returns to normal "
                                     "intervals.", ("COBY_OVERLOAD_RECOVER",), _positive)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",

@@ -15,6 +15,10 @@ A second is *overloaded* when any of these holds (the reasons, as shown in statu
 - a venue's feed delay is at least ``overload_feed_delay`` (coby reads slower than it is sent);
 - resident memory is at least ``overload_memory_mb`` (when set).
 
+The first ``overload_warmup`` seconds after the first sample (the daemon's start: every venue's ccxt
+clients built, their markets loaded and first books fetched at once) are a burst, not overload: their
+seconds never count as overloaded and their loop lags stay out of the p99 (status shows ``warming_up``).
+
 After ``overload_after`` overloaded seconds in a row the daemon is ``overloaded`` (status, ``/ready``
 503 with the reasons, ``coby_overloaded``) and degrades by :data:`LEVELS`, a fixed order, one level
 per ``STEP_AFTER`` seconds it stays overloaded:
@@ -85,6 +89,8 @@ class LoadGovernor:
         self._delays: dict[str, deque[float]] = {}
         self._venues: dict[str, dict[str, float | None]] = {}
         self.loop_lag = 0.0
+        self.started: float | None = None  # the first sample: the warm-up runs from here
+        self.warming_up = False
         self.cpu: float | None = None
         self.rss_bytes = 0
         self.backlog_rows = 0
@@ -97,7 +103,11 @@ class LoadGovernor:
                 rss_bytes: int = 0, cpu_s: float = 0.0) -> None:
         """One second's sample (``now`` on a monotonic clock, ``lags`` the loop-lag samples of that second)."""
         s = self.settings
-        self._lags.extend(lags)
+        if self.started is None:
+            self.started = now
+        self.warming_up = now - self.started < s.overload_warmup
+        if not self.warming_up:
+            self._lags.extend(lags)
         self.loop_lag = max(lags, default=0.0)
         self.rss_bytes, self.backlog_rows = rss_bytes, backlog_rows
         self._samples.append((now, cpu_s, venues))
@@ -116,7 +126,7 @@ class LoadGovernor:
         if s.overload_memory_mb and rss_bytes >= s.overload_memory_mb * 2 ** 20:
             reasons.append(f"memory {rss_bytes / 2 ** 20:.0f} MB")
         self.reasons = reasons
-        self._decide(now, bool(reasons))
+        self._decide(now, bool(reasons) and not self.warming_up)
         LOOP_LAG_P99.set(self.loop_lag_p99())
 
     def _venue(self, name: str, v: VenueSample, old: VenueSample | None, span: float) -> dict[str, float | None]:
@@ -174,6 +184,7 @@ class LoadGovernor:
         """What ``/api/v1/status`` shows under ``load``."""
         return {"state": "overloaded" if self.overloaded else "ok", "overloaded": self.overloaded,
                 "reasons": list(self.reasons), "degradation_level": self.level,
+                "warming_up": self.warming_up,
                 "slowdown": {"book_publish": self.slowdown.publish, "aggregate": self.slowdown.aggregate,
                              "book_emit": self.slowdown.emit},
                 "loop_lag_s": round(self.loop_lag, 4), "loop_lag_p99_s": self.loop_lag_p99(), "cpu": self.cpu,

@@ -151,7 +151,8 @@ class MemoryCache:
 
     # --- pub/sub ------------------------------------------------------------------------------
     async def publish(self, channel: str, message: Any) -> None:
-        self._fanout(channel, message if isinstance(message, bytes) else dumps(message))
+        if self._subs.get(channel):  # encoded only for someone (most trades channels have no subscriber)
+            self._fanout(channel, message if isinstance(message, bytes) else dumps(message))
 
     def _fanout(self, channel: str, payload: bytes) -> None:
         for sub in self._subs.get(channel, ()):

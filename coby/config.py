@@ -204,8 +204,9 @@ class Settings:
                                          ("COBY_OVERLOAD_FEED_DELAY",), _positive)
     overload_memory_mb: float = setting(1536.0, "Resident memory, MB, at or above which a second counts as "
                                         "overloaded (0: not checked).", ("COBY_OVERLOAD_MEMORY_MB",), _non_negative)
-    overload_after: int = setting(3, "Consecutive overloaded seconds before the daemon says overloaded and starts "
-                                  "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), _positive)
+    overload_after: int = setting(3, "Overloaded seconds (within twice as many) before the daemon says overloaded "
+                                  "and starts degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",),
+                                  _positive)
     overload_warmup: float = setting(30.0, "Seconds after the daemon starts during which no second counts as "
                                      "overloaded and loop lags stay out of the p99: building every venue's clients "
                                      "and their first books is a burst, not overload.", ("COBY_OVERLOAD_WARMUP",),

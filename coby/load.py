@@ -19,7 +19,7 @@ The first ``overload_warmup`` seconds after the first sample (the daemon's start
 clients built, their markets loaded and first books fetched at once) are a burst, not overload: their
 seconds never count as overloaded and their loop lags stay out of the p99 (status shows ``warming_up``).
 
-After ``overload_after`` overloaded seconds in a row the daemon is ``overloaded`` (status, ``/ready``
+After ``overload_after`` overloaded seconds within ``2 x overload_after`` the daemon is ``overloaded`` (status, ``/ready``
 503 with the reasons, ``coby_overloaded``) and degrades by :data:`LEVELS`, a fixed order, one level
 per ``STEP_AFTER`` seconds it stays overloaded:
 
@@ -82,7 +82,8 @@ class LoadGovernor:
         self.level = 0
         self.reasons: list[str] = []  # of the last second
         self.since: float | None = None  # when the current state began (monitor clock)
-        self._bad = self._good = 0
+        self._good = 0
+        self._recent: deque[bool] = deque()  # the last 2 x overload_after seconds: overloaded or not
         self._stepped_at = 0.0
         self._lags: deque[float] = deque(maxlen=600)  # the last minute of 0.1 s lag samples
         self._samples: deque[tuple[float, float, dict[str, VenueSample]]] = deque()
@@ -153,8 +154,13 @@ class LoadGovernor:
 
     def _decide(self, now: float, bad: bool) -> None:
         s = self.settings
-        self._bad, self._good = (self._bad + 1, 0) if bad else (0, self._good + 1)
-        if not self.overloaded and self._bad >= s.overload_after:
+        self._good = 0 if bad else self._good + 1
+        self._recent.append(bad)
+        while len(self._recent) > 2 * s.overload_after:
+            self._recent.popleft()
+        # overload_after bad seconds within twice that: a loop lag that hovers around its threshold (one
+        # clear second between bad ones) is overload too, and is seen within 10 s
+        if not self.overloaded and sum(self._recent) >= s.overload_after:
             self.overloaded, self.since = True, now
             log.warning("overloaded", reasons=self.reasons)
             self._set_level(1, now)

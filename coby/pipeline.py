@@ -10,6 +10,11 @@ Connectors (live) or a replay session call ``on_event`` with ``TradeEvent``,
   ``snapshot_depth`` levels at most once per ``snapshot_interval`` per book;
 - connection event: stored (gaps in the data are explicit) and reflected on ``status``.
 
+Live, a connector hands a book on as a :class:`~coby.pendingbook.PendingBook` (ccxt's book, not yet
+converted): the same cadences apply, but its levels are converted and validated only by a consumer that
+needs them - the tick (the books handed on since the last tick, once each), a stored snapshot, a publish
+with a subscriber (or Redis); with none, the cache keeps a maker and converts the book if it is read.
+
 Every ``aggregate_interval`` the tick runs the engine over all books at once and publishes the
 consolidated book, heatmap and metrics per symbol (the freshest books, top ``book_depth``
 levels); closes OHLCV bars whose time is up (stored, per venue and consolidated; the

@@ -12,7 +12,8 @@ Against it, one after the other, each in its own process for the same window aft
   user starts it;
 - **coby (base)**: the same command with ``PYTHONPATH`` at ``--base``, a checkout of an older commit.
 
-Messages are the frames the simulator wrote to that process' sockets in the window (``/_sim/health``
+Cost runs keep coby from degrading (``overload_after`` out of reach), so both trees do the same work; the
+seconds that would have counted as overloaded are reported. Messages are the frames the simulator wrote to that process' sockets in the window (``/_sim/health``
 ``sent``), so every run counts the same thing; CPU is the process' user + system time over the window
 (all threads: the storage writer too), from ``/proc``. Figures: CPU us per message, each over ccxt.pro
 alone, and the N at which one core is full: ``1e6 / (us per message x messages per second per symbol)``.
@@ -127,17 +128,26 @@ def env_for(sim_port: int, symbols: list[str], pythonpath: str, db: str | None, 
 
 
 def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: float, seconds: float,
-            pythonpath: str = HERE) -> dict:
+            pythonpath: str = HERE, degrade: bool = False) -> dict:
     """One process of ``kind`` (ccxt, coby) against the simulator: messages, CPU and RSS over the window."""
     db = new_db() if kind == "coby" else None
     api_port = free_port()
     env = env_for(sim_port, symbols, pythonpath, db, api_port)
+    if not degrade:  # a cost run: both trees do the same work (a degraded daemon normalises fewer books)
+        env["COBY_OVERLOAD_AFTER"] = "1000000"
     cmd = [sys.executable, "-c", CCXT_ALONE] if kind == "ccxt" else [sys.executable, "-m", "coby.cli", "run"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
     try:
         time.sleep(warmup)
         if proc.poll() is not None:
             raise RuntimeError(f"{kind} exited with {proc.returncode}")
+        for _ in range(120 if kind == "coby" else 0):  # past the governor's start-up grace (overload_warmup)
+            try:
+                if not (http(f"http://127.0.0.1:{api_port}/api/v1/status").get("load") or {}).get("warming_up"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
         m0, c0, t0 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
         lags, overloaded = [], 0
         while time.monotonic() - t0 < seconds:
@@ -145,7 +155,7 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
             if kind == "coby":
                 load = http(f"http://127.0.0.1:{api_port}/api/v1/status").get("load") or {}
                 lags.append(load.get("loop_lag_s") or 0.0)  # the worst lag of the last second
-                overloaded += bool(load.get("overloaded"))
+                overloaded += bool(load.get("reasons"))  # seconds that would count (degrading is off)
         m1, c1, t1 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
         out = {"messages": m1 - m0, "cpu": c1 - c0, "wall": t1 - t0, "rss_mb": rss_mb(proc.pid)}
         if lags:
@@ -165,7 +175,7 @@ def report(name: str, r: dict, base_us: float | None, symbols: int) -> str:
     per_symbol = r["messages"] / r["wall"] / symbols
     full = 1e6 / (us * per_symbol)
     ratio = f"{us / base_us:5.2f}x" if base_us else "    - "
-    extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms, overloaded {r['overloaded_s']} s" \
+    extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms, overloaded seconds {r['overloaded_s']}" \
         if "loop_lag_p99_s" in r else ""
     return (f"{name:<14} {r['messages'] / r['wall']:>7.0f} msg/s  {r['cpu'] / r['wall']:5.2f} core  {us:6.1f} us/msg "
             f"{ratio}  one core full at N = {full:5.1f}  RSS {r['rss_mb']:.0f} MB{extra}")
@@ -186,6 +196,10 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
     api = f"http://127.0.0.1:{api_port}"
     try:
         time.sleep(args.warmup)
+        for _ in range(120):  # the governor's start-up grace (overload_warmup) must be over first
+            if not (http(f"{api}/api/v1/status").get("load") or {}).get("warming_up", False):
+                break
+            time.sleep(1)
         sc0 = http(f"{sim}/_sim/health")["slow_consumers"]
         http(f"{sim}/_sim/rate", {"rate": high})
         t0, said, back, peak = time.monotonic(), None, None, 0.0
@@ -235,6 +249,7 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="a checkout of an older commit, measured the same way")
     ap.add_argument("--overload", type=float, default=0.0, help="offered load over capacity (e.g. 2)")
     ap.add_argument("--hold", type=float, default=60.0, help="seconds the overload lasts")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of ccxt.pro alone, coby, base (alternating)")
     args = ap.parse_args()
     symbols = list(INSTRUMENTS)[:args.symbols]
     sim_port = free_port()
@@ -253,17 +268,19 @@ def main() -> None:
         if args.overload:
             overload(args, sim, sim_port, symbols)
             return
-        results = [("ccxt.pro alone", measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds))]
-        results.append(("coby", measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)))
-        if args.base:
-            results.append(("coby (base)", measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,
-                                                   pythonpath=args.base)))
-        print(f"10 venues x {len(symbols)} symbols at {args.rate:g} updates/s/market, {args.seconds:g} s each "
-              f"after {args.warmup:g} s warm-up, load {os.getloadavg()[0]:.1f}")
-        r0 = results[0][1]
-        base_us = r0["cpu"] / r0["messages"] * 1e6
-        for name, r in results:
-            print(report(name, r, None if r is r0 else base_us, len(symbols)))
+        for i in range(args.repeat):  # ABAB...: each round's ratios against that round's ccxt.pro alone
+            tag = f" #{i + 1}" if args.repeat > 1 else ""
+            results = [("ccxt.pro alone" + tag, measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds))]
+            results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)))
+            if args.base:
+                results.append(("coby (base)" + tag, measure("coby", sim, sim_port, symbols, args.warmup,
+                                                             args.seconds, pythonpath=args.base)))
+            print(f"10 venues x {len(symbols)} symbols at {args.rate:g} updates/s/market, {args.seconds:g} s each "
+                  f"after {args.warmup:g} s warm-up, load {os.getloadavg()[0]:.1f}", flush=True)
+            r0 = results[0][1]
+            base_us = r0["cpu"] / r0["messages"] * 1e6
+            for name, r in results:
+                print(report(name, r, None if r is r0 else base_us, len(symbols)), flush=True)
     finally:
         sim_proc.terminate()
         sim_proc.wait(30)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import structlog
 
@@ -132,6 +132,15 @@ class MemoryCache:
         if subs:
             self._fanout(channel, message)
 
+    def wants(self, channel: str) -> bool:
+        """Does a publish on ``channel`` need its message now (a subscriber here; with Redis, always)?"""
+        return bool(self._subs.get(channel))
+
+    def keep_book_lazily(self, exchange: str, symbol: str, make: Callable[[], Any]) -> None:
+        """Keep the book's latest as ``make``, called when it is first read (a live book nobody subscribes
+        to is converted only if read: coby.pendingbook); ``make()`` returns the envelope, or None."""
+        self._values[book_key(exchange, symbol)] = _Lazy(make)
+
     async def get_book(self, exchange: str, symbol: str) -> Any | None:
         return self._get_local(book_key(exchange, symbol))
 
@@ -143,6 +152,8 @@ class MemoryCache:
 
     def _get_local(self, key: str) -> Any | None:
         data = self._values.get(key)
+        if type(data) is _Lazy:
+            data = data.make()
         if data is None:
             return None
         return loads(data if isinstance(data, bytes) else dumps(data))
@@ -161,7 +172,8 @@ class MemoryCache:
         return None
 
     async def publish(self, channel: str, message: Any) -> None:
-        self._fanout(channel, message if isinstance(message, bytes) else dumps(message))
+        if self._subs.get(channel):  # encoded only for someone (most trades channels have no subscriber)
+            self._fanout(channel, message if isinstance(message, bytes) else dumps(message))
 
     def _fanout(self, channel: str, payload: bytes) -> None:
         for sub in self._subs.get(channel, ()):
@@ -180,6 +192,13 @@ class MemoryCache:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[ch]
+
+
+class _Lazy:
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 class RedisCache(MemoryCache):
@@ -280,6 +299,9 @@ class RedisCache(MemoryCache):
         data = super()._set(key, value if isinstance(value, bytes) else dumps(value))
         self._pending_sets[key] = data
         return data
+
+    def wants(self, channel: str) -> bool:
+        return True  # other processes read the latest states: every publish is encoded
 
     async def _keep_and_publish(self, key: str, channel: str, message: Any) -> None:
         # other processes read both: encoded once

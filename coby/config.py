@@ -120,10 +120,14 @@ class Settings:
                                          "overloaded: the daemon reads slower than the venue sends.",
                                          ("COBY_OVERLOAD_FEED_DELAY",), check_positive)
     overload_memory_mb: float = setting(1536.0, "Resident memory, MB, at or above which a second counts as "
-                                        "overloaded (0: not checked).",
-                                        ("COBY_OVERLOAD_MEMORY_MB",), check_non_negative)
-    overload_after: int = setting(3, "Consecutive overloaded seconds before the daemon says overloaded and starts "
-                                  "degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",), check_positive)
+                                        "overloaded (0: not checked).", ("COBY_OVERLOAD_MEMORY_MB",), check_non_negative)
+    overload_after: int = setting(3, "Overloaded seconds (within twice as many) before the daemon says overloaded "
+                                  "and starts degrading (docs/operations.md, overload).", ("COBY_OVERLOAD_AFTER",),
+                                  check_positive)
+    overload_warmup: float = setting(30.0, "Seconds after the daemon starts during which no second counts as "
+                                     "overloaded and loop lags stay out of the p99: building every venue's clients "
+                                     "and their first books is a burst, not overload.", ("COBY_OVERLOAD_WARMUP",),
+                                     check_non_negative)
     overload_recover: int = setting(10, "Consecutive clear seconds before an overloaded daemon returns to normal "
                                     "intervals.", ("COBY_OVERLOAD_RECOVER",), check_positive)
     ohlcv_grace: float = setting(2.0, "Seconds an OHLCV bar stays open after its end for late trades.",

@@ -144,7 +144,9 @@ class Daemon:
         if self.pipeline is not None:
             self.backfill = Backfill(self.settings, self.storage, self.pipeline, load=self.load)
         for exchange in self.settings.exchanges:
-            conn = ExchangeConnector(exchange, self.settings, self.pipeline.on_event if self.pipeline else None)
+            conn = ExchangeConnector(exchange, self.settings)
+            if self.pipeline is not None:  # books normalised when the pipeline needs them (coby.pendingbook)
+                conn.add_data_callback(self.pipeline.on_event, lazy_books=True)
             self.connectors[exchange] = conn
             if self.backfill is not None:
                 self.backfill.attach(conn)  # fills the gaps of its trade streams from the venue's history

@@ -53,15 +53,16 @@ from typing import Any
 
 import structlog
 
-from coby.collector.ccxterrors import local_resync, translate_ccxt_error, translate_frame_error
-from coby.errors import (BookOutOfSync, ExchangeError, PermanentExchangeError, QuietTrades, StaleFeed,
-                         TemporaryExchangeError)
-from coby.collector.feeds import BOOK, TRADES, Callbacks, Feed, FeedPool, Stream, venue_state
+from coby.collector.ccxterrors import local_resync, translate_ccxt_error
+from coby.errors import ExchangeError, PermanentExchangeError, TemporaryExchangeError
+from coby.collector.failurepolicy import FailurePolicy
+from coby.collector.feeds import BOOK, TRADES, Callbacks, FeedPool, Stream, venue_state
 from coby.collector.markets import MarketCatalog
-from coby.metrics import CIRCUIT_OPEN, MESSAGES, RECONNECTS, RESYNCS
+from coby.metrics import CIRCUIT_OPEN, MESSAGES
 from coby.models import (UTC, ConnectionEvent, ConnectionEventKind, ConnectionState, ConnectionStatus,
                          OrderBookSnapshot, utcnow)
 from coby.collector.normalize import DataProcessor
+from coby.pendingbook import PendingBook
 from coby.collector.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.symbols import SymbolMap, split_canonical
 from coby.collector.venues import VENUES, build_client, override_base
@@ -72,7 +73,7 @@ log = structlog.get_logger("coby.exchanges")
 Callback = Callable[[Any], Any]
 
 
-class ExchangeConnector:
+class ExchangeConnector(FailurePolicy):
     """The design's ExchangeConnector for one venue, on unmodified ccxt.pro."""
 
     def __init__(self, exchange: str, settings: Any, on_event: Callback | None = None, *,
@@ -114,9 +115,11 @@ class ExchangeConnector:
 
     # ------------------------------------------------------------ interface
 
-    def add_data_callback(self, callback: Callback) -> None:
-        """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable)."""
-        self._emit.add(callback)
+    def add_data_callback(self, callback: Callback, lazy_books: bool = False) -> None:
+        """Receive every OrderBookSnapshot, TradeEvent and ConnectionEvent (sync or async callable).
+        With ``lazy_books`` books come as a :class:`~coby.pendingbook.PendingBook`, normalised only when
+        the consumer resolves it; while any consumer takes snapshots, every book state is normalised."""
+        self._emit.add(callback, lazy_books)
 
     def add_resume_callback(self, callback: Callable[[str, str, bool, bool], None]) -> None:
         """``callback(exchange, symbol, first, quiet)`` whenever a trade stream delivers again - its first
@@ -197,7 +200,12 @@ class ExchangeConnector:
     def latest_book(self, symbol: str) -> OrderBookSnapshot | None:
         """The last valid book emitted for ``symbol`` (None before the first)."""
         st = self._streams.get((BOOK, symbol))
-        return st.latest if st else None
+        if st is None:
+            return None
+        book = st.book.resolve() if st.book is not None else None
+        if book is not None:
+            st.latest = book
+        return st.latest
 
     # ------------------------------------------------------------- streams
 
@@ -211,6 +219,9 @@ class ExchangeConnector:
         feed = self._pool.feed_for(symbol, kind)
         st = Stream(kind, symbol, self.symbol_map.unified(self.exchange, symbol), feed,
                      Backoff(self.settings.backoff_initial, self.settings.backoff_max, self._rng), self._clock())
+        if kind == BOOK:
+            st.book = PendingBook(self.exchange, symbol, self.processor.process_orderbook, self.settings.book_depth,
+                                  self._book_valid)
         feed.streams.append(st)
         self._streams[(kind, symbol)] = st
         self._start(st)
@@ -261,6 +272,7 @@ class ExchangeConnector:
                     err = translate_ccxt_error(self.exchange, exc)
                 finally:
                     st.watching = False
+                st.epoch += 1  # a book handed on before the failure is not resolved any more
                 st.pending = False  # a held-back state of a failed book is not worth emitting
                 delay = await self._failed(st, err)
                 if delay is None:
@@ -291,18 +303,39 @@ class ExchangeConnector:
             await self._emit_book(st, raw)
 
     async def _emit_book(self, st: Stream, raw: Any) -> None:
-        """Normalise, validate and emit the book's current state (a rejected state is not progress)."""
-        book = self.processor.process_orderbook(raw, self.exchange, st.symbol, self.settings.book_depth)
-        if book is None:
-            return  # rejected (crossed, ...): the watchdog resyncs if it persists
-        st.latest = book
+        """Hand on the book's current state (a rejected state is not progress: the watchdog resyncs if it
+        persists): as a PendingBook to lazy consumers, after the O(1) checks; normalised and validated
+        in full only if a consumer takes snapshots (``coby.pendingbook``)."""
+        pending, feed = st.book, st.feed
+        assert pending is not None
+        if not self.processor.check_top(raw, self.exchange, st.symbol):
+            pending.invalidate()
+            return
+        pending.hand_on(raw, self.processor.clock(), (feed.gen, feed.torn, st.epoch))
+        book = None
+        if self._emit.eager:
+            book = pending.resolve()
+            if book is None:
+                return
         self._messages += 1
         breaker = self._breakers[BOOK]
         if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
             await self._delivered(st)
         self._counters[BOOK].inc()
-        await self._emit(book)
+        await self._emit(pending if book is None else book, pending)
         st.last_progress = self._clock()
+
+    def _book_valid(self, pending: PendingBook) -> bool:
+        """Is the state ``pending`` refers to still whole (see coby.pendingbook)? Not after a failure of its
+        stream, a recycle of its feed, a handler error on the feed, a sequence gap, or ccxt dropping it."""
+        st = self._streams[(BOOK, pending.symbol)]
+        feed = st.feed
+        if (feed.gen, feed.torn, st.epoch) != pending.token:
+            return False
+        if feed.bad_books and (st.symbol in feed.bad_books or None in feed.bad_books):
+            return False
+        books = getattr(feed.client, "orderbooks", None)
+        return books is None or books.get(st.unified) is pending.raw
 
     async def _flusher(self) -> None:
         """Emit book states held back by ``book_emit_interval`` once their interval is over."""
@@ -330,106 +363,6 @@ class ExchangeConnector:
                 counter.inc()
                 await self._emit(trade)
             st.last_progress = self._clock()
-
-    async def _delivered(self, st: Stream) -> None:
-        """Bookkeeping of a stream that got data: success for the breaker, events after a gap."""
-        breaker = self._breakers[st.kind]
-        if breaker.failures or breaker.state is not CircuitState.CLOSED:
-            if breaker.record_success(st) is CircuitState.CLOSED:
-                self._circuit_gauge()
-                await self._event(ConnectionEventKind.CIRCUIT_CLOSED, None, f"{st.kind}: probe succeeded")
-        if st.live:
-            return
-        st.live = True
-        st.backoff.reset()
-        if st.kind == TRADES:
-            for resumed in self._resumed:
-                resumed(self.exchange, st.symbol, not st.ever, st.ever and st.cause is None)
-        if st.ever and st.cause is None:
-            return  # back after resubscribing quiet trades: there was no gap
-        if not st.ever:
-            st.ever = True
-            await self._event(ConnectionEventKind.CONNECTED, st.symbol, st.kind)
-        else:
-            self._reconnects += 1
-            RECONNECTS.labels(self.exchange).inc()
-            if st.kind == BOOK and isinstance(st.cause, (BookOutOfSync, StaleFeed)):
-                RESYNCS.labels(self.exchange).inc()
-            await self._event(ConnectionEventKind.RESYNCED, st.symbol, f"{st.kind} after {st.cause}")
-        st.cause = None
-
-    async def _failed(self, st: Stream, err: ExchangeError) -> float | None:
-        """Apply the failure policy; the delay before the next attempt, None if the stream must stop."""
-        feed, own_incident = st.feed, st.gen == st.feed.gen
-        if isinstance(err, QuietTrades):  # resubscribed by the watchdog, not failed: no event, no backoff
-            st.live = False
-            return 0.0
-        self._error = str(err)
-        if st.live:
-            st.live = False
-            st.cause = err
-            await self._event(ConnectionEventKind.DISCONNECTED, st.symbol, f"{st.kind}: {err}")
-        elif st.cause is None:
-            st.cause = err
-        if isinstance(err, PermanentExchangeError):
-            st.failed = str(err)
-            self._log.error("stream_failed_permanently", stream=st.kind, symbol=st.symbol, error=str(err))
-            return None
-        self._log.info("stream_failed", stream=st.kind, symbol=st.symbol, error=str(err), own=own_incident)
-        if own_incident:
-            local = getattr(err, "local", False)
-            rewatch = (self.venue.book_recovery == "rewatch" and not local and not isinstance(err, StaleFeed)) or \
-                (st.kind == TRADES and self.venue.trades_own_connection and not isinstance(err, StaleFeed))
-            if not rewatch:
-                self._pool.recycle(feed, err)
-            await self._record_failure(st)
-        return st.backoff.next_delay()
-
-    async def _stalled(self, st: Stream, err: StaleFeed) -> None:
-        """The watchdog's verdict: the stream goes stale and its feed is recycled (a failure for the breaker)."""
-        if st.live:
-            st.live, st.cause = False, err
-            await self._event(ConnectionEventKind.STALE, st.symbol, f"{st.kind}: {err}")
-        if st.gen == st.feed.gen:
-            self._pool.recycle(st.feed, err)
-            await self._record_failure(st)
-
-    async def _quiet(self, st: Stream, err: QuietTrades) -> None:
-        """The watchdog's verdict on quiet trades of a live book: resubscribe them (their feed alone)."""
-        if st.gen == st.feed.gen:
-            self._pool.recycle(st.feed, err)
-
-    async def _record_failure(self, st: Stream) -> None:
-        breaker = self._breakers[st.kind]
-        if breaker.record_failure(self._clock(), st) is CircuitState.OPEN:
-            self._circuit_gauge()
-            self._log.warning("circuit_open", stream=st.kind, failures=breaker.threshold, cooldown=breaker.cooldown)
-            for feed in self._pool.of_kind(st.kind):
-                self._pool.recycle(feed, TemporaryExchangeError(self.exchange, f"{st.kind} circuit open"))
-            await self._event(ConnectionEventKind.CIRCUIT_OPEN, None, f"{st.kind}: {self._error or ''}")
-
-    def _circuit_gauge(self) -> None:
-        is_open = any(b.state is not CircuitState.CLOSED for b in self._breakers.values())
-        CIRCUIT_OPEN.labels(self.exchange).set(1 if is_open else 0)
-
-    async def _gate(self, st: Stream) -> None:
-        """Wait while the circuit of the stream's kind is open (the half-open probe goes through)."""
-        while True:
-            wait = self._breakers[st.kind].wait_time(self._clock(), st)
-            if wait <= 0:
-                return
-            await self._sleep(min(wait, 1.0))
-
-    # ---------------------------------------------------------- frame guard
-
-    def _frame_failed(self, feed: Feed, gen: int, ws: Any, exc: Exception) -> None:
-        if feed.gen != gen:
-            return
-        malformed, err = translate_frame_error(self.exchange, exc, self.venue.sequenced)
-        if malformed is not None:
-            self.processor.reject(self.exchange, None, "malformed", malformed)
-        if err is not None:
-            ws.reject(err)  # wakes every watcher of this connection into the failure policy
 
     # ---------------------------------------------------------------- output
 

@@ -10,6 +10,11 @@ Connectors (live) or a replay session call ``on_event`` with ``TradeEvent``,
   ``snapshot_depth`` levels at most once per ``snapshot_interval`` per book;
 - connection event: stored (gaps in the data are explicit) and reflected on ``status``.
 
+Live, a connector hands a book on as a :class:`~coby.pendingbook.PendingBook` (ccxt's book, not yet
+converted): the same cadences apply, but its levels are converted and validated only by a consumer that
+needs them - the tick (the books handed on since the last tick, once each), a stored snapshot, a publish
+with a subscriber (or Redis); with none, the cache keeps a maker and converts the book if it is read.
+
 Every ``aggregate_interval`` the tick runs the engine over all books at once and publishes the
 consolidated book, heatmap and metrics per symbol (the freshest books, top ``book_depth``
 levels); closes OHLCV bars whose time is up (stored, per venue and consolidated; the
@@ -49,6 +54,7 @@ from coby.metrics import BOOK_MID, BOOK_SPREAD, IMBALANCE, NBBO_ASK, NBBO_BID, O
 from coby.models import ConnectionEvent, OHLCVBar, OrderBookSnapshot, TradeEvent, utc_from_ms, utcnow
 from coby.aggregate.ohlcv import OHLCVBuilder
 from coby.aggregate.ohlcv_rebuild import rebuild_after_restart
+from coby.pendingbook import PendingBook
 
 RECORD_GRACE = 2.0  # seconds past a heatmap boundary before its stored heatmap is computed
 
@@ -139,15 +145,17 @@ class Pipeline:
         self._record_slot: int | None = None
         self._bar_sigs: dict[tuple[str, str], tuple] = {}
         self._last_published: dict[tuple[str, str], float] = {}
-        self._dirty: dict[tuple[str, str], OrderBookSnapshot] = {}
+        self._dirty: dict[tuple[str, str], OrderBookSnapshot | PendingBook] = {}
+        self._unresolved: dict[tuple[str, str], PendingBook] = {}  # live books the next tick converts
+        self._good: dict[tuple[str, str], OrderBookSnapshot] = {}  # the last valid state of each live book
         self.replay = replay_id is not None
         self.statuses: dict[str, Any] = {}
         self.events = 0
         # the throttles' intervals: the settings', stretched under overload (coby.collector.load, slow_down)
         self.publish_interval = settings.book_publish_interval
         self.aggregate_interval = settings.aggregate_interval
-        self.newest_books: dict[str, OrderBookSnapshot] = {}
-        self._rebuilt: set[tuple[str, str]] = set()  # markets whose bars were rebuilt after a restart  # per venue: how far behind it is (coby.collector.load)
+        self.newest_books: dict[str, OrderBookSnapshot | PendingBook] = {}  # per venue: how far behind it is (coby.collector.load)
+        self._rebuilt: set[tuple[str, str]] = set()  # markets whose bars were rebuilt after a restart
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -184,6 +192,8 @@ class Pipeline:
                 await self.storage.store_trade(event)
             await self.publisher.publish(f"trades:{event.symbol}", event, event.timestamp, event.received_at)
             self.ohlcv.add(event)  # older than its open bar: repaired into its closed bars, or counted
+        elif type(event) is PendingBook:  # live: a venue book, normalised when a consumer needs it
+            await self._on_pending(event)
         elif isinstance(event, OrderBookSnapshot):
             await self._on_book(event)
         elif isinstance(event, ConnectionEvent):
@@ -225,20 +235,70 @@ class Pipeline:
         if self.storage is not None:
             if t - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
                 self._last_stored[key] = t
-                await self.storage.store_orderbook(b)
-                depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
-                self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
+                await self._store_snapshot(b)
+
+    async def _store_snapshot(self, b: OrderBookSnapshot) -> None:
+        await self.storage.store_orderbook(b)
+        depth = self.settings.snapshot_depth  # what the table keeps, what a replay will read
+        self._pending_stored.append(replace(b, bids=b.bids[:depth], asks=b.asks[:depth]))
+
+    async def _on_pending(self, p: PendingBook) -> None:
+        """A live venue book, handed on unconverted (``coby.pendingbook``): the same cadences as
+        ``_on_book``, but its levels are converted and checked only by a consumer that needs them - the
+        tick (once per tick), a stored snapshot, and a publish that someone subscribes to (else the
+        cache converts it if it is read)."""
+        key = (p.exchange, p.symbol)
+        self._unresolved[key] = p
+        self.newest_books[p.exchange] = p
+        t = self.monotonic()
+        if t - self._last_published.get(key, float("-inf")) >= self.publish_interval:
+            await self._publish_book(p, t)
+        else:
+            self._dirty[key] = p
+        if self.storage is not None and t - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
+            b = self._resolved(p)
+            if b is not None:
+                self._last_stored[key] = t
+                await self._store_snapshot(b)
+
+    def _resolved(self, p: PendingBook) -> OrderBookSnapshot | None:
+        """``p``'s state, validated; None if rejected or no longer whole (the last good one stays in ``_good``)."""
+        b = p.resolve()
+        if b is not None:
+            self._good[(p.exchange, p.symbol)] = b
+        return b
 
     def slow_down(self, publish: float, aggregate: float) -> None:
         """Stretch the book publish and aggregation intervals by these factors (1, 1: the settings')."""
         self.publish_interval = self.settings.book_publish_interval * publish
         self.aggregate_interval = self.settings.aggregate_interval * aggregate
 
-    async def _publish_book(self, b: OrderBookSnapshot, t: float) -> None:
-        self._last_published[(b.exchange, b.symbol)] = t
-        self._dirty.pop((b.exchange, b.symbol), None)
-        await self.publisher.publish(f"book:{b.exchange}:{b.symbol}", b, b.timestamp, b.received_at,
-                                     book=(b.exchange, b.symbol))
+    async def _publish_book(self, item: OrderBookSnapshot | PendingBook, t: float) -> None:
+        key = (item.exchange, item.symbol)
+        self._last_published[key] = t
+        self._dirty.pop(key, None)
+        channel = f"book:{item.exchange}:{item.symbol}"
+        if type(item) is PendingBook:
+            if not self.publisher.bus.wants(channel):  # no subscriber, nothing shared: converted if read
+                self.publisher.bus.keep_book_lazily(item.exchange, item.symbol, self._lazy_envelope(item, channel))
+                return
+            b = self._resolved(item)
+            if b is None:
+                return  # rejected or not whole: the channel keeps the last good state
+        else:
+            b = item
+        await self.publisher.publish(channel, b, b.timestamp, b.received_at, book=key)
+
+    def _lazy_envelope(self, p: PendingBook, channel: str) -> Callable[[], dict | None]:
+        """The envelope of ``p``'s state (or the last good one), made when the cached book is first read."""
+        made: list[dict | None] = []
+
+        def make() -> dict | None:
+            if not made:
+                b = self._resolved(p) or self._good.get((p.exchange, p.symbol))
+                made.append(None if b is None else self.publisher.envelope(channel, b, b.timestamp, b.received_at))
+            return made[0]
+        return make
 
     async def _on_connection_event(self, e: ConnectionEvent) -> None:
         if not self.replay:  # in the connector's task: its exchange, symbol, stream and feed are bound
@@ -259,6 +319,11 @@ class Pipeline:
         t = now if self.replay else self.monotonic()
         for b in list(self._dirty.values()):
             await self._publish_book(b, t)
+        for p in self._unresolved.values():  # live books handed on since the last tick: converted once each
+            b = self._resolved(p)
+            if b is not None:
+                self.engine.update_book(b)
+        self._unresolved.clear()
         result = self.engine.tick(ts)
         if not self.replay:
             _export_market(result)

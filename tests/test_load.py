@@ -22,7 +22,39 @@ T0 = utc_from_ms(1_790_000_040_000)
 
 def governor(tmp_path, **kw):
     applied: list[Slowdown] = []
+    kw.setdefault("overload_warmup", 0)
     return LoadGovernor(make_settings(tmp_path, **kw), applied.append), applied
+
+
+def test_a_lag_hovering_around_the_threshold_is_overload(tmp_path):
+    """Bad and clear seconds alternating (a shared core): overload_after bad seconds within twice that count,
+    so it is seen within 10 s; a lone bad second now and then is not overload."""
+    g, _ = governor(tmp_path)
+    t = 0.0
+    for i, lag in enumerate([0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3] + [0.0] * 6):
+        t += 1
+        g.observe(t, [lag] * 10, steady(t, i))
+    assert not g.overloaded
+    for i, lag in enumerate([0.3, 0.0, 0.3, 0.0, 0.3]):
+        t += 1
+        g.observe(t, [lag] * 10, steady(t, 20 + i))
+        assert g.overloaded is (i == 4)
+
+
+def test_the_start_up_burst_is_not_overload(tmp_path):
+    """Loop lags of the first overload_warmup seconds (every venue's clients built at once) neither make the
+    daemon overloaded nor enter the loop-lag p99; the same lag after the warm-up does."""
+    g, applied = governor(tmp_path, overload_warmup=20)
+    t = 0.0
+    for i in range(19):
+        t += 1
+        g.observe(t, [0.8] * 10, steady(t, i))
+        assert g.status()["warming_up"] and g.reasons == ["event loop lag 0.80 s"]
+    assert not g.overloaded and applied == [] and g.loop_lag_p99() == 0.0
+    for i in range(19, 24):
+        t += 1
+        g.observe(t, [0.8] * 10, steady(t, i))
+    assert g.overloaded and not g.status()["warming_up"] and g.loop_lag_p99() == 0.8
 
 
 def steady(t: float, n: int, behind: float = 0.0, skew: float = 0.0) -> dict[str, VenueSample]:

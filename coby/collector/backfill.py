@@ -106,7 +106,7 @@ class Backfill:
             return
         self._connectors[connector.exchange] = connector
         self.counts[connector.exchange] = {CLOSED: 0, NARROWED: 0, "trades": 0}
-        connector.add_data_callback(self.observe)
+        connector.add_data_callback(self.observe, lazy_books=True)  # books unused
         connector.add_resume_callback(self.resumed)
 
     def status(self) -> dict[str, dict[str, int]]:

@@ -38,6 +38,7 @@ from coby.errors import ExchangeError
 from coby.collector.markets import MarketCatalog
 from coby.errors import StaleFeed
 from coby.models import ConnectionState, OrderBookSnapshot
+from coby.pendingbook import PendingBook
 from coby.collector.resilience import Backoff, CircuitBreaker, CircuitState
 from coby.collector.venues import Venue
 
@@ -54,20 +55,28 @@ except ImportError:  # pragma: no cover - protobuf is a dependency
     pass
 
 class Callbacks:
-    """The connector's consumers, sync or async; one that raises is logged (rate-bounded), never fatal."""
+    """The connector's consumers, sync or async; one that raises is logged (rate-bounded), never fatal.
+
+    A consumer added with ``lazy_books`` receives books as :class:`~coby.pendingbook.PendingBook` (the
+    pipeline, which resolves a book only when it needs the state); the others receive each book state
+    as an :class:`~coby.models.OrderBookSnapshot`, so while one of them is there (``eager``) every
+    state handed on is normalised."""
 
     def __init__(self, exchange: str, log_interval: float) -> None:
-        self._callbacks: list[tuple[Callable[[Any], Any], bool]] = []
+        self._callbacks: list[tuple[Callable[[Any], Any], bool, bool]] = []
         self._exchange, self._interval = exchange, log_interval
         self._logged_at, self._suppressed = float("-inf"), 0
+        self.eager = False
 
-    def add(self, callback: Callable[[Any], Any]) -> None:
-        self._callbacks.append((callback, inspect.iscoroutinefunction(callback)))
+    def add(self, callback: Callable[[Any], Any], lazy_books: bool = False) -> None:
+        self._callbacks.append((callback, inspect.iscoroutinefunction(callback), lazy_books))
+        self.eager = self.eager or not lazy_books
 
-    async def __call__(self, item: Any) -> None:
-        for callback, is_async in self._callbacks:
+    async def __call__(self, item: Any, pending: Any = None) -> None:
+        """Hand ``item`` to every consumer (``pending``, if given, to the lazy ones instead)."""
+        for callback, is_async, lazy in self._callbacks:
             try:
-                result = callback(item)
+                result = callback(pending if lazy and pending is not None else item)
                 if is_async or (result is not None and hasattr(result, "__await__")):
                     await result
             except Exception as exc:  # noqa: BLE001 - a consumer's bug never kills the feed
@@ -97,6 +106,7 @@ class Feed:
         self.streams: list[Stream] = []
         self.gap_state: dict[Any, Any] = {}
         self.bad_books: set[str | None] = set()  # symbols (None: all) whose book a sequence check found bad
+        self.torn = 0  # frames whose handler raised: a book of this client may be half-updated (coby.pendingbook)
 
     def open_client(self, build: Callable[[], Any], on_frame_error: FrameErrorHandler) -> Any:
         """The current client, built and guarded if there is none."""
@@ -239,6 +249,8 @@ class Stream:
         self.last_key: tuple[Any, Any] = (None, None)
         self.latest: OrderBookSnapshot | None = None
         self.raw: Any = None  # ccxt's (live, mutated in place) book held back by book_emit_interval
+        self.book: PendingBook | None = None  # what the book stream hands on (coby.pendingbook)
+        self.epoch = 0  # attempts that failed: a book handed on before a failure is no longer whole
         self.pending = False
         self.next_emit = float("-inf")
 

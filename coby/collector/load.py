@@ -15,7 +15,11 @@ A second is *overloaded* when any of these holds (the reasons, as shown in statu
 - a venue's feed delay is at least ``overload_feed_delay`` (coby reads slower than it is sent);
 - resident memory is at least ``overload_memory_mb`` (when set).
 
-After ``overload_after`` overloaded seconds in a row the daemon is ``overloaded`` (status, ``/ready``
+The first ``overload_warmup`` seconds after the first sample (the daemon's start: every venue's ccxt
+clients built, their markets loaded and first books fetched at once) are a burst, not overload: their
+seconds never count as overloaded and their loop lags stay out of the p99 (status shows ``warming_up``).
+
+After ``overload_after`` overloaded seconds within ``2 x overload_after`` the daemon is ``overloaded`` (status, ``/ready``
 503 with the reasons, ``coby_overloaded``) and degrades by :data:`LEVELS`, a fixed order, one level
 per ``STEP_AFTER`` seconds it stays overloaded:
 
@@ -79,13 +83,16 @@ class LoadGovernor:
         self.level = 0
         self.reasons: list[str] = []  # of the last second
         self.since: float | None = None  # when the current state began (monitor clock)
-        self._bad = self._good = 0
+        self._good = 0
+        self._recent: deque[bool] = deque()  # the last 2 x overload_after seconds: overloaded or not
         self._stepped_at = 0.0
         self._lags: deque[float] = deque(maxlen=600)  # the last minute of 0.1 s lag samples
         self._samples: deque[tuple[float, float, dict[str, VenueSample]]] = deque()
         self._delays: dict[str, deque[float]] = {}
         self._venues: dict[str, dict[str, float | None]] = {}
         self.loop_lag = 0.0
+        self.started: float | None = None  # the first sample: the warm-up runs from here
+        self.warming_up = False
         self.cpu: float | None = None
         self.rss_bytes = 0
         self.backlog_rows = 0
@@ -110,7 +117,11 @@ class LoadGovernor:
                 rss_bytes: int = 0, cpu_s: float = 0.0) -> None:
         """One second's sample (``now`` on a monotonic clock, ``lags`` the loop-lag samples of that second)."""
         s = self.settings
-        self._lags.extend(lags)
+        if self.started is None:
+            self.started = now
+        self.warming_up = now - self.started < s.overload_warmup
+        if not self.warming_up:
+            self._lags.extend(lags)
         self.loop_lag = max(lags, default=0.0)
         self.rss_bytes, self.backlog_rows = rss_bytes, backlog_rows
         self._samples.append((now, cpu_s, venues))
@@ -129,7 +140,7 @@ class LoadGovernor:
         if s.overload_memory_mb and rss_bytes >= s.overload_memory_mb * 2 ** 20:
             reasons.append(f"memory {rss_bytes / 2 ** 20:.0f} MB")
         self.reasons = reasons
-        self._decide(now, bool(reasons))
+        self._decide(now, bool(reasons) and not self.warming_up)
         LOOP_LAG_P99.set(self.loop_lag_p99())
 
     def _venue(self, name: str, v: VenueSample, old: VenueSample | None, span: float) -> dict[str, float | None]:
@@ -156,8 +167,13 @@ class LoadGovernor:
 
     def _decide(self, now: float, bad: bool) -> None:
         s = self.settings
-        self._bad, self._good = (self._bad + 1, 0) if bad else (0, self._good + 1)
-        if not self.overloaded and self._bad >= s.overload_after:
+        self._good = 0 if bad else self._good + 1
+        self._recent.append(bad)
+        while len(self._recent) > 2 * s.overload_after:
+            self._recent.popleft()
+        # overload_after bad seconds within twice that: a loop lag that hovers around its threshold (one
+        # clear second between bad ones) is overload too, and is seen within 10 s
+        if not self.overloaded and sum(self._recent) >= s.overload_after:
             self.overloaded, self.since = True, now
             log.warning("overloaded", reasons=self.reasons)
             self._set_level(1, now)
@@ -187,6 +203,7 @@ class LoadGovernor:
         """What ``/api/v1/status`` shows under ``load``."""
         return {"state": "overloaded" if self.overloaded else "ok", "overloaded": self.overloaded,
                 "reasons": list(self.reasons), "degradation_level": self.level,
+                "warming_up": self.warming_up,
                 "slowdown": {"book_publish": self.slowdown.publish, "aggregate": self.slowdown.aggregate,
                              "book_emit": self.slowdown.emit},
                 "loop_lag_s": round(self.loop_lag, 4), "loop_lag_p99_s": self.loop_lag_p99(), "cpu": self.cpu,

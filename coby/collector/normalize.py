@@ -113,7 +113,7 @@ class DataProcessor:
 
     def __init__(self, *, max_future_skew: float = 5.0, max_age: float = 3600.0, trade_id_memory: int = 10_000,
                  reject_log_interval: float = 10.0, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+        self._clock = self.clock = clock  # wall time: a book's or trade's receive time
         self._skew_ms = max_future_skew * 1000.0
         self._age_ms = max_age * 1000.0
         self._id_memory = trade_id_memory
@@ -133,8 +133,9 @@ class DataProcessor:
     # ------------------------------------------------------------------ books
 
     def normalize_orderbook(self, raw: Mapping[str, Any], exchange: str, symbol: str,
-                            depth: int | None = None) -> OrderBookSnapshot:
-        """The top ``depth`` levels of a ccxt book as a snapshot (ValidationError: schema, range)."""
+                            depth: int | None = None, received: float | None = None) -> OrderBookSnapshot:
+        """The top ``depth`` levels of a ccxt book as a snapshot (ValidationError: schema, range);
+        ``received``: when coby got it (wall seconds; now if not given)."""
         try:
             raw_bids, raw_asks = raw["bids"], raw["asks"]
             ts = raw.get("timestamp")
@@ -144,22 +145,21 @@ class DataProcessor:
         limit = depth if depth else 1 << 30
         bids = _convert(raw_bids, limit)
         asks = _convert(raw_asks, limit)
-        now = self._clock()
-        received = _fromtimestamp(now, UTC)
+        received_at = _fromtimestamp(self._clock() if received is None else received, UTC)
         if ts is None:
-            timestamp = received
+            timestamp = received_at
         elif type(ts) is int or type(ts) is float:
             timestamp = _fromtimestamp(ts / 1000.0, UTC)
         else:
             raise ValidationError("schema", f"book timestamp {ts!r}")
         return OrderBookSnapshot(symbol, exchange, timestamp, bids, asks,
-                                 nonce if type(nonce) is int else None, received)
+                                 nonce if type(nonce) is int else None, received_at)
 
     def process_orderbook(self, raw: Mapping[str, Any], exchange: str, symbol: str,
-                          depth: int | None = None) -> OrderBookSnapshot | None:
+                          depth: int | None = None, received: float | None = None) -> OrderBookSnapshot | None:
         """Normalise and validate in one pass; None (counted, logged) if rejected. The connectors' path."""
         try:
-            book = self.normalize_orderbook(raw, exchange, symbol, depth)
+            book = self.normalize_orderbook(raw, exchange, symbol, depth, received)
             reason = self._book_reason(book, levels_checked=True)
         except ValidationError as exc:
             self.reject(exchange, symbol, exc.reason, str(exc))
@@ -168,6 +168,32 @@ class DataProcessor:
             self.reject(exchange, symbol, reason[0], reason[1])
             return None
         return book
+
+    def check_top(self, raw: Any, exchange: str, symbol: str) -> bool:
+        """The O(1) checks of a ccxt book, run on every state a connector hands on unconverted
+        (:mod:`coby.pendingbook`): both sides have a level, the top is neither crossed nor locked,
+        the venue's time is within bounds. False (counted, logged) if rejected; the per-level checks
+        (schema, range) run when a consumer resolves the book."""
+        try:
+            bids, asks, ts = raw["bids"], raw["asks"], raw.get("timestamp")
+            if not bids or not asks:
+                reason: tuple[str, str] | None = ("empty_book", f"{len(bids)} bids, {len(asks)} asks")
+            else:
+                best_bid, best_ask = bids[0][0], asks[0][0]
+                if best_bid > best_ask:
+                    reason = "crossed_book", f"bid {best_bid} > ask {best_ask}"
+                elif best_bid == best_ask:
+                    reason = "locked_book", f"bid == ask == {best_ask}"
+                elif type(ts) is int or type(ts) is float:
+                    reason = self._time_reason(ts, self._clock() * 1000.0)
+                else:
+                    reason = None
+        except (KeyError, TypeError, AttributeError, IndexError):
+            return True  # not a well-formed book: resolving it names the schema error
+        if reason is not None:
+            self.reject(exchange, symbol, reason[0], reason[1])
+            return False
+        return True
 
     # ----------------------------------------------------------------- trades
 

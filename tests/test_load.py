@@ -170,7 +170,7 @@ async def test_a_hogged_event_loop_makes_ready_503_with_the_reason_and_status_sh
     """A task that blocks the loop for 0.4 s at a time: the monitor's lag samples reach the governor, the
     daemon says overloaded, /ready answers 503 naming the loop lag, status shows the load; once the hog
     stops the daemon recovers by itself (overload_after 2, overload_recover 2, to keep the test short)."""
-    host = Host(make_settings(tmp_path, overload_after=2, overload_recover=2), storage, cache,
+    host = Host(make_settings(tmp_path, overload_after=2, overload_recover=2, overload_warmup=0), storage, cache,
                 {"binance": Venue("binance", ConnectionState.CONNECTED, last_message_at=utcnow())})
     host.load = LoadGovernor(host.settings)
     hog = {"on": True}

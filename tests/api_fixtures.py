@@ -153,3 +153,15 @@ async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def remote_api_node(tmp_path: Any, storage: Any, name: str) -> tuple[RedisCache, "Host"]:
+    """What an API node (role api) serves from: the cache reading other processes' channels from Redis
+    (``open_cache(url, remote=True)``) and storage; serve the returned host with :func:`serving`."""
+    from coby.cache import open_cache
+    from tests.conftest import make_settings
+    settings = make_settings(tmp_path / name, exchanges=EXCHANGES, symbols=SYMBOLS, redis_url=REDIS_URL)
+    cache = open_cache(REDIS_URL, remote=True)
+    await cache.start()
+    return cache, Host(settings, storage, cache)
+

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from coby.cache import RedisCache, open_cache
 from coby.metrics import BUS_GAPS, BUS_RECONNECTS, CACHE_ERRORS
 from coby.pipeline import Publisher
-from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving, trade
+from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, remote_api_node, serving, trade
 from tests.conftest import REDIS_URL, make_settings
 from tests.netproxy import TcpProxy
 
@@ -254,12 +254,6 @@ async def recv_json(ws, timeout: float = 20.0) -> dict:
     return orjson.loads(msg.data)
 
 
-async def _api_node(tmp_path, pg, name: str):
-    settings = make_settings(tmp_path / name, exchanges=EXCHANGES, symbols=SYMBOLS, redis_url=REDIS_URL)
-    cache = open_cache(REDIS_URL, remote=True)
-    await cache.start()
-    return cache, Host(settings, pg, cache)
-
 
 @pytest.mark.parametrize("trimmed", [False, True])
 async def test_ws_client_resumes_on_a_second_api_node(tmp_path, pg, redis, trimmed):
@@ -270,8 +264,8 @@ async def test_ws_client_resumes_on_a_second_api_node(tmp_path, pg, redis, trimm
     writer = RedisCache(REDIS_URL, interval=0.01, stream_length=200 if trimmed else 5000)
     await writer.start()
     pub = Publisher(writer)
-    cache_a, host_a = await _api_node(tmp_path, pg, "a")
-    cache_b, host_b = await _api_node(tmp_path, pg, "b")
+    cache_a, host_a = await remote_api_node(tmp_path, pg, "a")
+    cache_b, host_b = await remote_api_node(tmp_path, pg, "b")
     trades, cons = "trades:BTC-USDT", "consolidated:BTC-USDT"
     try:
         async with serving(host_a) as a, serving(host_b) as b:
@@ -394,7 +388,7 @@ async def test_resume_above_the_streams_numbering_is_no_resume(tmp_path, pg, red
     writer = RedisCache(REDIS_URL, interval=0.01)
     await writer.start()
     pub = Publisher(writer)
-    cache, host = await _api_node(tmp_path, pg, "a")
+    cache, host = await remote_api_node(tmp_path, pg, "a")
     trades = "trades:BTC-USDT"
     try:
         async with serving(host) as api:
@@ -544,8 +538,8 @@ async def test_python_client_behind_a_balancer_resumes_on_the_other_node(tmp_pat
     writer = RedisCache(REDIS_URL, interval=0.01, stream_length=100 if trimmed else 5000)
     await writer.start()
     pub = Publisher(writer)
-    cache_a, host_a = await _api_node(tmp_path, pg, "a")
-    cache_b, host_b = await _api_node(tmp_path, pg, "b")
+    cache_a, host_a = await remote_api_node(tmp_path, pg, "a")
+    cache_b, host_b = await remote_api_node(tmp_path, pg, "b")
     trades = "trades:BTC-USDT"
     try:
         async with asyncio.timeout(60), serving(host_a) as a, serving(host_b) as b:

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from coby.cache import RedisCache, open_cache
+from coby.cache import RedisCache
 from coby.pipeline import Publisher
-from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, serving, trade
-from tests.conftest import REDIS_URL, free_port, make_settings
+from tests.api_fixtures import remote_api_node, serving, trade
+from tests.conftest import REDIS_URL, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -54,12 +54,6 @@ http {{
     return main
 
 
-async def _api_node(tmp_path: Path, pg, name: str):
-    settings = make_settings(tmp_path / name, exchanges=EXCHANGES, symbols=SYMBOLS, redis_url=REDIS_URL)
-    cache = open_cache(REDIS_URL, remote=True)
-    await cache.start()
-    return cache, Host(settings, pg, cache)
-
 
 async def test_nginx_in_front_of_two_api_nodes_a_client_losing_its_node_resumes_on_the_other(tmp_path, pg):
     from coby.client import CobyClient
@@ -69,8 +63,8 @@ async def test_nginx_in_front_of_two_api_nodes_a_client_losing_its_node_resumes_
     writer = RedisCache(REDIS_URL, interval=0.01)
     await writer.start()
     pub = Publisher(writer)  # a collector's publishing, as the pipeline does it
-    cache_a, host_a = await _api_node(tmp_path, pg, "a")
-    cache_b, host_b = await _api_node(tmp_path, pg, "b")
+    cache_a, host_a = await remote_api_node(tmp_path, pg, "a")
+    cache_b, host_b = await remote_api_node(tmp_path, pg, "b")
     trades = "trades:BTC-USDT"
     nginx = None
     try:

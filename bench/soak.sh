@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Memory and lag over a long run (issue 16): `coby run` with ten venues × N symbols at RATE updates/s per market,
+# the simulator in its own process, PostgreSQL; the daemon's /api/v1/status load section printed every 30 s.
+#   bench/soak.sh [N symbols, 10] [seconds, 1200] [rate, 10]
+# Run from the checkout; uses .venv/bin/python and a scratch database coby_bench_soak (dropped first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10}; SECS=${2:-1200}; RATE=${3:-10}
+PY=${PYTHON:-.venv/bin/python}
+ROOT=$PWD
+SYMS=$($PY -c "from coby.instruments import SYMBOLS; print(','.join(list(SYMBOLS)[:$N]))")
+SP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+AP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+DB=coby_bench_soak
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+DATA=$(mktemp -d)
+PYTHONPATH=$ROOT $PY -m coby.cli simulate --port "$SP" --rate "$RATE" --symbols "$SYMS" >/dev/null 2>&1 &
+SIM=$!
+sleep 3
+env -u COBY_TEST_REDIS PYTHONPATH=$ROOT COBY_EXCHANGE_URLS="*=http://127.0.0.1:$SP" COBY_SYMBOLS="$SYMS" \
+  COBY_EXCHANGES=binance,coinbase,kraken,okx,bybit,bitfinex,gate,kucoin,mexc,htx LOG_LEVEL=WARNING \
+  COBY_DATA_DIR="$DATA" API_PORT="$AP" COBY_DB_URL="postgresql://postgres@127.0.0.1:5432/$DB" \
+  $PY -m coby.cli run >"$DATA/run.log" 2>&1 &
+RUN=$!
+trap 'kill $RUN $SIM 2>/dev/null || true' EXIT
+echo "# $N symbols x 10 venues at $RATE/s, $SECS s; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# s state warming_up loop_lag_p99_s rss_mb venues_at_rate write_backlog load1"
+for i in $(seq 1 $((SECS / 30))); do
+  sleep 30
+  curl -s -m 5 "localhost:$AP/api/v1/status" | $PY -c "
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except Exception:
+    print($i * 30, 'no status'); sys.exit()
+l = d.get('load') or {}
+ok = sum(1 for v in (l.get('venues') or {}).values()
+         if v.get('expected_per_s') and v['delivered_per_s'] >= 0.95 * v['expected_per_s'])
+print($i * 30, l.get('state'), l.get('warming_up'), l.get('loop_lag_p99_s'), (l.get('rss_bytes') or 0) >> 20, ok,
+      l.get('write_backlog_rows'), open('/proc/loadavg').read().split()[0])"
+done
+kill $RUN; wait $RUN || true; kill $SIM; wait $SIM || true
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null

@@ -89,7 +89,7 @@ class _Bar:
         self.sell = sell
 
     def take(self, price: float, ts: int, seq: int, size: float, buy: bool) -> None:
-        """Fold in one trade (``add``'s hot path does the same inline)."""
+        """Fold in one trade: the latest time is the close (a tie goes to the later arrival), the earliest the open."""
         if ts >= self.close_ts:
             self.close, self.close_ts, self.close_seq = price, ts, seq
         elif ts < self.open_ts:
@@ -203,21 +203,7 @@ class OHLCVBuilder:
         if bar is None:
             self._fine[key] = _Bar(price, ts, seq, size, *((size, 0.0) if trade.side == "buy" else (0.0, size)))
             return True
-        if ts >= bar.close_ts:  # a tie goes to the later arrival, which this is
-            bar.close, bar.close_ts, bar.close_seq = price, ts, seq
-        elif ts < bar.open_ts:
-            bar.open, bar.open_ts, bar.open_seq = price, ts, seq
-        if price > bar.high:
-            bar.high = price
-        elif price < bar.low:
-            bar.low = price
-        bar.volume += size
-        bar.notional += price * size
-        bar.count += 1
-        if trade.side == "buy":
-            bar.buy += size
-        else:
-            bar.sell += size
+        bar.take(price, ts, seq, size, trade.side == "buy")  # a tie on close goes to the later arrival, this one
         return True
 
     def _late(self, trade: TradeEvent, ts: int) -> bool:

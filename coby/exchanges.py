@@ -356,6 +356,7 @@ class ExchangeConnector(FailurePolicy):
             raws = await watch(unified)
             st.watching = False
             trades = process(raws, self.exchange, st.symbol)
+            _drain_trades(ex, unified)
             self._messages += len(trades)
             if not st.live or breaker.failures or breaker.state is not CircuitState.CLOSED:
                 await self._delivered(st)
@@ -375,3 +376,14 @@ class ExchangeConnector(FailurePolicy):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _drain_trades(ex: Any, unified: str) -> None:
+    """Empty ccxt's trade cache of ``unified`` once its new trades are read (before the next await, so no
+    unread trade is in it): ccxt.pro keeps up to ``tradesLimit`` (1,000) trades per market, each with its
+    raw message, only to hand them out again, which coby never asks for. Left full, it held 150-200 MB for
+    100 markets, filling at each market's trade rate (an hour for a quiet one; docs/benchmarks.md, the soak).
+    ``clear`` resets the cache's count of new trades with it."""
+    cache = getattr(ex, "trades", {}).get(unified)
+    if cache is not None:
+        cache.clear()

@@ -652,3 +652,22 @@ async def test_trade_subscription_that_never_answers_is_recreated(tmp_path):
     assert t.now - started >= 5.0 and sum(ex.closed for ex in script.built) == 1 and not book_client.closed
     assert kinds(items) == ["connected"] and conn.get_connection_status().state.value == "connected"
     await conn.disconnect()
+
+
+@pytestmark_sim
+async def test_trades_read_are_taken_off_ccxts_cache(live):
+    """ccxt.pro keeps up to ``tradesLimit`` (1,000) trades per market, each with its raw message; coby empties
+    a market's cache as it reads it, so the cache holds only trades not yet read, never the ones handed on
+    (left full, 100 markets held 150-200 MB: docs/benchmarks.md, the soak)."""
+    sim, conns, rec = live
+    await warm(rec, VENUES, trades=1, conns=conns)
+    mark = rec.mark()
+    await poll(lambda: flowing(rec, mark, VENUES, books=0, trades=40), timeout=90.0, what="40 trades a market")
+    held = {}
+    for v, c in conns.items():
+        for (kind, sym), st in c._streams.items():
+            if kind == "trades":
+                cache = getattr(st.feed.client, "trades", {}).get(st.unified)
+                held[f"{v}/{sym}"] = 0 if cache is None else len(cache)
+    assert len(held) == len(VENUES) * len(SYMBOLS)
+    assert max(held.values()) < 15, held  # unread ones only: a full cache would hold >= 40

@@ -18,10 +18,11 @@ seconds that would have counted as overloaded are reported. Messages are the fra
 (all threads: the storage writer too), from ``/proc``. Figures: CPU us per message, each over ccxt.pro
 alone, and the N at which one core is full: ``1e6 / (us per message x messages per second per symbol)``.
 
-``--overload F``: only coby; the rate is raised so the offered load is F times what one core takes
-(from a first cost run), held for ``--hold`` seconds (60), then set back to ``--rate``; status is polled every second:
-when ``overloaded`` shows, resident memory, trades counted by the connectors against trades stored,
-rows lost, and when the daemon is back to normal.
+``--overload F``: only coby; the rate is raised step by step (``--step`` 1.5 every ``--step-seconds`` 20)
+until the daemon says ``overloaded``: the highest rate it held for a whole step is what it takes. After it
+is back to normal at ``--rate``, F times that rate is offered for ``--hold`` seconds (60), then ``--rate``
+again; status is polled every second: when ``overloaded`` shows, resident memory, trades counted by the
+connectors against trades stored, rows lost, and when the daemon is back to normal.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ from coby.config import EXCHANGES  # noqa: E402
 from coby.instruments import SYMBOLS as INSTRUMENTS  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+PIN: dict[str, set[int]] = {}  # --pin: the CPU of the measured process ("run") and of the simulator ("sim")
+
+
+def pinned(role: str):
+    """A ``preexec_fn`` that pins the child to ``--pin``'s CPU for ``role`` (none without ``--pin``)."""
+    cpus = PIN.get(role)
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 CCXT_ALONE = r"""
 import asyncio, sys
@@ -136,7 +144,8 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
     if not degrade:  # a cost run: both trees do the same work (a degraded daemon normalises fewer books)
         env["COBY_OVERLOAD_AFTER"] = "1000000"
     cmd = [sys.executable, "-c", CCXT_ALONE] if kind == "ccxt" else [sys.executable, "-m", "coby.cli", "run"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp",
+                            preexec_fn=pinned("run"))
     try:
         time.sleep(warmup)
         if proc.poll() is not None:
@@ -181,19 +190,52 @@ def report(name: str, r: dict, base_us: float | None, symbols: int) -> str:
             f"{ratio}  one core full at N = {full:5.1f}  RSS {r['rss_mb']:.0f} MB{extra}")
 
 
+def _status(api: str) -> tuple[dict, dict]:
+    return http(f"{api}/api/v1/status").get("load") or {}, http(f"{api}/ready")
+
+
+def _line(t: float, rate: float, offered: float, st: dict, ready: dict, pid: int) -> str:
+    return (f"t={t:6.1f}s rate={rate:6.1f} offered={offered:6.0f} msg/s {st.get('state')} "
+            f"level={st.get('degradation_level')} lag={st.get('loop_lag_s')} ready={ready.get('ok')} "
+            f"rss={rss_mb(pid):.0f} MB reasons={st.get('reasons')}")
+
+
 def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[str]) -> None:
-    cost = measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)
-    us = cost["cpu"] / cost["messages"] * 1e6
-    capacity = 1e6 / us  # messages per second one core takes
-    offered = cost["messages"] / cost["wall"]
-    high = args.rate * args.overload * capacity / offered
-    print(f"capacity {capacity:.0f} msg/s at {us:.1f} us/msg; offered {offered:.0f} msg/s at rate {args.rate:g}; "
-          f"overload: rate {high:.1f}/s/market for {args.hold:g} s", flush=True)
+    """Find the rate one core takes by raising it (x ``--step`` every ``--step-seconds``) until the daemon
+    says ``overloaded``; let it recover at ``--rate``; then offer ``--overload`` times the highest rate it
+    took, for ``--hold`` seconds, and back to ``--rate``. (The cost of a 10/s run overstates the cost per
+    message at higher rates - ccxt and the throttles merge more per wake-up - so a capacity computed from it
+    is no overload on a quiet machine.)"""
     db, api_port = new_db(), free_port()
     env = env_for(sim_port, symbols, HERE, db, api_port)
     proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "run"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd="/tmp")
+                            stderr=subprocess.DEVNULL, cwd="/tmp", preexec_fn=pinned("run"))
     api = f"http://127.0.0.1:{api_port}"
+    t0 = time.monotonic()
+    rate, offered, m_prev, t_prev = args.rate, 0.0, 0, t0
+
+    def tick() -> tuple[float, dict, dict]:
+        nonlocal offered, m_prev, t_prev
+        time.sleep(1)
+        now, m = time.monotonic(), sent(sim)
+        offered, m_prev, t_prev = (m - m_prev) / (now - t_prev), m, now
+        st, ready = _status(api)
+        print(_line(now - t0, rate, offered, st, ready, proc.pid), flush=True)
+        return now - t0, st, ready
+
+    def set_rate(r: float) -> None:
+        nonlocal rate
+        rate = r
+        http(f"{sim}/_sim/rate", {"rate": r})
+
+    def until_normal(limit: float) -> float | None:
+        t_fell = time.monotonic()
+        while time.monotonic() - t_fell < limit:
+            _, st, ready = tick()
+            if not st.get("overloaded") and ready.get("ok"):
+                return time.monotonic() - t_fell
+        return None
+
     try:
         time.sleep(args.warmup)
         for _ in range(120):  # the governor's start-up grace (overload_warmup) must be over first
@@ -201,27 +243,34 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
                 break
             time.sleep(1)
         sc0 = http(f"{sim}/_sim/health")["slow_consumers"]
-        http(f"{sim}/_sim/rate", {"rate": high})
-        t0, said, back, peak = time.monotonic(), None, None, 0.0
-        while True:
-            time.sleep(1)
-            t = time.monotonic() - t0
-            st = http(f"{api}/api/v1/status").get("load", {})
-            ready = http(f"{api}/ready")
+        m_prev, t_prev = sent(sim), time.monotonic()
+        # 1. the ramp: the highest rate held for a whole step without `overloaded`
+        taken, found = args.rate, None
+        while found is None and rate < 5000:
+            set_rate(rate * args.step)
+            step_start = time.monotonic()
+            while time.monotonic() - step_start < args.step_seconds:
+                t, st, _ = tick()
+                if st.get("overloaded"):
+                    found = rate
+                    break
+            else:
+                taken = rate
+        print(f"# ramp: overloaded at {found}/s per market; highest rate taken {taken:g}/s", flush=True)
+        set_rate(args.rate)
+        first_recovery = until_normal(180)
+        print(f"# back to normal {first_recovery} s after the ramp's load fell", flush=True)
+        # 2. the overload: F x the highest rate taken, held, then back to normal
+        high = taken * args.overload
+        set_rate(high)
+        t_rose, said, peak = time.monotonic(), None, 0.0
+        while time.monotonic() - t_rose < args.hold:
+            t, st, _ = tick()
             peak = max(peak, rss_mb(proc.pid))
-            print(f"t={t:5.1f}s {st.get('state')} level={st.get('degradation_level')} lag={st.get('loop_lag_s')} "
-                  f"ready={ready.get('ok')} rss={rss_mb(proc.pid):.0f} MB reasons={st.get('reasons')}", flush=True)
             if said is None and st.get("overloaded"):
-                said = t
-            if t >= args.hold and back is None:
-                http(f"{sim}/_sim/rate", {"rate": args.rate})
-                back, t_back = t, t
-            if back is not None and not st.get("overloaded") and ready.get("ok"):
-                recovered = t - t_back
-                break
-            if back is not None and t - t_back > 120:
-                recovered = None
-                break
+                said = time.monotonic() - t_rose
+        set_rate(args.rate)
+        recovered = until_normal(120)
         time.sleep(5)
         metrics = urllib.request.urlopen(f"{api}/metrics", timeout=10).read().decode()
         sc1 = http(f"{sim}/_sim/health")["slow_consumers"]
@@ -235,28 +284,39 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
     with psycopg.connect(db) as c:
         stored = c.execute("SELECT count(*) FROM trade_events").fetchone()[0]
     drop_db(db)
-    print(f"overloaded reported {said} s after the load rose; recovered {recovered} s after it fell; "
-          f"peak RSS {peak:.0f} MB; trades received {received:.0f}, stored {stored} (duplicates keyed away), "
-          f"lost rows {lost:.0f}; simulator slow-consumer disconnects {sum(sc1.values()) - sum(sc0.values())}")
+    print(f"# overload at {args.overload:g} x {taken:g} = {high:g}/s per market: overloaded reported {said} s after "
+          f"the load rose; back to normal {recovered} s after it fell; peak RSS {peak:.0f} MB; trades received "
+          f"{received:.0f}, stored {stored} (duplicates keyed away), lost rows {lost:.0f}; simulator slow-consumer "
+          f"disconnects {sum(sc1.values()) - sum(sc0.values())}; load {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--symbols", type=int, default=22, help=f"symbols per venue (at most {len(INSTRUMENTS)})")
+    ap.add_argument("--symbols", type=int, default=22, help=f"symbols per venue (the first {len(INSTRUMENTS)} from the instrument "
+                    "table, then plain mid-priced markets)")
     ap.add_argument("--rate", type=float, default=10.0, help="book updates per second per market")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--base", default=None, help="a checkout of an older commit, measured the same way")
     ap.add_argument("--overload", type=float, default=0.0, help="offered load over capacity (e.g. 2)")
     ap.add_argument("--hold", type=float, default=60.0, help="seconds the overload lasts")
+    ap.add_argument("--step", type=float, default=1.5, help="--overload's ramp: the rate's factor per step")
+    ap.add_argument("--step-seconds", type=float, default=20.0, help="--overload's ramp: seconds per step")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of ccxt.pro alone, coby, base (alternating)")
+    ap.add_argument("--pin", default=None, metavar="RUN,SIM",
+                    help="pin the measured process (ccxt.pro alone or coby) to CPU RUN and the simulator to CPU SIM, "
+                         "e.g. 1,0: 'one core' is then one core, not a share of a busy machine")
     args = ap.parse_args()
-    symbols = list(INSTRUMENTS)[:args.symbols]
+    if args.pin:
+        run_cpu, sim_cpu = (int(x) for x in args.pin.split(","))
+        PIN.update(run={run_cpu}, sim={sim_cpu})
+    # beyond the instrument table: plain mid-priced markets (coby.instruments.DEFAULT_SPEC), named XA01-USDT...
+    symbols = (list(INSTRUMENTS) + [f"XA{i:02d}-USDT" for i in range(1, 100)])[:args.symbols]
     sim_port = free_port()
     sim_proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "simulate", "--port", str(sim_port), "--rate",
                                  str(args.rate), "--symbols", ",".join(symbols)],
                                 env={**os.environ, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, preexec_fn=pinned("sim"))
     sim = f"http://127.0.0.1:{sim_port}"
     try:
         for _ in range(100):

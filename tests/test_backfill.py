@@ -530,3 +530,21 @@ def test_content_dedupe_counts_alike_trades():
     stored = [TradeEvent(SYMBOL, "mexc", datetime.fromtimestamp(1.0, UTC), 30000.0, 0.5, "buy", "x", None)]
     new = new_by_content([alike, dict(alike), other, dict(alike)], live, stored)
     assert [r["id"] for r in new] == ["1000:30000.0:0.5:buy:1", "1000:30001.0:0.5:buy:0", "1000:30000.0:0.5:buy:2"]
+
+
+def test_the_fillers_memory_of_live_trades_is_bounded_by_trade_id_memory(tmp_path):
+    """The gap filler remembers at most ``trade_id_memory`` live trades per market (and at most 5,000): the
+    one knob that bounds the memory of trade ids, which fills at the market's trade rate."""
+    from datetime import timezone
+
+    from coby.collector.backfill import Backfill
+    from coby.config import Settings
+    from coby.models import TradeEvent
+
+    now = datetime.now(timezone.utc)
+    for memory, held in ((100, 100), (50_000, 5_000)):
+        s = Settings.load(env={}, data_dir=str(tmp_path), trade_id_memory=memory)
+        fill = Backfill(s, None, None)
+        for i in range(6_000):
+            fill.observe(TradeEvent("BTC-USDT", "binance", now, 30_000.0, 0.1, "buy", str(i), now))
+        assert len(fill._live[("binance", "BTC-USDT")].order) == held

@@ -41,7 +41,7 @@ from typing import Any
 
 import structlog
 
-from coby.collector.backfill_paging import PAGING, Mark, Recent, fetch, new_by_content
+from coby.collector.backfill_paging import LIVE_IDS, PAGING, Mark, Recent, fetch, new_by_content
 from coby.collector.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
@@ -83,6 +83,8 @@ class Backfill:
     def __init__(self, settings: Any, storage: Any, pipeline: Any, *,
                  client_factory: Callable[..., Any] = build_client, load: Any = None) -> None:
         self.settings, self.storage, self.pipeline = settings, storage, pipeline
+        # ids of live trades remembered per market: never more than the normaliser's (one knob for both)
+        self._live_ids = min(LIVE_IDS, settings.trade_id_memory)
         self.load = load  # the daemon's LoadGovernor (coby.collector.load): while it says overloaded, no new page is asked
         self.paused = 0  # times a fill waited for an overload to pass
         self._factory = client_factory
@@ -122,7 +124,7 @@ class Backfill:
             mark = Mark.of(event)
             live = self._live.get(key)
             if live is None:
-                live = self._live[key] = Recent()
+                live = self._live[key] = Recent(self._live_ids)
             live.add(mark.fp if PAGING[event.exchange].by_content else mark.id)
             if key in self._waiting:
                 lower, quiet = self._waiting[key]
@@ -192,7 +194,7 @@ class Backfill:
             oldest = min((r["timestamp"] for r in raws if r.get("timestamp") is not None), default=None)
             reason = "the venue's history does not reach back to the last trade before the gap" + \
                 (f" (it starts at {utc_from_ms(oldest).isoformat()})" if oldest is not None else "")
-        live = self._live.setdefault((exchange, symbol), Recent())
+        live = self._live.setdefault((exchange, symbol), Recent(self._live_ids))
         stored = await self._stored(exchange, symbol, lower, upper)
         raws = [r for r in raws if lower.ts <= r["timestamp"] and _before(r, upper, PAGING[exchange])]
         if PAGING[exchange].by_content:

@@ -2,7 +2,8 @@
 # Memory and lag over a long run (issue 16): `coby run` with ten venues × N symbols at RATE updates/s per market,
 # the simulator in its own process, PostgreSQL; the daemon's /api/v1/status load section printed every 30 s.
 #   bench/soak.sh [N symbols, 10] [seconds, 1200] [rate, 10]
-# Run from the checkout; uses .venv/bin/python and a scratch database coby_bench_soak (dropped first).
+# Run from the checkout; uses .venv/bin/python and a scratch database coby_bench_soak_<pid> of its own (dropped at
+# the end), so two soaks can run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10}; SECS=${2:-1200}; RATE=${3:-10}
@@ -11,7 +12,7 @@ ROOT=$PWD
 SYMS=$($PY -c "from coby.instruments import SYMBOLS; print(','.join(list(SYMBOLS)[:$N]))")
 SP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 AP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-DB=coby_bench_soak
+DB=coby_bench_soak_$$
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 DATA=$(mktemp -d)
 PYTHONPATH=$ROOT $PY -m coby.cli simulate --port "$SP" --rate "$RATE" --symbols "$SYMS" >/dev/null 2>&1 &

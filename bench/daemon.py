@@ -208,6 +208,10 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
     is no overload on a quiet machine.)"""
     db, api_port = new_db(), free_port()
     env = env_for(sim_port, symbols, HERE, db, api_port)
+    # --hog: a busy loop on coby's CPU (--pin) takes about half of it, so the simulator (one process, which
+    # costs about as much per message as coby) can offer twice what coby gets
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pinned("run")) \
+        if args.hog else None
     proc = subprocess.Popen([sys.executable, "-m", "coby.cli", "run"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd="/tmp", preexec_fn=pinned("run"))
     api = f"http://127.0.0.1:{api_port}"
@@ -277,6 +281,8 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
     finally:
         proc.terminate()
         proc.wait(60)
+        if hog is not None:
+            hog.kill()
     received = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("coby_messages_total{") and 'kind="trade"' in line)
     lost = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -300,16 +306,20 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="a checkout of an older commit, measured the same way")
     ap.add_argument("--overload", type=float, default=0.0, help="offered load over capacity (e.g. 2)")
     ap.add_argument("--hold", type=float, default=60.0, help="seconds the overload lasts")
+    ap.add_argument("--hog", action="store_true", help="--overload: a busy loop shares coby's CPU (with --pin)")
     ap.add_argument("--step", type=float, default=1.5, help="--overload's ramp: the rate's factor per step")
     ap.add_argument("--step-seconds", type=float, default=20.0, help="--overload's ramp: seconds per step")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of ccxt.pro alone, coby, base (alternating)")
-    ap.add_argument("--pin", default=None, metavar="RUN,SIM",
+    ap.add_argument("--pin", default=None, metavar="RUN[,SIM]",
                     help="pin the measured process (ccxt.pro alone or coby) to CPU RUN and the simulator to CPU SIM, "
-                         "e.g. 1,0: 'one core' is then one core, not a share of a busy machine")
+                         "e.g. 1,0: 'one core' is then one core, not a share of a busy machine (the simulator "
+                         "costs about as much per message as coby: unpinned, it is not the first to saturate)")
     args = ap.parse_args()
     if args.pin:
-        run_cpu, sim_cpu = (int(x) for x in args.pin.split(","))
-        PIN.update(run={run_cpu}, sim={sim_cpu})
+        cpus = [int(x) for x in args.pin.split(",")]
+        PIN["run"] = {cpus[0]}
+        if len(cpus) > 1:
+            PIN["sim"] = {cpus[1]}
     # beyond the instrument table: plain mid-priced markets (coby.instruments.DEFAULT_SPEC), named XA01-USDT...
     symbols = (list(INSTRUMENTS) + [f"XA{i:02d}-USDT" for i in range(1, 100)])[:args.symbols]
     sim_port = free_port()

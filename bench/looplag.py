@@ -34,7 +34,7 @@ from collections import defaultdict
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
-from bench.daemon import drop_db, env_for, http, new_db  # noqa: E402
+from bench.daemon import TICK, drop_db, env_for, http, new_db  # noqa: E402
 from bench.ingest import free_port  # noqa: E402
 
 from coby.instruments import SYMBOLS as INSTRUMENTS  # noqa: E402
@@ -111,7 +111,8 @@ def dump():
     while True:
         time.sleep(2)
         try:  # a record the sampler is still filling may change under the encoder: the next dump has it
-            text = json.dumps({"steps": list(steps), "gc": list(gcs), "hist": list(hist)})
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            text = json.dumps({"steps": list(steps), "gc": list(gcs), "hist": list(hist), "threads": names})
         except RuntimeError:
             continue
         with open(OUT + ".tmp", "w") as fh:
@@ -146,11 +147,11 @@ def watch(tree: str, sim_port: int, symbols: list[str], warmup: float, seconds: 
             except OSError:
                 pass
             time.sleep(1)
-        t0, loads, hist0 = time.monotonic(), [], _read(out)["hist"]
+        t0, loads, hist0, cpu0 = time.monotonic(), [], _read(out)["hist"], thread_cpu(proc.pid)
         while time.monotonic() - t0 < seconds:
             time.sleep(5)
             loads.append(os.getloadavg()[0])
-        t1 = time.monotonic()
+        t1, cpu1 = time.monotonic(), thread_cpu(proc.pid)
         load = http(api).get("load") or {}
         time.sleep(2.5)  # the watch writes its records every 2 s
         rec = _read(out)
@@ -161,7 +162,29 @@ def watch(tree: str, sim_port: int, symbols: list[str], warmup: float, seconds: 
     steps = [s for s in rec["steps"] if t0 <= s[0] < t1]
     return {"limit": limit, "lag_p99": load.get("loop_lag_p99_s"), "cpu": load.get("cpu"), "steps": steps, "window": t1 - t0,
             "gc": [g for g in rec["gc"] if t0 <= g[0] < t1], "load": (min(loads), max(loads)),
-            "hist": [b - a for a, b in zip(hist0, rec["hist"])]}
+            "hist": [b - a for a, b in zip(hist0, rec["hist"])], "threads": by_thread(cpu0, cpu1, rec["threads"])}
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, from ``/proc``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def by_thread(cpu0: dict[int, float], cpu1: dict[int, float], names: dict[str, str]) -> dict[str, float]:
+    """CPU seconds in the window per thread name (the loop is MainThread; unnamed: polars', the ccxt's)."""
+    out: dict[str, float] = defaultdict(float)
+    for tid, c in cpu1.items():
+        name = names.get(str(tid), "other").split(" (")[0].rstrip("_0123456789")
+        out[name] += c - cpu0.get(tid, 0.0)
+    return dict(out)
 
 
 def _read(path: str) -> dict:
@@ -187,6 +210,8 @@ def summary(name: str, r: dict, top: int) -> str:
              f"p99 {pct(walls, .99) * 1000:4.0f} max {max(walls, default=0) * 1000:4.0f} ms, on CPU {on_cpu:.0%}; "
              f"gc >= 5 ms: {len(r['gc']) * per_min:.0f}/min (max {max((g[1] for g in r['gc']), default=0) * 1000:.0f} "
              f"ms); load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
+             "           CPU s/s by thread: " + ", ".join(f"{k} {v / r['window']:.2f}" for k, v in
+                                                        sorted(r["threads"].items(), key=lambda kv: -kv[1]) if v > 0),
              "           all steps by duration (<1, 1-2, 2-5, 5-10, 10-20, 20-50, 50-100, >=100 ms), per minute: "
              + " ".join(f"{n * per_min:.0f}" for n in r["hist"])]
     kinds: dict[str, list[float]] = defaultdict(list)

@@ -1,9 +1,9 @@
 """Event-loop lag of ``coby run`` and the loop steps behind it: this tree beside a base checkout, alternating.
 
-    .venv/bin/python bench/looplag.py --base /work/base-lag [--symbols 10,16] [--rate 10] [--seconds 60] [--repeat 2]
+    .venv/bin/python bench/looplag.py --base /work/base-lag [--base OTHER] [--symbols 10,16] [--rate 10] [--seconds 60]
 
 The simulator runs in its own process (``coby simulate``) at ``--rate`` updates per second per market; against
-it, one after the other and alternating (this tree, base, this tree, base, ... for each symbol count), ``coby run``
+it, one after the other and alternating (this tree, base, base, this tree, ... for each symbol count), ``coby run``
 (10 venues x N symbols, PostgreSQL in a fresh database, the in-process cache) started as ``bench/daemon.py``
 starts it, with degradation out of reach (both trees do the same work), inside a *step watch*:
 
@@ -208,8 +208,10 @@ def summary(name: str, r: dict, top: int) -> str:
     lines = [f"{name:<10} lag p99 {r['lag_p99'] * 1000 if r['lag_p99'] is not None else float('nan'):5.0f} ms  "
              f"cpu {r['cpu']} core  steps >= {r['limit'] * 1000:.0f} ms: {len(walls) * per_min:5.0f}/min, p50 {pct(walls, .5) * 1000:4.0f} "
              f"p99 {pct(walls, .99) * 1000:4.0f} max {max(walls, default=0) * 1000:4.0f} ms, on CPU {on_cpu:.0%}; "
-             f"gc >= 5 ms: {len(r['gc']) * per_min:.0f}/min (max {max((g[1] for g in r['gc']), default=0) * 1000:.0f} "
-             f"ms); load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
+             f"load {r['load'][0]:.1f}-{r['load'][1]:.1f}",
+             "           gc >= 5 ms by generation, per minute (mean / max ms): " + ", ".join(
+                 f"gen{g} {len(ds) * per_min:.0f} ({sum(ds) / len(ds) * 1000:.0f} / {max(ds) * 1000:.0f})"
+                 for g in (0, 1, 2) for ds in [[d for _t, d, gen in r["gc"] if gen == g]] if ds),
              "           CPU s/s by thread: " + ", ".join(f"{k} {v / r['window']:.2f}" for k, v in
                                                         sorted(r["threads"].items(), key=lambda kv: -kv[1]) if v > 0),
              "           all steps by duration (<1, 1-2, 2-5, 5-10, 10-20, 20-50, 50-100, >=100 ms), per minute: "
@@ -230,7 +232,8 @@ def summary(name: str, r: dict, top: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="a checkout of the commit to compare with")
+    ap.add_argument("--base", required=True, action="append",
+                    help="a checkout of a commit to compare with (repeatable: named by its folder)")
     ap.add_argument("--symbols", default="10,16", help="symbol counts, comma-separated")
     ap.add_argument("--rate", type=float, default=10.0, help="book updates per second per market")
     ap.add_argument("--seconds", type=float, default=60.0, help="the window (the governor's p99 covers a minute)")
@@ -239,7 +242,7 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=0.010, help="seconds: the steps kept")
     ap.add_argument("--top", type=int, default=6, help="kinds of step listed per run")
     args = ap.parse_args()
-    trees = [("this", HERE), ("base", os.path.abspath(args.base))]
+    trees = [("this", HERE)] + [(os.path.basename(os.path.abspath(b)), os.path.abspath(b)) for b in args.base]
     for n in (int(x) for x in args.symbols.split(",")):
         symbols = list(INSTRUMENTS)[:n]
         sim_port = free_port()
@@ -256,9 +259,11 @@ def main() -> None:
                           f"{time.strftime('%H:%M', time.gmtime())} UTC", flush=True)
                     print(summary(name, r, args.top), flush=True)
                     p99[name].append(r["lag_p99"] or 0.0)
-            this, base = sum(p99["this"]) / len(p99["this"]), sum(p99["base"]) / len(p99["base"])
-            print(f"== {n} symbols: lag p99 mean this {this * 1000:.0f} ms, base {base * 1000:.0f} ms, "
-                  f"this / base {this / base if base else float('nan'):.2f}", flush=True)
+            base = trees[1][0]
+            mean = {name: sum(v) / len(v) for name, v in p99.items()}
+            print(f"== {n} symbols: lag p99 mean " + ", ".join(
+                f"{name} {m * 1000:.0f} ms ({m / mean[base] if mean[base] else float('nan'):.2f} x {base})"
+                for name, m in mean.items()), flush=True)
         finally:
             sim.terminate()
             sim.wait(30)

@@ -30,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
+
+import psycopg
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
-from bench.daemon import TICK, drop_db, env_for, http, new_db  # noqa: E402
-from bench.ingest import free_port  # noqa: E402
+from bench.daemon import TICK, drop_db, env_for, http  # noqa: E402
+from bench.ingest import PG, free_port  # noqa: E402
 
 from coby.instruments import SYMBOLS as INSTRUMENTS  # noqa: E402
 
@@ -124,6 +127,14 @@ threading.Thread(target=dump, daemon=True, name="looplag-dump").start()
 sys.argv = ["coby", "run"]
 runpy.run_module("coby.cli", run_name="__main__")
 """
+
+
+def new_db() -> str:
+    """A fresh database for one run (``coby_bench_lag_*``; dropped after it)."""
+    name = f"coby_bench_lag_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return PG.rpartition("/")[0] + "/" + name
 
 
 def watch(tree: str, sim_port: int, symbols: list[str], warmup: float, seconds: float, limit: float) -> dict:

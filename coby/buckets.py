@@ -30,6 +30,9 @@ consolidated book. A symbol none of whose books changed (and whose stale venues 
 re-stamped, not recomputed; a symbol with any change has all its fresh books recomputed in the
 frame, since its consolidated mid, and so every venue's share of the depth bands, moves with any
 one of them. The frame's level lists live for that tick only: the engine keeps results.
+A caller that must not hold its thread that long (the pipeline, on the event loop) runs the same tick in
+parts: ``plan(now)`` takes the books and picks the symbols to recompute, ``compute`` recomputes a slice
+of them (whole symbols, each slice one frame), ``result`` assembles the ``TickResult`` - the one pass's.
 
 A book is *stale* when it is more than ``stale_after`` seconds older than ``now``, measured on
 the clock ``now`` comes from, never a venue's clock against coby's (a venue whose clock lags ours
@@ -44,7 +47,7 @@ The engine imports nothing downstream (no storage, cache or HTTP): it returns mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Callable, Mapping, Sequence
 
@@ -133,6 +136,33 @@ class _SymbolAggregate:
                                 replace(self.imbalance, timestamp=now), replace(self.heatmap, timestamp=now))
 
 
+@dataclass(slots=True)
+class TickPlan:
+    """A tick between ``AggregationEngine.plan`` and ``result``: the symbols it reports, the groups to
+    recompute - (symbol, its fresh books, (their versions, stale venues)) - and each symbol's figures
+    so far (the kept ones at once, the recomputed ones as ``compute`` makes them)."""
+
+    now: datetime
+    symbols: list[str]
+    dirty: list[tuple[str, list[OrderBookSnapshot], tuple]] = field(default_factory=list)
+    done: dict[str, tuple] = field(default_factory=dict)
+
+    def parts(self, books: int) -> list[list[tuple[str, list[OrderBookSnapshot], tuple]]]:
+        """``dirty`` in slices of whole symbols, each closed once it holds at least ``books`` books."""
+        out: list[list] = []
+        part: list = []
+        n = 0
+        for group in self.dirty:
+            part.append(group)
+            n += len(group[1])
+            if n >= books:
+                out.append(part)
+                part, n = [], 0
+        if part:
+            out.append(part)
+        return out
+
+
 class AggregationEngine:
     """Holds the latest book per (venue, symbol) and aggregates them all at once on ``tick``.
 
@@ -209,6 +239,15 @@ class AggregationEngine:
     # --- the tick ------------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> TickResult:
         """Aggregate every held book at once (see the module docstring)."""
+        plan = self.plan(now)
+        self.compute(plan, plan.dirty)
+        return self.result(plan)
+
+    def plan(self, now: datetime | None = None) -> "TickPlan":
+        """The first part of a tick in parts: which symbols it reports, and which of them are recomputed
+        (``TickPlan.dirty``), each with the books it is recomputed from - taken now, so that a book
+        handed in between the parts waits for the next tick. ``compute`` the dirty groups (all at once or
+        in slices, in order), then ``result``: the same ``TickResult`` as one ``tick(now)``."""
         now = self._now(now)
         fresh, stale = self._partition(now)
         by_symbol: dict[str, list[tuple[str, str]]] = {}
@@ -217,19 +256,30 @@ class AggregationEngine:
         symbols = sorted(by_symbol.keys() | stale.keys())
         # A symbol whose fresh books (by version) and stale venues are those of its last aggregate is
         # re-stamped; the others are recomputed, all of their books in one frame.
-        dirty = []
+        plan = TickPlan(now, symbols)
         for symbol in symbols:
             keys = by_symbol.get(symbol, [])
             state = (tuple([(key[0], self._versions[key]) for key in keys]), tuple(sorted(stale.get(symbol, ()))))
             cached = self._symbols.get(symbol)
             if cached is None or cached[:2] != state:
-                dirty.append((symbol, keys, state))
-        self._aggregate(dirty, now)
+                plan.dirty.append((symbol, [self._books[key] for key in keys], state))
+            else:
+                plan.done[symbol] = cached
+        return plan
+
+    def compute(self, plan: "TickPlan", groups: list[tuple[str, list[OrderBookSnapshot], tuple]]) -> None:
+        """Recompute ``groups`` (a slice of ``plan.dirty``): every book of them in one ``BookFrame``."""
+        for symbol, entry in self._aggregate(groups, plan.now):
+            self._symbols[symbol] = plan.done[symbol] = entry
+
+    def result(self, plan: "TickPlan") -> TickResult:
+        """The tick's figures once every dirty group of ``plan`` is computed."""
+        now = plan.now
         books, buckets, heatmaps, imbalances = {}, {}, {}, {}
         venue_buckets, venue_imbalances, metrics = {}, {}, {}
         due = []
-        for symbol in symbols:
-            _, _, venues, agg = self._symbols[symbol]
+        for symbol in plan.symbols:
+            _, _, venues, agg = plan.done[symbol]
             if agg.book.timestamp != now:
                 agg = agg.stamped(now)
             for v in venues:
@@ -245,16 +295,17 @@ class AggregationEngine:
                           heatmaps=heatmaps, imbalances=imbalances, venue_imbalances=venue_imbalances,
                           metrics=metrics, heatmaps_due=tuple(due))
 
-    def _aggregate(self, groups: list[tuple[str, list[tuple[str, str]], tuple[tuple, tuple[str, ...]]]],
-                   now: datetime) -> None:
-        """Recompute the per-venue and consolidated figures of ``groups`` (symbol, fresh book keys,
-        (their versions, stale venues)), every book of them in one ``BookFrame``."""
+    def _aggregate(self, groups: list[tuple[str, list[OrderBookSnapshot], tuple[tuple, tuple[str, ...]]]],
+                   now: datetime) -> list[tuple[str, tuple]]:
+        """The per-venue and consolidated figures of ``groups`` (symbol, its fresh books, (their versions,
+        stale venues)), every book of them in one ``BookFrame``: per symbol, the entry kept for it."""
         if not groups:
-            return
-        snaps = [self._books[key] for _, group, _ in groups for key in group]
+            return []
+        snaps = [snap for _, group, _ in groups for snap in group]
         frame = BookFrame(snaps, [self._symbol_units(s.symbol)[1] for s in snaps],
-                          [g for g, (_, keys, _) in enumerate(groups) for _key in keys])
+                          [g for g, (_, group, _) in enumerate(groups) for _snap in group])
         cols_iter = iter(zip(frame.books, frame.bucket_volumes()))
+        out = []
         for (symbol, group, state), consolidated in zip(groups, frame.group_volumes(len(groups))):
             stale = state[1]
             size = self.bucket_size(symbol)
@@ -270,7 +321,8 @@ class AggregationEngine:
                 cols.append(c)
                 totals.append(book_totals)
             agg = self._symbol_aggregate(symbol, consolidated, cols, totals, stale, now)
-            self._symbols[symbol] = (*state, tuple(venues), agg)
+            out.append((symbol, (*state, tuple(venues), agg)))
+        return out
 
     def _symbol_aggregate(self, symbol: str,
                           consolidated: tuple[tuple[dict[float, float], dict[float, int]],

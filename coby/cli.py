@@ -64,6 +64,23 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def freeze_imports() -> None:
+    """Leave the modules' own objects out of every later collection (``run``).
+
+    A full collection walks every tracked object and holds the event loop while it does: 260-520 ms at
+    16 symbols x 10 venues (bench/looplag.py, docs/benchmarks.md). About 245,000 of those objects are the
+    imports' - ccxt with its hundred exchange classes, polars, numpy, aiohttp, coby - which live as long as
+    the process; walking them cost ~80 ms of each full collection here. So the modules the daemon's parts
+    use are imported before it starts, collected once and frozen (``gc.freeze``): objects made after this
+    are collected as before (a frozen object is never freed, so nothing made at run time is frozen).
+    """
+    import ccxt.pro  # noqa: F401 - the daemon imports these anyway, later, part by part
+    import polars  # noqa: F401
+    import coby.buckets, coby.collector.backfill, coby.exchanges, coby.http, coby.pipeline  # noqa: E401, F401
+    gc.collect()
+    gc.freeze()
+
+
 @app.command()
 def run(
     config: Optional[Path] = ConfigOpt,
@@ -97,6 +114,7 @@ def run(
     _logging(settings)
     tune_gc()
     from coby.daemon import run as run_daemon
+    freeze_imports()
     try:
         code = asyncio.run(run_daemon(settings))
     except ConfigError as e:

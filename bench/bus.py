@@ -39,7 +39,7 @@ async def clear(url: str, channels: int) -> None:
 
 async def writer(url: str, n: int, channels: int, transport: str, keep: bool = False) -> dict:
     from coby.cache import RedisCache
-    from coby.pipeline import Publisher
+    from coby.publisher import Publisher
     import redis.asyncio as aioredis
     r = aioredis.from_url(url)
     chans = [CHANNELS.format(i) for i in range(channels)]

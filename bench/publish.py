@@ -4,7 +4,7 @@
 """
 import asyncio, time, sys
 from coby.cache import MemoryCache
-from coby.pipeline import Publisher
+from coby.publisher import Publisher
 from coby.models import OrderBookSnapshot, Levels, utcnow
 from array import array
 def book():

@@ -22,7 +22,7 @@ its own round, so that a machine whose speed drifts still gives a fair ratio):
 - WebSocket: a client on a real TCP socket subscribed to every channel of the data through
   ``/api/v1/replay/{id}/ws`` (client and server in this one process);
 - also (a') objects, every channel, under Python's default collector thresholds: the script
-  otherwise runs as coby's commands do, after ``coby.cli.tune_gc()``;
+  otherwise runs as coby's commands do, after ``coby.gcpolicy.tune_gc()``;
 - ``--breakdown``: the time of one in-process replay split by stage (pipeline intake, the
   aggregation tick and its parts, the rest: storage reads, merge, pacing, bus, reader), and the
   floor under any replay: the reads, models, merge and delivery alone (``bench/replay_stages.py``);
@@ -53,7 +53,7 @@ from aiohttp import web
 from replay_stages import breakdown, floor
 
 from coby.cache import MemoryCache
-from coby.cli import tune_gc
+from coby.gcpolicy import tune_gc
 from coby.config import Settings
 from coby.db import open_storage
 from coby.db.tables import CONNECTION_EVENTS, SNAPSHOTS, TRADES

@@ -73,7 +73,7 @@ async def breakdown(manager: Any, start: datetime, end: datetime,
 async def floor(manager: Any, start: datetime, end: datetime,
                 in_process: Callable[..., Awaitable[tuple[int, int, float]]]) -> None:
     """The path each replayed event must take, without the pipeline, a stage at a time (see the module)."""
-    from coby.pipeline import Publisher
+    from coby.publisher import Publisher
     from coby.api.replay_bus import ReplayBus, ReplayEnded
     from coby.api.replay_stream import merged_events
 

@@ -12,7 +12,7 @@ import asyncio
 import sys
 
 from coby.cache import RedisCache
-from coby.pipeline import Publisher
+from coby.publisher import Publisher
 
 
 async def main(url: str, count: int, rate: float, channels: list[str]) -> None:

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from coby.cache import RedisCache, open_cache
 from coby.metrics import BUS_GAPS, BUS_RECONNECTS, CACHE_ERRORS
-from coby.pipeline import Publisher
+from coby.publisher import Publisher
 from tests.api_fixtures import EXCHANGES, SYMBOLS, Host, remote_api_node, serving, trade
 from tests.conftest import REDIS_URL, make_settings
 from tests.netproxy import TcpProxy

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from coby.cache import RedisCache
-from coby.pipeline import Publisher
+from coby.publisher import Publisher
 from tests.api_fixtures import remote_api_node, serving, trade
 from tests.conftest import REDIS_URL, free_port
 

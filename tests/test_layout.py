@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "coby"
 COLLECTOR_TOP = {"coby.exchanges"}
 API_TOP = {"coby.http", "coby.replay"}
-BUILDERS = {"coby.daemon", "coby.cli", "coby.replay_cli", "coby.archive", "coby.__main__"}
+BUILDERS = {"coby.daemon", "coby.cli", "coby.replay_cli", "coby.archive", "coby.__main__",
+            "coby.gcpolicy"}  # gcpolicy: imports the daemon's parts before it starts, to freeze them
 
 
 def _modules() -> dict[str, Path]:

@@ -635,7 +635,7 @@ def test_cli_start_up_collects_cyclic_garbage_less_often():
     first-generation threshold to GC_THRESHOLD and keeps the older generations' thresholds."""
     import gc
 
-    from coby.cli import GC_THRESHOLD, tune_gc
+    from coby.gcpolicy import GC_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:

@@ -209,6 +209,34 @@ async def test_database_outage_keeps_rows_in_the_journal(pg_url, tmp_path):
         await proxy.aclose()
 
 
+async def test_a_backlog_partly_in_memory_is_written_whole(pg_url, tmp_path):
+    """The writer behind (here: held up by a lock on another table it writes first): a trade record that fits
+    in memory (data_buffer_size), one that does not (on disk only), then one that fits again. Every row is
+    stored. (The writer took the two records in memory as one batch and skipped the one between them on
+    disk: half of a daemon's trades under overload, silently, while its journal said it was caught up.)"""
+    settings = make_settings(tmp_path, db_url=pg_url, batch_write_size=500, data_buffer_size=500, flush_interval=0.1)
+    st = open_storage(settings, pg_url)
+    locker = psycopg.connect(pg_url)
+    try:
+        await st.start()
+        await st.fetch("TRUNCATE trade_events, order_book_snapshots", [])
+        locker.execute("LOCK TABLE order_book_snapshots IN ACCESS EXCLUSIVE MODE")  # the writer's first table
+        await st.store_orderbook(book(0))
+        await asyncio.sleep(0.5)  # journalled; the writer waits on the lock
+        for lo, n in ((0, 100), (100, 450), (550, 100)):  # held in memory, on disk only, held again
+            await st.store_trades([trade(i) for i in range(lo, lo + n)])
+            await asyncio.sleep(0.5)  # one journal record each
+        assert st.buffer.pending() == 651
+        locker.rollback()
+        await asyncio.wait_for(st.flush(), 30)
+        stored = sorted(int(t.trade_id) for t in await st.get_trades("BTC-USDT", limit=2000))
+        assert len(stored) == 650 and stored == list(range(650))
+        assert st.buffer.pending() == 0 and st.buffer.journal_bytes() == 0
+    finally:
+        locker.close()
+        await st.aclose()
+
+
 async def test_shutdown_during_outage_keeps_the_journal_and_next_start_writes_it(pg_url, tmp_path):
     """aclose() with the database down keeps the rows in the journal; the next start stores them."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()

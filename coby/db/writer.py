@@ -158,7 +158,9 @@ class Writer:
         if lane.held and lane.held[0].start == lane.read:
             chunks = [lane.held.popleft()]
             n = len(chunks[0].rows)
-            while lane.held and n + len(lane.held[0].rows) <= self._write_rows:
+            # only records that follow one another: a record that did not fit in memory (data_buffer_size) lies
+            # between two held ones on disk only, and is read back from there next
+            while lane.held and lane.held[0].start == chunks[-1].end and n + len(lane.held[0].rows) <= self._write_rows:
                 chunks.append(lane.held.popleft())
                 n += len(chunks[-1].rows)
             lane.held_rows -= n

@@ -267,12 +267,12 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
         # 2. the overload: F x the highest rate taken, held, then back to normal
         high = taken * args.overload
         set_rate(high)
-        t_rose, said, peak = time.monotonic(), None, 0.0
+        t_rose, said, asked, peak = time.monotonic(), None, None, 0.0
         while time.monotonic() - t_rose < args.hold:
             t, st, _ = tick()
             peak = max(peak, rss_mb(proc.pid))
-            if said is None and st.get("overloaded"):
-                said = time.monotonic() - t_rose
+            if said is None and st.get("overloaded"):  # asked for at t, answered now: a lagging loop answers late
+                said, asked = time.monotonic() - t_rose, t0 + t - t_rose
         set_rate(args.rate)
         recovered = until_normal(120)
         time.sleep(5)
@@ -298,7 +298,7 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
             short = " MISSING" if by_venue.get(venue, 0) < got else ""
             print(f"#   {venue:9} received {got:9.0f} stored {by_venue.get(venue, 0):9d}{short}")
     print(f"# overload at {args.overload:g} x {taken:g} = {high:g}/s per market: overloaded reported {said} s after "
-          f"the load rose; back to normal {recovered} s after it fell; peak RSS {peak:.0f} MB; trades received "
+          f"the load rose (in the answer to a status request sent at {asked} s); back to normal {recovered} s after it fell; peak RSS {peak:.0f} MB; trades received "
           f"{received:.0f}, stored {stored} (duplicates keyed away), lost rows {lost:.0f}; simulator slow-consumer "
           f"disconnects {sum(sc1.values()) - sum(sc0.values())}; load {os.getloadavg()[0]:.1f}")
 

@@ -237,6 +237,49 @@ async def test_a_backlog_partly_in_memory_is_written_whole(pg_url, tmp_path):
         await st.aclose()
 
 
+@pytest.mark.parametrize("segment_bytes", [None, 20_000])
+async def test_a_writer_held_back_at_random_stores_every_row(pg_url, tmp_path, monkeypatch, segment_bytes):
+    """Records of random sizes journalled while the writer is held back at random (a lock on the table it
+    writes first, taken and released), memory smaller than the backlog, with and without the journal
+    moving to a new segment every 20 KB: every trade is stored, once."""
+    import functools
+    import random
+
+    from coby.db import buffer, journal
+    if segment_bytes is not None:
+        monkeypatch.setattr(buffer, "Journal", functools.partial(journal.Journal, segment_bytes=segment_bytes))
+    rng = random.Random(int(os.environ.get("TEST_SEED", "16")))
+    settings = make_settings(tmp_path, db_url=pg_url, batch_write_size=300, data_buffer_size=300, flush_interval=0.02)
+    st = open_storage(settings, pg_url)
+    locker = psycopg.connect(pg_url)
+    try:
+        await st.start()
+        await st.fetch("TRUNCATE trade_events, order_book_snapshots", [])
+        n, locked = 0, False
+        for step in range(120):
+            if rng.random() < 0.2:
+                if locked:
+                    locker.rollback()
+                else:
+                    locker.execute("LOCK TABLE order_book_snapshots IN ACCESS EXCLUSIVE MODE")
+                locked = not locked
+            if rng.random() < 0.3:
+                await st.store_orderbook(book(step))
+            size = rng.choice((1, 5, 40, 120, 250, 299))
+            await st.store_trades([trade(i) for i in range(n, n + size)])
+            n += size
+            await asyncio.sleep(rng.choice((0.0, 0.01, 0.03)))
+        if locked:
+            locker.rollback()
+        await asyncio.wait_for(st.flush(), 60)
+        stored = sorted(int(t.trade_id) for t in await st.get_trades("BTC-USDT", limit=n + 100))
+        assert stored == list(range(n))
+        assert st.buffer.pending() == 0 and st.buffer.journal_bytes() == 0
+    finally:
+        locker.close()
+        await st.aclose()
+
+
 async def test_shutdown_during_outage_keeps_the_journal_and_next_start_writes_it(pg_url, tmp_path):
     """aclose() with the database down keeps the rows in the journal; the next start stores them."""
     proxy = await TcpProxy("127.0.0.1", 5432).start()

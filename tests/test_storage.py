@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -209,18 +210,29 @@ async def test_database_outage_keeps_rows_in_the_journal(pg_url, tmp_path):
         await proxy.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _storage_and_locker(pg_url: str, tmp_path: Path, **settings):
+    """A started storage with empty trade and snapshot tables, and a second connection to lock them with
+    (the writer writes order_book_snapshots first: a lock there holds it back, a slow database)."""
+    st = open_storage(make_settings(tmp_path, db_url=pg_url, **settings), pg_url)
+    locker = psycopg.connect(pg_url)
+    try:
+        await st.start()
+        await st.fetch("TRUNCATE trade_events, order_book_snapshots", [])
+        yield st, locker
+    finally:
+        locker.close()
+        await st.aclose()
+
+
 async def test_a_backlog_partly_in_memory_is_written_whole(pg_url, tmp_path):
     """The writer behind (here: held up by a lock on another table it writes first): a trade record that fits
     in memory (data_buffer_size), one that does not (on disk only), then one that fits again. Every row is
     stored. (The writer took the two records in memory as one batch and skipped the one between them on
     disk: half of a daemon's trades under overload, silently, while its journal said it was caught up.)"""
-    settings = make_settings(tmp_path, db_url=pg_url, batch_write_size=500, data_buffer_size=500, flush_interval=0.1)
-    st = open_storage(settings, pg_url)
-    locker = psycopg.connect(pg_url)
-    try:
-        await st.start()
-        await st.fetch("TRUNCATE trade_events, order_book_snapshots", [])
-        locker.execute("LOCK TABLE order_book_snapshots IN ACCESS EXCLUSIVE MODE")  # the writer's first table
+    async with _storage_and_locker(pg_url, tmp_path, batch_write_size=500, data_buffer_size=500,
+                                   flush_interval=0.1) as (st, locker):
+        locker.execute("LOCK TABLE order_book_snapshots IN ACCESS EXCLUSIVE MODE")
         await st.store_orderbook(book(0))
         await asyncio.sleep(0.5)  # journalled; the writer waits on the lock
         for lo, n in ((0, 100), (100, 450), (550, 100)):  # held in memory, on disk only, held again
@@ -232,9 +244,6 @@ async def test_a_backlog_partly_in_memory_is_written_whole(pg_url, tmp_path):
         stored = sorted(int(t.trade_id) for t in await st.get_trades("BTC-USDT", limit=2000))
         assert len(stored) == 650 and stored == list(range(650))
         assert st.buffer.pending() == 0 and st.buffer.journal_bytes() == 0
-    finally:
-        locker.close()
-        await st.aclose()
 
 
 @pytest.mark.parametrize("segment_bytes", [None, 20_000])
@@ -249,12 +258,8 @@ async def test_a_writer_held_back_at_random_stores_every_row(pg_url, tmp_path, m
     if segment_bytes is not None:
         monkeypatch.setattr(buffer, "Journal", functools.partial(journal.Journal, segment_bytes=segment_bytes))
     rng = random.Random(int(os.environ.get("TEST_SEED", "16")))
-    settings = make_settings(tmp_path, db_url=pg_url, batch_write_size=300, data_buffer_size=300, flush_interval=0.02)
-    st = open_storage(settings, pg_url)
-    locker = psycopg.connect(pg_url)
-    try:
-        await st.start()
-        await st.fetch("TRUNCATE trade_events, order_book_snapshots", [])
+    async with _storage_and_locker(pg_url, tmp_path, batch_write_size=300, data_buffer_size=300,
+                                   flush_interval=0.02) as (st, locker):
         n, locked = 0, False
         for step in range(120):
             if rng.random() < 0.2:
@@ -275,9 +280,6 @@ async def test_a_writer_held_back_at_random_stores_every_row(pg_url, tmp_path, m
         stored = sorted(int(t.trade_id) for t in await st.get_trades("BTC-USDT", limit=n + 100))
         assert stored == list(range(n))
         assert st.buffer.pending() == 0 and st.buffer.journal_bytes() == 0
-    finally:
-        locker.close()
-        await st.aclose()
 
 
 async def test_shutdown_during_outage_keeps_the_journal_and_next_start_writes_it(pg_url, tmp_path):

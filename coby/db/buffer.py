@@ -152,6 +152,8 @@ class WriteBuffer:
             self._lanes[table] = Lane(journal, read=journal.committed)
         self._opened = True
         await self._import_spill()
+        for lane in self._lanes.values():  # an earlier run's backlog (and its spill files) is the writer's to read
+            lane.journalled = lane.journal.durable
         backlog = self.journal_bytes()
         if backlog:
             log.info("journal_backlog_found", bytes=backlog)
@@ -235,6 +237,7 @@ class WriteBuffer:
             else:
                 self._journal_ok_at = time.monotonic()
             lane.unwritten += len(rows)
+            lane.journalled = end
             if lane.held_rows + len(rows) <= self._hold:
                 lane.held.append(Chunk(start, end, rows))
                 lane.held_rows += len(rows)

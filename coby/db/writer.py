@@ -58,6 +58,10 @@ class Lane:
     held_rows: int = 0
     unwritten: int = 0                           # rows journalled by this process, not yet written
     read: Position = Position(0, 0)              # next position the writer takes
+    # the end of the records taken into account (unwritten, held) on the event loop: the writer reads no
+    # further. The journal's own ``durable`` moves on the journal thread before that, and rows read back
+    # from there were counted written before they were counted journalled (pending() then stayed above 0)
+    journalled: Position = Position(0, 0)
 
 
 
@@ -153,7 +157,7 @@ class Writer:
         journal = lane.journal
         while lane.held and lane.held[0].start < lane.read:  # already written (read back from disk)
             lane.held_rows -= len(lane.held.popleft().rows)
-        if lane.read >= journal.durable and not lane.held:
+        if lane.read >= lane.journalled and not lane.held:
             return False
         if lane.held and lane.held[0].start == lane.read:
             chunks = [lane.held.popleft()]
@@ -167,7 +171,7 @@ class Writer:
             rows = chunks[0].rows if len(chunks) == 1 else [r for c in chunks for r in c.rows]
             end = chunks[-1].end
         else:
-            stop = lane.held[0].start if lane.held else journal.durable
+            stop = lane.held[0].start if lane.held else lane.journalled
             chunk = await asyncio.get_running_loop().run_in_executor(
                 None, journal.read, lane.read, stop, self._write_rows)
             if chunk.skipped_bytes:
@@ -195,7 +199,7 @@ class Writer:
         """Return once every journalled row is written (StorageUnavailable while down, if asked)."""
         async with self.progress:
             while True:
-                if all(lane.read >= lane.journal.durable and not lane.held for lane in self._lanes.values()):
+                if all(lane.read >= lane.journalled and not lane.held for lane in self._lanes.values()):
                     return
                 if raise_when_down and self.state == "down":
                     raise StorageUnavailable(self.error or "database down")

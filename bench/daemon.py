@@ -283,22 +283,23 @@ def overload(args: argparse.Namespace, sim: str, sim_port: int, symbols: list[st
         proc.wait(60)
         if hog is not None:
             hog.kill()
-    received = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith("coby_messages_total{") and 'kind="trade"' in line)
+    received_by: dict[str, float] = {}  # trades the connectors handed on, per venue
+    for line in metrics.splitlines():
+        if line.startswith("coby_messages_total{") and 'kind="trade"' in line:
+            received_by[line.split('exchange="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    received = sum(received_by.values())
     lost = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith("coby_storage_lost_rows_total{"))
     with psycopg.connect(db) as c:
         stored = c.execute("SELECT count(*) FROM trade_events").fetchone()[0]
         by_venue = dict(c.execute("SELECT exchange, count(*) FROM trade_events GROUP BY exchange").fetchall())
     drop_db(db)
-    for line in metrics.splitlines():  # per venue: trades the connectors handed on against rows stored
-        if line.startswith("coby_messages_total{") and 'kind="trade"' in line:
-            venue = line.split('exchange="', 1)[1].split('"', 1)[0]
-            got = float(line.rsplit(' ', 1)[1])
-            short = " MISSING" if by_venue.get(venue, 0) < got else ""
-            print(f"#   {venue:9} received {got:9.0f} stored {by_venue.get(venue, 0):9d}{short}")
+    for venue, got in received_by.items():
+        short = " MISSING" if by_venue.get(venue, 0) < got else ""
+        print(f"#   {venue:9} received {got:9.0f} stored {by_venue.get(venue, 0):9d}{short}")
     print(f"# overload at {args.overload:g} x {taken:g} = {high:g}/s per market: overloaded reported {said} s after "
-          f"the load rose (in the answer to a status request sent at {asked} s); back to normal {recovered} s after it fell; peak RSS {peak:.0f} MB; trades received "
+          f"the load rose (in the answer to a status request sent at {asked} s); back to normal {recovered} s "
+          f"after it fell; peak RSS {peak:.0f} MB; trades received "
           f"{received:.0f}, stored {stored} (duplicates keyed away), lost rows {lost:.0f}; simulator slow-consumer "
           f"disconnects {sum(sc1.values()) - sum(sc0.values())}; load {os.getloadavg()[0]:.1f}")
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import random
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from coby.db import open_storage
+from coby.db import buffer, journal, open_storage
 from coby.db.migrations import load_migrations
 from coby.db.tables import TRADES
 from coby.errors import StorageUnavailable
@@ -251,10 +253,6 @@ async def test_a_writer_held_back_at_random_stores_every_row(pg_url, tmp_path, m
     """Records of random sizes journalled while the writer is held back at random (a lock on the table it
     writes first, taken and released), memory smaller than the backlog, with and without the journal
     moving to a new segment every 20 KB: every trade is stored, once."""
-    import functools
-    import random
-
-    from coby.db import buffer, journal
     if segment_bytes is not None:
         monkeypatch.setattr(buffer, "Journal", functools.partial(journal.Journal, segment_bytes=segment_bytes))
     rng = random.Random(int(os.environ.get("TEST_SEED", "16")))

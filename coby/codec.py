@@ -53,6 +53,8 @@ def _default(obj: Any) -> Any:
         return (obj.price, obj.size)
     if cls is models.Levels:
         return obj.pairs()
+    if cls is models.MergedLevels:  # a consolidated side: its levels' dicts in one pass, no callback per level
+        return obj.json_form()
     if dataclasses.is_dataclass(obj):
         return {name: getattr(obj, name) for name in _field_names(cls)}
     raise TypeError(f"cannot encode {cls.__name__}")
@@ -93,6 +95,8 @@ def _convert(hint: Any, value: Any) -> Any:
         return hint(value)
     if hint is models.Levels:
         return models.Levels.of(value)  # [[price, size(, count)], ...]
+    if hint is models.MergedLevels:
+        return models.MergedLevels.of(value)  # [{"price", "size", "venues"}, ...]
     if hint is models.PriceLevel and isinstance(value, (list, tuple)):
         return models.PriceLevel(float(value[0]), float(value[1]), value[2] if len(value) > 2 else None)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):

@@ -190,6 +190,54 @@ def test_consolidated_depth_limits_each_side():
     assert [lv.price for lv in cons.asks] == [101.0, 103.0]
 
 
+def reference_merge(books, side: str, depth):
+    """The consolidated side the plain way: per price a dict of venue sizes and a running total, venue by
+    venue, each venue read to its own best ``depth`` levels as listed; the best ``depth`` prices."""
+    shares: dict[float, dict[str, float]] = {}
+    totals: dict[float, float] = {}
+    for b in books:
+        for lv in (b.bids if side == "bid" else b.asks)[:depth]:
+            venues = shares.setdefault(lv.price, {})
+            venues[b.exchange] = venues.get(b.exchange, 0.0) + lv.size
+            totals[lv.price] = totals.get(lv.price, 0.0) + lv.size
+    return [(p, totals[p], shares[p]) for p in sorted(shares, reverse=side == "bid")[:depth]]
+
+
+@st.composite
+def overlapping_books(draw):
+    """Venues quoting on a coarse grid - many prices shared across venues, some listed twice by one venue,
+    some sides out of order."""
+    venues = draw(st.lists(st.sampled_from(["binance", "okx", "kraken", "bybit", "gate", "mexc"]), min_size=1,
+                           max_size=6, unique=True))
+    size = st.floats(1e-6, 1e3, allow_nan=False)
+    out = []
+    for venue in venues:
+        bids = draw(st.lists(st.tuples(st.integers(80, 99).map(float), size), max_size=25))
+        asks = draw(st.lists(st.tuples(st.integers(101, 120).map(float), size), max_size=25))
+        if draw(st.booleans()):  # in order, as a venue sends them; else as drawn
+            bids.sort(key=lambda lv: -lv[0])
+            asks.sort()
+        out.append(book(venue, bids, asks))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(books=overlapping_books(), depth=st.sampled_from([None, 1, 3, 10]))
+def test_the_consolidated_book_equals_a_per_price_reference(books, depth):
+    """The merge in columns gives what a dict per price gives: prices best first, each venue's share
+    (a price listed twice by one venue: the sum), the level's size (its levels summed in venue order, to the bit)."""
+    eng = engine(consolidated_depth=depth)
+    for b in books:
+        eng.update_book(b)
+    cons = eng.tick(NOW).books["BTC-USDT"]
+    for side, levels in (("bid", cons.bids), ("ask", cons.asks)):
+        held = [eng.book(venue, "BTC-USDT") for venue in sorted(b.exchange for b in books)]  # the tick's order
+        expected = reference_merge(held, side, depth)
+        assert len(levels) == len(expected)
+        assert [(lv.price, lv.size, lv.venues) for lv in levels] == expected
+        assert [list(lv.venues.items()) for lv in levels] == [list(v.items()) for _, _, v in expected]
+
+
 # --- imbalance and metrics ---------------------------------------------------------------------
 
 def test_imbalance_top_of_book_and_depth_bands():

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from coby import codec
-from coby.models import Levels, OrderBookSnapshot, PriceLevel
+from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, Levels, MergedLevels, OrderBookSnapshot, PriceLevel
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
@@ -77,3 +77,63 @@ def test_levels_survive_pickle_and_json():
     back = codec.from_dict(OrderBookSnapshot, data)
     assert back == snap and type(back.bids) is Levels
     assert codec.to_dict(snap.asks) == [[101.0, 0.25]]
+
+
+# --- MergedLevels: a consolidated side as columns -----------------------------------------------------
+
+def merged() -> MergedLevels:
+    """Bids of binance, okx and kraken merged: 100 (binance 1, okx 3), 99 (okx 2; kraken lists it twice)."""
+    return MergedLevels([100.0, 99.0], [4.0, 3.5], ["binance", "okx", "kraken"], [0, 1, 1, 2, 2],
+                        [1.0, 3.0, 2.0, 1.0, 0.5], [0, 2, 5])
+
+
+def test_merged_levels_read_as_consolidated_levels():
+    side = merged()
+    expected = (ConsolidatedLevel(100.0, 4.0, {"binance": 1.0, "okx": 3.0}),
+                ConsolidatedLevel(99.0, 3.5, {"okx": 2.0, "kraken": 1.5}))
+    assert side == expected and tuple(side) == expected and list(side) == list(expected)
+    assert len(side) == 2 and side[0] == expected[0] and side[-1] == expected[1] and side[:1] == expected[:1]
+    assert [lv.price for lv in side] == [100.0, 99.0]
+    with pytest.raises(IndexError):
+        side[2]
+    with pytest.raises(TypeError):
+        hash(side)  # as a tuple of ConsolidatedLevels (each holds a dict)
+    assert MergedLevels([], [], [], [], [], [0]) == ()
+
+
+def test_merged_levels_make_no_level_until_one_is_read():
+    """The tick leaves its consolidated sides in columns: one level is made for the best, all of them
+    once (kept) when anything reads them all."""
+    side = merged()
+    assert side._levels is None
+    assert side[0].venues == {"binance": 1.0, "okx": 3.0} and side._levels is None
+    levels = side.levels()
+    assert side.levels() is levels and side[1] is levels[1]
+
+
+def test_merged_levels_encode_as_consolidated_levels_did():
+    """One JSON form: a consolidated side encodes to the same bytes as the tuple of ConsolidatedLevels it
+    reads as, and decodes back to MergedLevels."""
+    side = merged()
+    assert codec.dumps(side) == codec.dumps(tuple(side))
+    assert codec.to_dict(side)[1] == {"price": 99.0, "size": 3.5, "venues": {"okx": 2.0, "kraken": 1.5}}
+    book = ConsolidatedOrderBook("BTC-USDT", T0, side, MergedLevels.of(()), 100.0, "okx", None, None, False,
+                                 ("binance", "kraken", "okx"))
+    back = codec.from_dict(ConsolidatedOrderBook, codec.to_dict(book))
+    assert back == book and type(back.bids) is MergedLevels and type(back.asks) is MergedLevels
+    assert pickle.loads(pickle.dumps(book)) == book
+
+
+def test_a_consolidated_book_converts_any_side_to_merged_levels():
+    levels = (ConsolidatedLevel(101.0, 2.0, {"okx": 2.0}),)
+    book = ConsolidatedOrderBook("BTC-USDT", T0, [], levels, None, None, 101.0, "okx", False, ("okx",))
+    assert type(book.bids) is MergedLevels and type(book.asks) is MergedLevels
+    assert book.asks == levels and book.bids == () and MergedLevels.of(book.asks) is book.asks
+    assert MergedLevels.of([{"price": 101, "size": 2, "venues": {"okx": 2}}]) == levels
+
+
+def test_mismatched_merged_columns_are_refused():
+    with pytest.raises(ValueError, match="merged levels"):
+        MergedLevels([100.0], [1.0, 2.0], ["okx"], [0], [1.0], [0, 1])
+    with pytest.raises(ValueError, match="merged levels"):
+        MergedLevels([100.0], [1.0], ["okx"], [0], [1.0], [0, 2])  # rows do not cover the levels

@@ -17,30 +17,29 @@
 from __future__ import annotations
 
 from datetime import datetime
-from operator import ne, sub
 from typing import Sequence
 
 import numpy as np
 
 from coby.aggregate.bookframe import ASK, BID, BookColumns
-from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, constructor
-
-_level = constructor(ConsolidatedLevel)
+from coby.models import ConsolidatedLevel, ConsolidatedOrderBook, MergedLevels
 
 
-def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tuple[ConsolidatedLevel, ...]:
+def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> MergedLevels:
     """Merge one side of several venues' books (bids best = highest first, asks lowest first).
 
     The venues' best ``depth`` levels go into one column (numpy, over the snapshots' buffers);
     one stable sort by price, best first, groups equal prices - each venue's rows in venue
-    order - and the best ``depth`` groups are the merged levels. Python then runs per merged
-    level (a dict of the venues' sizes), not per venue level.
+    order - and the best ``depth`` groups are the merged levels. The result stays in columns
+    (``MergedLevels``): a level's venue dict and object are made only when someone reads it.
+    A level's size is its rows summed in order (venue by venue, a venue's rows as it lists them).
     """
+    names = [c.snapshot.exchange for c in books]
     tops = [c.levels(side, depth) for c in books]
     counts = [len(prices) for prices, _ in tops]
     rows = sum(counts)
     if not rows:
-        return ()
+        return MergedLevels([], [], names, [], [], [0])
     prices = np.frombuffer(b"".join([prices for prices, _ in tops]), dtype=np.float64)
     sizes = np.frombuffer(b"".join([sizes for _, sizes in tops]), dtype=np.float64)
     key = -prices if side == BID else prices  # ascending key = best first
@@ -49,26 +48,19 @@ def merge_side(books: Sequence[BookColumns], side: int, depth: int | None) -> tu
     first = np.empty(rows, dtype=bool)
     first[0] = True
     np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
-    starts = np.flatnonzero(first).tolist()  # each distinct price's first row, best price first
-    if depth is not None:
-        del starts[depth + 1:]
-    stop = starts.pop() if depth is not None and len(starts) > depth else rows
+    starts = np.flatnonzero(first)  # each distinct price's first row, best price first
+    if depth is not None and len(starts) > depth:
+        stop = int(starts[depth])
+        starts = starts[:depth]
+    else:
+        stop = rows
     kept = order[:stop]
-    names = [c.snapshot.exchange for c in books]
-    venue_of = [names[v] for v in np.repeat(np.arange(len(books)), counts)[kept].tolist()]
-    level_sizes = sizes[kept].tolist()
-    level_prices = prices[kept[starts]].tolist()
-    ends = [*starts[1:], stop]
-    spans = list(map(slice, starts, ends))
-    # per merged level, a dict of the venues' sizes - built with map, not a Python loop per level
-    shares = list(map(dict, map(zip, map(venue_of.__getitem__, spans), map(level_sizes.__getitem__, spans))))
-    if any(map(ne, map(len, shares), map(sub, ends, starts))):  # a venue lists a price twice: it keeps both sizes
-        for k, (a, b) in enumerate(zip(starts, ends)):
-            merged: dict[str, float] = {}
-            for venue, size in zip(venue_of[a:b], level_sizes[a:b]):
-                merged[venue] = merged.get(venue, 0.0) + size
-            shares[k] = merged
-    return tuple(map(_level, level_prices, map(sum, map(dict.values, shares)), shares))
+    level_of = np.cumsum(first[:stop]) - 1  # each kept row's merged level
+    totals = np.zeros(len(starts))
+    np.add.at(totals, level_of, sizes[kept])  # row by row, in order (add.at does not reorder a sum)
+    venue_of = np.repeat(np.arange(len(books)), counts)[kept]
+    return MergedLevels(prices[kept[starts]].tolist(), totals.tolist(), names, venue_of.tolist(),
+                        sizes[kept].tolist(), [*starts.tolist(), stop])
 
 
 def holder(level: ConsolidatedLevel) -> str:

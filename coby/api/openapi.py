@@ -53,6 +53,8 @@ def type_schema(hint: Any) -> dict[str, Any]:
         return {"type": "string", "format": "date-time"}
     if hint is models.Levels:  # a book side: encoded as its levels, best first
         return {"type": "array", "items": {"$ref": REF + "PriceLevel"}}
+    if hint is models.MergedLevels:  # a consolidated side: its levels, best first
+        return {"type": "array", "items": {"$ref": REF + "ConsolidatedLevel"}}
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:

@@ -37,7 +37,7 @@ class PendingBook:
     """The latest state of one venue book, normalised on demand (see the module docstring)."""
 
     __slots__ = ("exchange", "symbol", "raw", "received", "ts_ms", "version", "token", "_process", "_depth",
-                 "_valid", "_memo_version", "_memo")
+                 "_valid", "_memo_version", "_memo", "_top_version", "_top_depth", "_top")
 
     def __init__(self, exchange: str, symbol: str, process: Callable[..., OrderBookSnapshot | None], depth: int,
                  valid: Callable[[PendingBook], bool]) -> None:
@@ -50,6 +50,8 @@ class PendingBook:
         self.token: Any = None  # what ``valid`` compares: the connector's state at the hand-on
         self._memo_version = -1
         self._memo: OrderBookSnapshot | None = None
+        self._top_version = self._top_depth = -1  # a version converted only to a smaller depth (resolve(depth))
+        self._top: OrderBookSnapshot | None = None
 
     def hand_on(self, raw: Any, received: float, token: Any) -> None:
         """A new state from ccxt (O(1): nothing is copied or converted)."""
@@ -57,17 +59,33 @@ class PendingBook:
         self.ts_ms = raw.get("timestamp")
         self.version += 1
 
-    def resolve(self) -> OrderBookSnapshot | None:
+    def resolve(self, depth: int | None = None) -> OrderBookSnapshot | None:
         """The book's state as a validated snapshot of the top ``depth`` levels; None if it was rejected
-        (counted with its reason) or is no longer whole. Converted once per version."""
+        (counted with its reason) or is no longer whole. Converted once per version.
+
+        ``depth`` below the book's (a stored snapshot needs ``snapshot_depth``, 20 of 100): if this version
+        is not converted yet, only its top ``depth`` levels are converted and checked, and kept apart - a
+        later full resolve of the same version converts the whole top (a bad level below ``depth`` is
+        counted then, once). A version rejected at its top is rejected whole: not converted again."""
         if self._memo_version == self.version:
             return self._memo
+        if depth is not None and depth < self._depth:
+            if self._top_version == self.version and self._top_depth >= depth:
+                return self._top
+            top = self._convert(depth)
+            if top is None:  # rejected (or not whole) at the top: so is the whole
+                self._memo_version, self._memo = self.version, None
+            else:
+                self._top_version, self._top_depth, self._top = self.version, depth, top
+            return top
         self._memo_version = self.version
-        if self.raw is None or not self._valid(self):
-            self._memo = None
-        else:
-            self._memo = self._process(self.raw, self.exchange, self.symbol, self._depth, self.received)
+        self._memo = self._convert(self._depth)
         return self._memo
+
+    def _convert(self, depth: int) -> OrderBookSnapshot | None:
+        if self.raw is None or not self._valid(self):
+            return None
+        return self._process(self.raw, self.exchange, self.symbol, depth, self.received)
 
     def invalidate(self) -> None:
         """The state handed on is no longer whole (its stream failed): consumers keep what they had."""

@@ -196,7 +196,7 @@ class Pipeline:
         else:
             self._dirty[key] = p
         if self.storage is not None and t - self._last_stored.get(key, float("-inf")) >= self.settings.snapshot_interval:
-            b = self._resolved(p)
+            b = p.resolve(self.settings.snapshot_depth)  # only the levels stored (the tick converts the rest)
             if b is not None:
                 self._last_stored[key] = t
                 await self._store_snapshot(b)

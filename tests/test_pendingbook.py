@@ -68,7 +68,7 @@ async def connector(tmp_path: Any) -> tuple[ExchangeConnector, LiveBook, list[An
     process = conn.processor.process_orderbook
 
     def counting(*args: Any) -> Any:
-        converted.append(1)
+        converted.append(args[3])  # the depth converted
         return process(*args)
 
     conn.processor.process_orderbook = counting  # type: ignore[method-assign]
@@ -173,6 +173,64 @@ async def test_bad_level_refused_with_reason_before_any_consumer(tmp_path):
         assert len(got) == 2 and crossed._value.get() == c0 + 1  # refused at hand-on, not progress
     finally:
         sub.close()
+        await conn.disconnect()
+
+
+async def test_a_stored_snapshot_converts_only_the_levels_it_stores(tmp_path):
+    """resolve(depth) - a stored snapshot's 20 of 100 levels - converts and checks only the top ``depth`` of a
+    state not converted yet; the tick's full resolve of that state converts the whole top then, and counts a
+    bad level below ``depth`` once. A state rejected at its top is rejected whole, with no second conversion."""
+    conn, ex, got, converted = await connector(tmp_path)
+    rng = REJECTS.labels("kraken", "range")
+    r0 = rng._value.get()
+
+    def deep(bad_at: int) -> Any:
+        def change(book: dict[str, Any]) -> None:
+            book["bids"][:] = [[100.0 - i, -1.0 if i == bad_at else 1.0 + i] for i in range(5)]
+            book["asks"][:] = [[101.0 + i, 1.0] for i in range(5)]
+        return change
+    try:
+        ex.frames.put_nowait(deep(bad_at=3))  # a bad level below the stored depth
+        await until(lambda: len(got) == 1)
+        p = got[0]
+        top = p.resolve(2)
+        assert top is not None and top.bids.prices.tolist() == [100.0, 99.0] and len(top.asks) == 2
+        assert p.resolve(2) is top and p.resolve(1) is top and converted == [2]
+        assert p.resolve() is None and converted == [2, conn.settings.book_depth] and rng._value.get() == r0 + 1
+        assert p.resolve(2) is None and len(converted) == 2  # the state is known bad now
+        ex.frames.put_nowait(deep(bad_at=0))  # bad at the very top
+        await until(lambda: p.version == 2)
+        assert p.resolve(2) is None and rng._value.get() == r0 + 2
+        assert p.resolve() is None and converted == [2, conn.settings.book_depth, 2]  # not converted again
+        ex.frames.put_nowait(deep(bad_at=-1))  # all good: resolved in full first, any depth is answered by it
+        await until(lambda: p.version == 3)
+        full = p.resolve()
+        assert full is not None and len(full.bids) == 5 and p.resolve(2) is full
+    finally:
+        await conn.disconnect()
+
+
+async def test_the_pipeline_stores_snapshots_from_the_stored_levels_only(storage, tmp_path):
+    """A stored snapshot (snapshot_depth 2) converts 2 levels a side of the state handed on; the tick converts
+    that state's whole top once; the stored row and the engine's book are what each asked for."""
+    conn, ex, got, converted = await connector(tmp_path)
+    s = settings(tmp_path, db_url=storage.settings.db_url, snapshot_depth=2)
+    pipe = Pipeline(s, storage, MemoryCache(), run_timers=False)
+    conn.add_data_callback(pipe.on_event, lazy_books=True)
+
+    def deep(book: dict[str, Any]) -> None:
+        book["bids"][:] = [[100.0 - i, 1.0 + i] for i in range(5)]
+        book["asks"][:] = [[101.0 + i, 1.0] for i in range(5)]
+    try:
+        ex.frames.put_nowait(deep)
+        await until(lambda: len(got) == 1)
+        assert converted == [2]
+        await pipe.tick(1.7e9)
+        assert converted == [2, s.book_depth] and len(pipe.engine.book("kraken", "BTC-USDT").bids) == 5
+        await storage.flush()
+        stored = await storage.get_snapshots("BTC-USDT")
+        assert [(b.bids.prices.tolist(), b.asks.prices.tolist()) for b in stored] == [([100.0, 99.0], [101.0, 102.0])]
+    finally:
         await conn.disconnect()
 
 

@@ -45,6 +45,7 @@ import math
 import time
 from dataclasses import replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Callable
 
 import structlog
@@ -351,17 +352,22 @@ class Pipeline:
 def _export_market(result: Any) -> None:
     """The tick's figures as Prometheus gauges (live only; the market dashboard reads them)."""
     for (symbol, exchange), m in result.metrics.items():
-        BOOK_MID.labels(exchange, symbol).set(m.mid_price)
-        BOOK_SPREAD.labels(exchange, symbol).set(m.spread)
+        _gauge(BOOK_MID, exchange, symbol).set(m.mid_price)
+        _gauge(BOOK_SPREAD, exchange, symbol).set(m.spread)
     for symbol, book in result.books.items():
         if book.best_bid is not None:
-            NBBO_BID.labels(symbol).set(book.best_bid)
+            _gauge(NBBO_BID, symbol).set(book.best_bid)
         if book.best_ask is not None:
-            NBBO_ASK.labels(symbol).set(book.best_ask)
+            _gauge(NBBO_ASK, symbol).set(book.best_ask)
     for (symbol, exchange), imb in result.venue_imbalances.items():
-        IMBALANCE.labels(exchange, symbol).set(imb.top_of_book)
+        _gauge(IMBALANCE, exchange, symbol).set(imb.top_of_book)
     for symbol, imb in result.imbalances.items():
-        IMBALANCE.labels("consolidated", symbol).set(imb.top_of_book)
+        _gauge(IMBALANCE, "consolidated", symbol).set(imb.top_of_book)
+
+
+@lru_cache(maxsize=None)  # a gauge's child per label values, looked up once: labels() is most of a set's cost
+def _gauge(gauge: Any, *labels: str) -> Any:
+    return gauge.labels(*labels)
 
 
 def _count_late(exchange: str, repaired: bool) -> None:

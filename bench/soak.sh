@@ -2,6 +2,8 @@
 # Memory and lag over a long run (issue 16): `coby run` with ten venues × N symbols at RATE updates/s per market,
 # the simulator in its own process, PostgreSQL; the daemon's /api/v1/status load section printed every 30 s.
 #   bench/soak.sh [N symbols, 10] [seconds, 1200] [rate, 10]
+#   PIN=1,0 bench/soak.sh 45 600     # coby on CPU 1, the simulator on CPU 0 (taskset), as bench/daemon.py --pin
+# Symbols beyond the instrument table are plain mid-priced markets XA01-USDT... (as bench/daemon.py).
 # Run from the checkout; uses .venv/bin/python and a scratch database coby_bench_soak_<pid> of its own (dropped at
 # the end), so two soaks can run side by side.
 set -euo pipefail
@@ -9,19 +11,24 @@ cd "$(dirname "$0")/.."
 N=${1:-10}; SECS=${2:-1200}; RATE=${3:-10}
 PY=${PYTHON:-.venv/bin/python}
 ROOT=$PWD
-SYMS=$($PY -c "from coby.instruments import SYMBOLS; print(','.join(list(SYMBOLS)[:$N]))")
+SYMS=$($PY -c "from coby.instruments import SYMBOLS; print(','.join((list(SYMBOLS) + [f'XA{i:02d}-USDT' for i in range(1, 100)])[:$N]))")
+PIN_RUN=(); PIN_SIM=()
+if [ -n "${PIN:-}" ]; then
+  PIN_RUN=(taskset -c "${PIN%%,*}")
+  [[ "$PIN" == *,* ]] && PIN_SIM=(taskset -c "${PIN#*,}")
+fi
 SP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 AP=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 DB=coby_bench_soak_$$
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 DATA=$(mktemp -d)
-PYTHONPATH=$ROOT $PY -m coby.cli simulate --port "$SP" --rate "$RATE" --symbols "$SYMS" >/dev/null 2>&1 &
+PYTHONPATH=$ROOT "${PIN_SIM[@]}" $PY -m coby.cli simulate --port "$SP" --rate "$RATE" --symbols "$SYMS" >/dev/null 2>&1 &
 SIM=$!
 sleep 3
 env -u COBY_TEST_REDIS PYTHONPATH=$ROOT COBY_EXCHANGE_URLS="*=http://127.0.0.1:$SP" COBY_SYMBOLS="$SYMS" \
   COBY_EXCHANGES=binance,coinbase,kraken,okx,bybit,bitfinex,gate,kucoin,mexc,htx LOG_LEVEL=WARNING \
   COBY_DATA_DIR="$DATA" API_PORT="$AP" COBY_DB_URL="postgresql://postgres@127.0.0.1:5432/$DB" \
-  $PY -m coby.cli run >"$DATA/run.log" 2>&1 &
+  "${PIN_RUN[@]}" $PY -m coby.cli run >"$DATA/run.log" 2>&1 &
 RUN=$!
 trap 'kill $RUN $SIM 2>/dev/null || true' EXIT
 echo "# $N symbols x 10 venues at $RATE/s, $SECS s; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -107,6 +107,7 @@ def test_merged_levels_make_no_level_until_one_is_read():
     side = merged()
     assert side._levels is None
     assert side[0].venues == {"binance": 1.0, "okx": 3.0} and side._levels is None
+    assert side[1] == side[-1] == ConsolidatedLevel(99.0, 3.5, {"okx": 2.0, "kraken": 1.5}) and side._levels is None
     levels = side.levels()
     assert side.levels() is levels and side[1] is levels[1]
 

@@ -104,7 +104,7 @@ class ExchangeConnector(FailurePolicy):
         self._pool = FeedPool(exchange, self.venue, self.catalog, settings.max_connections_per_exchange,
                               client_factory, self._base_url, self._frame_failed)
         self._streams: dict[tuple[str, str], Stream] = {}
-        self._held: set[Stream] = set()  # book streams with a state held back (Stream.pending): what the flusher reads
+        self._held: set[Stream] = set()  # book streams holding a state back (book_emit_interval): the flusher's
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connected = self._stopped = False
         self._messages = self._reconnects = 0
@@ -275,8 +275,7 @@ class ExchangeConnector(FailurePolicy):
                 finally:
                     st.watching = False
                 st.epoch += 1  # a book handed on before the failure is not resolved any more
-                st.pending = False  # a held-back state of a failed book is not worth emitting
-                self._held.discard(st)
+                self._held.discard(st)  # a held-back state of a failed book is not worth emitting
                 delay = await self._failed(st, err)
                 if delay is None:
                     return
@@ -299,13 +298,11 @@ class ExchangeConnector(FailurePolicy):
             if self.emit_interval:
                 now = clock()
                 if now < st.next_emit:  # held back: the flusher (or a later update) emits the newest state
-                    st.raw, st.pending = raw, True
+                    st.raw = raw
                     self._held.add(st)
                     continue
                 st.next_emit = now + self.emit_interval
-            if st.pending:
-                st.pending = False
-                self._held.discard(st)
+            self._held.discard(st)
             await self._emit_book(st, raw)
 
     async def _emit_book(self, st: Stream, raw: Any) -> None:
@@ -350,8 +347,8 @@ class ExchangeConnector(FailurePolicy):
             await self._sleep(interval / 2.0)
             now = self._clock()
             for st in list(self._held):  # not every stream: most are never held back at real rates
-                if st.pending and st.watching and now >= st.next_emit and st.gen == st.feed.gen:
-                    st.pending, st.next_emit = False, now + self.emit_interval
+                if st.watching and now >= st.next_emit and st.gen == st.feed.gen:
+                    st.next_emit = now + self.emit_interval
                     self._held.discard(st)
                     await self._emit_book(st, st.raw)
 

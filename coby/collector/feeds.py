@@ -251,7 +251,6 @@ class Stream:
         self.raw: Any = None  # ccxt's (live, mutated in place) book held back by book_emit_interval
         self.book: PendingBook | None = None  # what the book stream hands on (coby.pendingbook)
         self.epoch = 0  # attempts that failed: a book handed on before a failure is no longer whole
-        self.pending = False
         self.next_emit = float("-inf")
 
 

@@ -521,12 +521,13 @@ def test_content_dedupe_counts_alike_trades():
     trade known nowhere is new too."""
     from datetime import UTC, datetime
 
-    from coby.collector.backfill_paging import Recent, new_by_content
+    from coby.collector.backfill_paging import LIVE_IDS, new_by_content
+    from coby.collector.recentkeys import RecentKeys
     from coby.models import TradeEvent
     alike = {"timestamp": 1_000, "price": 30000.0, "amount": 0.5, "side": "buy", "id": None}
     other = {**alike, "price": 30001.0}
-    live = Recent()
-    live.add((1_000, 30000.0, 0.5, "buy"))
+    live = RecentKeys(LIVE_IDS)
+    live.push((1_000, 30000.0, 0.5, "buy"))
     stored = [TradeEvent(SYMBOL, "mexc", datetime.fromtimestamp(1.0, UTC), 30000.0, 0.5, "buy", "x", None)]
     new = new_by_content([alike, dict(alike), other, dict(alike)], live, stored)
     assert [r["id"] for r in new] == ["1000:30000.0:0.5:buy:1", "1000:30001.0:0.5:buy:0", "1000:30000.0:0.5:buy:2"]
@@ -547,4 +548,4 @@ def test_the_fillers_memory_of_live_trades_is_bounded_by_trade_id_memory(tmp_pat
         fill = Backfill(s, None, None)
         for i in range(6_000):
             fill.observe(TradeEvent("BTC-USDT", "binance", now, 30_000.0, 0.1, "buy", str(i), now))
-        assert len(fill._live[("binance", "BTC-USDT")].order) == held
+        assert len(fill._live[("binance", "BTC-USDT")]) == held

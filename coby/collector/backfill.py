@@ -41,11 +41,12 @@ from typing import Any
 
 import structlog
 
-from coby.collector.backfill_paging import LIVE_IDS, PAGING, Mark, Recent, fetch, new_by_content
+from coby.collector.backfill_paging import LIVE_IDS, PAGING, Mark, fetch, new_by_content
 from coby.collector.ccxterrors import translate_ccxt_error
 from coby.errors import RateLimited
 from coby.metrics import BACKFILL_GAPS, BACKFILL_RATE_LIMITED, BACKFILL_TRADES
 from coby.collector.normalize import INFO_TIME_NS, trade_ms
+from coby.collector.recentkeys import RecentKeys
 from coby.models import ConnectionEvent, ConnectionEventKind, TradeEvent, utc_from_ms, utcnow
 from coby.collector.venues import build_client, override_base
 
@@ -93,7 +94,7 @@ class Backfill:
         self._clients: dict[str, Any] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._last: dict[tuple[str, str], Mark] = {}
-        self._live: dict[tuple[str, str], Recent] = {}  # per market: live trade ids (by_content: fingerprints)
+        self._live: dict[tuple[str, str], RecentKeys] = {}  # per market: live trade ids (by_content: fingerprints)
         self._waiting: dict[tuple[str, str], tuple[Any, bool]] = {}  # market -> (lower end: a Mark or _STORED, quiet)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, dict[str, int]] = {}
@@ -124,8 +125,8 @@ class Backfill:
             mark = Mark.of(event)
             live = self._live.get(key)
             if live is None:
-                live = self._live[key] = Recent(self._live_ids)
-            live.add(mark.fp if PAGING[event.exchange].by_content else mark.id)
+                live = self._live[key] = RecentKeys(self._live_ids)
+            live.push(mark.fp if PAGING[event.exchange].by_content else mark.id)
             if key in self._waiting:
                 lower, quiet = self._waiting[key]
                 if lower is _STORED or mark.ts >= lower.ts:  # not an old trade resent on subscribe
@@ -194,7 +195,7 @@ class Backfill:
             oldest = min((r["timestamp"] for r in raws if r.get("timestamp") is not None), default=None)
             reason = "the venue's history does not reach back to the last trade before the gap" + \
                 (f" (it starts at {utc_from_ms(oldest).isoformat()})" if oldest is not None else "")
-        live = self._live.setdefault((exchange, symbol), Recent(self._live_ids))
+        live = self._live.setdefault((exchange, symbol), RecentKeys(self._live_ids))
         stored = await self._stored(exchange, symbol, lower, upper)
         raws = [r for r in raws if lower.ts <= r["timestamp"] and _before(r, upper, PAGING[exchange])]
         if PAGING[exchange].by_content:
@@ -209,7 +210,7 @@ class Backfill:
         if processor.relost > relost:  # validated live but never handed on (coby.collector.normalize.process_trades)
             log.warning("backfill_recovered_unsent_live_trades", trades=processor.relost - relost)
         for t in trades:
-            live.add(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
+            live.push(Mark.of(t).fp if PAGING[exchange].by_content else t.trade_id)
         for i in range(0, len(trades), HAND_ON):  # in slices, the loop free between them: live data first
             await self._give_way()
             await self.pipeline.on_backfill(trades[i:i + HAND_ON])

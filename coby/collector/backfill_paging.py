@@ -12,11 +12,11 @@ anywhere): a trade is known by (time ms, price, amount, side), counted (:func:`n
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from coby.collector.recentkeys import RecentKeys
 from coby.models import TradeEvent
 
 LIVE_IDS = 5_000  # trade ids remembered per market, to tell a fetched trade from one that came live
@@ -61,31 +61,6 @@ def content_id(fp: Fingerprint, occurrence: int) -> str:
     return f"{fp[0]}:{fp[1]!r}:{fp[2]!r}:{fp[3]}:{occurrence}"
 
 
-class Recent:
-    """The last ``size`` keys seen (trade ids, or fingerprints), counted, with O(1) add and count."""
-
-    __slots__ = ("counts", "order", "size")
-
-    def __init__(self, size: int = LIVE_IDS) -> None:
-        self.counts: dict[Any, int] = {}
-        self.order: deque[Any] = deque()
-        self.size = size
-
-    def add(self, key: Any) -> None:
-        if len(self.order) >= self.size:
-            old = self.order.popleft()
-            n = self.counts[old] - 1
-            if n:
-                self.counts[old] = n
-            else:
-                del self.counts[old]
-        self.order.append(key)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self.counts
-
-
 @dataclass(frozen=True, slots=True)
 class Mark:
     """One end of a gap: a trade's time (ms), id and content."""
@@ -101,7 +76,7 @@ class Mark:
 
 
 
-def new_by_content(raws: list[dict], live: Recent, stored: list[TradeEvent]) -> list[dict]:
+def new_by_content(raws: list[dict], live: RecentKeys, stored: list[TradeEvent]) -> list[dict]:
     """The fetched trades not yet known, where the venue's history carries no id its WebSocket sends: by
     content (time ms, price, amount, side), counted - of n fetched trades alike, those beyond the number
     known (live or stored, whichever knows more) are new. Each gets coby's content id, numbered on from
@@ -117,7 +92,7 @@ def new_by_content(raws: list[dict], live: Recent, stored: list[TradeEvent]) -> 
     for r in raws:
         fp = fingerprint(r["timestamp"], r["price"], r["amount"], r["side"])
         k = taken[fp] = taken.get(fp, -1) + 1
-        if k >= max(known.get(fp, 0), live.counts.get(fp, 0)):
+        if k >= max(known.get(fp, 0), live.count(fp)):
             wanted.append({**r, "id": content_id(fp, k)})
     return wanted
 

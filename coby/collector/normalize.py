@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -44,6 +43,7 @@ from typing import Any
 import structlog
 from ccxt.async_support.base.ws.order_book_side import CountedOrderBookSide
 
+from coby.collector.recentkeys import RecentKeys
 from coby.errors import ValidationError
 from coby.metrics import REJECTS
 from coby.models import Levels, OrderBookMetrics, OrderBookSnapshot, TradeEvent, UTC, to_ms
@@ -80,30 +80,6 @@ def trade_ms(raw: Mapping[str, Any], exchange: str) -> Any:
     return raw["timestamp"]
 
 
-class _RecentIds:
-    """The last ``size`` ids seen, with O(1) membership."""
-
-    __slots__ = ("_seen", "_order", "_size")
-
-    def __init__(self, size: int) -> None:
-        self._seen: set[str] = set()
-        self._order: deque[str] = deque()
-        self._size = size
-
-    def add(self, key: str) -> bool:
-        """Remember ``key``; False if it was already there."""
-        if key in self._seen:
-            return False
-        if len(self._order) >= self._size:
-            self._seen.discard(self._order.popleft())
-        self._order.append(key)
-        self._seen.add(key)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-
 class DataProcessor:
     """Normalises and validates venue data; one instance can serve every venue.
 
@@ -118,7 +94,7 @@ class DataProcessor:
         self._age_ms = max_age * 1000.0
         self._id_memory = trade_id_memory
         self._log_interval = reject_log_interval
-        self._trade_ids: dict[tuple[str, str], _RecentIds] = {}
+        self._trade_ids: dict[tuple[str, str], RecentKeys] = {}
         self.relost = 0  # validated live, never handed on, recovered by the gap filler (process_trades)
         self._rejects: dict[str, dict[str, int]] = {}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -316,7 +292,7 @@ class DataProcessor:
         key = (trade.exchange, trade.symbol)
         ids = self._trade_ids.get(key)
         if ids is None:
-            ids = self._trade_ids[key] = _RecentIds(self._id_memory)
+            ids = self._trade_ids[key] = RecentKeys(self._id_memory)
         if not ids.add(trade.trade_id):
             return "duplicate_trade", f"trade id {trade.trade_id}"
         return None

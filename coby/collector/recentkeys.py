@@ -1,13 +1,14 @@
-"""The last N keys seen, in a fixed amount of memory: what the normaliser (duplicate trade ids) and the gap
+"""The last N keys seen, in a bounded amount of memory (about 34 bytes a key): what the normaliser (duplicate trade ids) and the gap
 filler (live trades, by id or by content) remember per market.
 
-A Python ``set`` of the last 10,000 trade ids with a ``deque`` of their order costs ~1.45 MB a market (the
-set's table alone is 512 KB, each id string 55-60 bytes more) and grows as trades arrive, for hours on a
-quiet market: 450 markets held about 1.2 GB more after the memories filled (docs/benchmarks.md). Here a
-key is kept as its 64-bit hash in two preallocated ``array('q')``: an open-addressed table (linear probing,
-at least twice as many slots as keys, deletion by backward shift - no tombstones) and a ring of the keys in
-arrival order, which says which key to forget when a new one comes. 16 bytes a key plus the table's free
-slots: about 340 KB for 10,000 keys, all of it taken when the memory is made, so a market's memory does not grow.
+A Python ``set`` of the last 10,000 trade ids with a ``deque`` of their order costs ~1.2 MB a market (the
+set's table alone is 512 KB, each id string 55-60 bytes more), plus the gap filler's own memory: 450 markets
+held about 0.6 GB more once the memories filled (docs/benchmarks.md). Here a key is kept as its 64-bit hash in
+two ``array('q')``: an open-addressed table (linear probing, at least twice as many slots as keys, deletion by
+backward shift - no tombstones) and a ring of the keys in arrival order, which says which key to forget when a
+new one comes. 16 bytes a key plus the table's free slots: about 340 KB for 10,000 keys. The table doubles (and
+the ring grows) as keys arrive until ``size`` are held, so a quiet market costs what it holds; once full,
+a memory never allocates again.
 
 Keys are anything hashable (trade ids, content fingerprints); two different keys are the same here only if
 their 64-bit hashes are equal: for a new key the chance is (keys held) / 2^64 - 5e-16 with 10,000 held, one
@@ -25,7 +26,7 @@ from collections.abc import Hashable
 
 
 class RecentKeys:
-    """The last ``size`` keys pushed (a multiset), as 64-bit hashes in fixed memory."""
+    """The last ``size`` keys pushed (a multiset), as 64-bit hashes in bounded memory."""
 
     __slots__ = ("size", "_table", "_mask", "_ring", "_next", "_held")
 
@@ -33,12 +34,16 @@ class RecentKeys:
         if size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
         self.size = size
-        slots = 1 << (2 * size - 1).bit_length()  # a power of two >= 2 x size: probes stay short
-        self._table = array("q", bytes(8 * slots))  # 0: a free slot
-        self._mask = slots - 1
-        self._ring = array("q", bytes(8 * size))  # the hashes held, oldest at _next once full
+        self._table = array("q", bytes(8 * 16))  # 0: a free slot; doubled up to _slots(size) as keys arrive
+        self._mask = 15
+        self._ring = array("q")  # the hashes held in arrival order; once full, the oldest is at _next
         self._next = 0
         self._held = 0
+
+    @staticmethod
+    def _slots(held: int) -> int:
+        """The table's size for ``held`` keys: a power of two >= 2 x held (probes stay short), at least 16."""
+        return max(16, 1 << (2 * held - 1).bit_length())
 
     def __len__(self) -> int:
         return self._held
@@ -71,8 +76,10 @@ class RecentKeys:
             if v == h:
                 return False
             i = (i + 1) & mask
-        if self._held == self.size:  # forget the oldest; the gap it leaves may be on h's way: look again
-            self._forget(self._ring[self._next])
+        if self._held == self.size or 2 * (self._held + 1) > mask + 1:
+            # forget the oldest, or grow the table: either moves keys, so look for h's free slot again
+            self._make_room()
+            table, mask = self._table, self._mask
             i = h & mask
             while table[i]:
                 i = (i + 1) & mask
@@ -83,8 +90,8 @@ class RecentKeys:
     def push(self, key: Hashable) -> None:
         """Remember ``key``, held already or not (forgetting the oldest key once ``size`` are held)."""
         h = hash(key) or 1
-        if self._held == self.size:
-            self._forget(self._ring[self._next])
+        if self._held == self.size or 2 * (self._held + 1) > self._mask + 1:
+            self._make_room()
         table, mask = self._table, self._mask
         i = h & mask
         while table[i]:
@@ -92,11 +99,27 @@ class RecentKeys:
         table[i] = h
         self._remember(h)
 
+    def _make_room(self) -> None:
+        """Room for one more key: forget the oldest when ``size`` are held, else double the table."""
+        if self._held == self.size:
+            self._forget(self._ring[self._next])
+            return
+        slots = self._slots(self._held + 1)
+        table, mask = array("q", bytes(8 * slots)), slots - 1
+        for h in self._ring:  # not full yet: the ring holds exactly the keys held
+            i = h & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = h
+        self._table, self._mask = table, mask
+
     def _remember(self, h: int) -> None:
-        self._ring[self._next] = h
-        self._next = (self._next + 1) % self.size
-        if self._held < self.size:
-            self._held += 1
+        if self._held < self.size and len(self._ring) == self._held:  # filling: the ring grows
+            self._ring.append(h)
+        else:  # full (or one forgotten to make room): the oldest's place
+            self._ring[self._next] = h
+            self._next = (self._next + 1) % self.size
+        self._held += 1
 
     def _forget(self, h: int) -> None:
         """Take one ``h`` out of the table, closing the gap by moving later keys of its run back (linear

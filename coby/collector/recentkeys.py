@@ -76,22 +76,16 @@ class RecentKeys:
             if v == h:
                 return False
             i = (i + 1) & mask
-        if self._held == self.size or 2 * (self._held + 1) > mask + 1:
-            # forget the oldest, or grow the table: either moves keys, so look for h's free slot again
-            self._make_room()
-            table, mask = self._table, self._mask
-            i = h & mask
-            while table[i]:
-                i = (i + 1) & mask
-        table[i] = h
-        self._remember(h)
+        self._insert(h)
         return True
 
     def push(self, key: Hashable) -> None:
         """Remember ``key``, held already or not (forgetting the oldest key once ``size`` are held)."""
-        h = hash(key) or 1
+        self._insert(hash(key) or 1)
+
+    def _insert(self, h: int) -> None:
         if self._held == self.size or 2 * (self._held + 1) > self._mask + 1:
-            self._make_room()
+            self._make_room()  # forgets the oldest or grows the table: keys move, so h's slot is found after
         table, mask = self._table, self._mask
         i = h & mask
         while table[i]:

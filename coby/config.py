@@ -203,8 +203,8 @@ class Settings:
     max_data_age: float = setting(3600.0, "Validation: reject items stamped more than this many seconds in the past.",
                                   ("COBY_MAX_DATA_AGE",), check_positive)
     trade_id_memory: int = setting(10000, "Recent trade ids remembered per (venue, symbol) to reject duplicates "
-                                   "(as 64-bit hashes: ~34 bytes each, taken with the market's first trade; the gap filler keeps "
-                                   "at most 5,000 more).",
+                                   "(as 64-bit hashes: ~34 bytes each once full, growing to that as trades arrive; the gap filler "
+                                   "keeps at most 5,000 more).",
                                    ("COBY_TRADE_ID_MEMORY",), check_positive)
     reject_log_interval: float = setting(10.0, "Seconds between two log lines about rejected items of one venue and "
                                          "reason (the others are counted).",

@@ -1,4 +1,4 @@
-"""RecentKeys (coby.collector.recentkeys): the last N keys in fixed memory, against a plain deque + Counter."""
+"""RecentKeys (coby.collector.recentkeys): the last N keys in bounded memory, against a plain deque + Counter."""
 
 from __future__ import annotations
 

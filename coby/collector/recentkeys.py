@@ -28,25 +28,19 @@ from collections.abc import Hashable
 class RecentKeys:
     """The last ``size`` keys pushed (a multiset), as 64-bit hashes in bounded memory."""
 
-    __slots__ = ("size", "_table", "_mask", "_ring", "_next", "_held")
+    __slots__ = ("size", "_table", "_mask", "_ring", "_next")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"size must be at least 1, not {size}")
         self.size = size
-        self._table = array("q", bytes(8 * 16))  # 0: a free slot; doubled up to _slots(size) as keys arrive
+        self._table = array("q", bytes(8 * 16))  # 0: a free slot; doubled as keys arrive (_grow)
         self._mask = 15
-        self._ring = array("q")  # the hashes held in arrival order; once full, the oldest is at _next
+        self._ring = array("q")  # the hashes held in arrival order, up to size; once full, the oldest is at _next
         self._next = 0
-        self._held = 0
-
-    @staticmethod
-    def _slots(held: int) -> int:
-        """The table's size for ``held`` keys: a power of two >= 2 x held (probes stay short), at least 16."""
-        return max(16, 1 << (2 * held - 1).bit_length())
 
     def __len__(self) -> int:
-        return self._held
+        return len(self._ring)
 
     def __contains__(self, key: Hashable) -> bool:
         return self.count(key) > 0
@@ -84,36 +78,34 @@ class RecentKeys:
         self._insert(hash(key) or 1)
 
     def _insert(self, h: int) -> None:
-        if self._held == self.size or 2 * (self._held + 1) > self._mask + 1:
-            self._make_room()  # forgets the oldest or grows the table: keys move, so h's slot is found after
+        ring, held = self._ring, len(self._ring)
+        full = held == self.size
+        if full:
+            self._forget(ring[self._next])  # keys move: h's free slot is looked for after
+        elif 2 * (held + 1) > self._mask + 1:
+            self._grow(held + 1)
         table, mask = self._table, self._mask
         i = h & mask
         while table[i]:
             i = (i + 1) & mask
         table[i] = h
-        self._remember(h)
+        if full:  # the oldest's place in the ring
+            ring[self._next] = h
+            self._next = (self._next + 1) % self.size
+        else:
+            ring.append(h)
 
-    def _make_room(self) -> None:
-        """Room for one more key: forget the oldest when ``size`` are held, else double the table."""
-        if self._held == self.size:
-            self._forget(self._ring[self._next])
-            return
-        slots = self._slots(self._held + 1)
+    def _grow(self, held: int) -> None:
+        """A table for ``held`` keys: a power of two >= 2 x held (probes stay short), filled from the ring,
+        which holds exactly the keys held until it is full."""
+        slots = 1 << (2 * held - 1).bit_length()
         table, mask = array("q", bytes(8 * slots)), slots - 1
-        for h in self._ring:  # not full yet: the ring holds exactly the keys held
+        for h in self._ring:
             i = h & mask
             while table[i]:
                 i = (i + 1) & mask
             table[i] = h
         self._table, self._mask = table, mask
-
-    def _remember(self, h: int) -> None:
-        if self._held < self.size and len(self._ring) == self._held:  # filling: the ring grows
-            self._ring.append(h)
-        else:  # full (or one forgotten to make room): the oldest's place
-            self._ring[self._next] = h
-            self._next = (self._next + 1) % self.size
-        self._held += 1
 
     def _forget(self, h: int) -> None:
         """Take one ``h`` out of the table, closing the gap by moving later keys of its run back (linear
@@ -122,7 +114,6 @@ class RecentKeys:
         i = h & mask
         while table[i] != h:
             i = (i + 1) & mask
-        self._held -= 1
         j = i
         while True:
             j = (j + 1) & mask

@@ -7,7 +7,9 @@ The simulator runs in its own process (``coby simulate``) at ``--rate`` updates 
 Against it, one after the other, each in its own process for the same window after a warm-up:
 
 - **ccxt.pro alone**: a ``watch_order_book`` and a ``watch_trades`` loop per venue and symbol (one ccxt
-  client per venue and kind), doing nothing else;
+  client per venue and kind), doing nothing else; books at the depth coby asks each venue for
+  (``Venue.book_limit(book_depth)``: kraken 100, not ccxt's default 10; bitfinex 100, not 25...), so that
+  both get the same frames;
 - **coby**: ``coby run`` of this tree (PostgreSQL in a fresh database, in-process cache), exactly as a
   user starts it;
 - **coby (base)**: the same command with ``PYTHONPATH`` at ``--base``, a checkout of an older commit.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,25 +63,26 @@ import asyncio, sys
 from coby.config import Settings
 from coby.collector.markets import MarketCatalog
 from coby.symbols import SymbolMap
-from coby.collector.venues import build_client, override_base
+from coby.collector.venues import VENUES, build_client, override_base
 
 async def main():
     settings = Settings.load()
     loops = []
     for ex in settings.exchanges:
+        limit = VENUES[ex].book_limit(settings.book_depth)  # the depth coby asks for: the same stream
         catalog = MarketCatalog(ex, settings, SymbolMap(settings.symbol_map))
         base = override_base(settings, ex)
         books = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
         trades = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
         for sym in settings.symbols:
             unified = SymbolMap(settings.symbol_map).unified(ex, sym)
-            async def watch(method, u=unified):
+            async def watch(method, u=unified, *args):
                 while True:
                     try:
-                        await method(u)
+                        await method(u, *args)
                     except Exception:
                         await asyncio.sleep(1)
-            loops += [watch(books.watch_order_book), watch(trades.watch_trades)]
+            loops += [watch(books.watch_order_book, unified, limit), watch(trades.watch_trades)]
     await asyncio.gather(*loops)
 
 asyncio.run(main())
@@ -86,9 +90,14 @@ asyncio.run(main())
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """The process' user and system CPU seconds (all threads)."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
 
 
 def rss_mb(pid: int) -> float:
@@ -136,8 +145,9 @@ def env_for(sim_port: int, symbols: list[str], pythonpath: str, db: str | None, 
 
 
 def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: float, seconds: float,
-            pythonpath: str = HERE, degrade: bool = False) -> dict:
-    """One process of ``kind`` (ccxt, coby) against the simulator: messages, CPU and RSS over the window."""
+            pythonpath: str = HERE, degrade: bool = False, profile: str | None = None) -> dict:
+    """One process of ``kind`` (ccxt, coby) against the simulator: messages, CPU and RSS over the window.
+    ``profile``: a file for py-spy's samples of the window (collapsed stacks, idle frames left out)."""
     db = new_db() if kind == "coby" else None
     api_port = free_port()
     env = env_for(sim_port, symbols, pythonpath, db, api_port)
@@ -157,7 +167,11 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
             except OSError:
                 pass
             time.sleep(1)
-        m0, c0, t0 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
+        spy = None if profile is None else subprocess.Popen(
+            [shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy", "record", "--pid", str(proc.pid), "--duration", str(int(seconds)), "--rate", "250",
+             "--nonblocking", "--threads", "--format", "raw", "--output", profile], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, preexec_fn=pinned("sim"))
+        m0, (u0, s0), t0 = sent(sim), cpu_split(proc.pid), time.monotonic()
         lags, overloaded = [], 0
         while time.monotonic() - t0 < seconds:
             time.sleep(1)
@@ -165,8 +179,11 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
                 load = http(f"http://127.0.0.1:{api_port}/api/v1/status").get("load") or {}
                 lags.append(load.get("loop_lag_s") or 0.0)  # the worst lag of the last second
                 overloaded += bool(load.get("reasons"))  # seconds that would count (degrading is off)
-        m1, c1, t1 = sent(sim), cpu_seconds(proc.pid), time.monotonic()
-        out = {"messages": m1 - m0, "cpu": c1 - c0, "wall": t1 - t0, "rss_mb": rss_mb(proc.pid)}
+        m1, (u1, s1), t1 = sent(sim), cpu_split(proc.pid), time.monotonic()
+        out = {"messages": m1 - m0, "cpu": u1 - u0 + s1 - s0, "sys": s1 - s0, "wall": t1 - t0,
+               "rss_mb": rss_mb(proc.pid)}
+        if spy is not None:
+            spy.wait(seconds + 30)
         if lags:
             lags.sort()
             out["loop_lag_p99_s"] = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
@@ -186,7 +203,9 @@ def report(name: str, r: dict, base_us: float | None, symbols: int) -> str:
     ratio = f"{us / base_us:5.2f}x" if base_us else "    - "
     extra = f", loop lag p99 {r['loop_lag_p99_s'] * 1000:.0f} ms, overloaded seconds {r['overloaded_s']}" \
         if "loop_lag_p99_s" in r else ""
+    sys_us = r["sys"] / r["messages"] * 1e6
     return (f"{name:<14} {r['messages'] / r['wall']:>7.0f} msg/s  {r['cpu'] / r['wall']:5.2f} core  {us:6.1f} us/msg "
+            f"(system {sys_us:5.1f}) "
             f"{ratio}  one core full at N = {full:5.1f}  RSS {r['rss_mb']:.0f} MB{extra}")
 
 
@@ -318,6 +337,9 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=1.5, help="--overload's ramp: the rate's factor per step")
     ap.add_argument("--step-seconds", type=float, default=20.0, help="--overload's ramp: seconds per step")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of ccxt.pro alone, coby, base (alternating)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="py-spy (beside this Python, or on PATH) samples each measured process' window into DIR/<name>-<round>.txt "
+                         "(collapsed stacks; its sampling costs the process a little: not for the figures)")
     ap.add_argument("--pin", default=None, metavar="RUN[,SIM]",
                     help="pin the measured process (ccxt.pro alone or coby) to CPU RUN and the simulator to CPU SIM, "
                          "e.g. 1,0: 'one core' is then one core, not a share of a busy machine (the simulator "
@@ -348,11 +370,18 @@ def main() -> None:
             return
         for i in range(args.repeat):  # ABAB...: each round's ratios against that round's ccxt.pro alone
             tag = f" #{i + 1}" if args.repeat > 1 else ""
-            results = [("ccxt.pro alone" + tag, measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds))]
-            results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds)))
+
+            def spy(name: str) -> str | None:
+                return None if not args.profile else os.path.join(os.path.abspath(args.profile), f"{name}-{i + 1}.txt")
+            if args.profile:
+                os.makedirs(args.profile, exist_ok=True)
+            results = [("ccxt.pro alone" + tag, measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds,
+                                                        profile=spy("ccxt")))]
+            results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,
+                                                  profile=spy("coby"))))
             if args.base:
                 results.append(("coby (base)" + tag, measure("coby", sim, sim_port, symbols, args.warmup,
-                                                             args.seconds, pythonpath=args.base)))
+                                                             args.seconds, pythonpath=args.base, profile=spy("base"))))
             print(f"10 venues x {len(symbols)} symbols at {args.rate:g} updates/s/market, {args.seconds:g} s each "
                   f"after {args.warmup:g} s warm-up, load {os.getloadavg()[0]:.1f}", flush=True)
             r0 = results[0][1]

@@ -78,9 +78,14 @@ def run(
     _logging(settings)
     tune_gc()
     from coby.daemon import run as run_daemon
+    from coby import eventloop
+    try:
+        eventloop.choose(settings.event_loop)
+    except ConfigError as e:
+        _fail(str(e), 2)
     freeze_imports()
     try:
-        code = asyncio.run(run_daemon(settings))
+        code = eventloop.run(run_daemon(settings), settings.event_loop)
     except ConfigError as e:
         _fail(str(e), 2)
     except StorageError as e:

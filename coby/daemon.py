@@ -24,6 +24,7 @@ import structlog
 
 from coby.cache import MemoryCache, open_cache
 from coby.config import Settings
+from coby.eventloop import running as running_loop
 from coby.db import Storage, open_storage
 
 log = structlog.get_logger("coby.daemon")
@@ -59,7 +60,7 @@ class Daemon:
         s = self.settings
         log.info("daemon_starting", role=s.role, storage=self.storage.kind, cache=self.cache.kind,
                  exchanges=list(s.exchanges), symbols=list(s.symbols), shard=s.shard, standby=s.standby,
-                 simulate=s.simulate)
+                 simulate=s.simulate, event_loop=running_loop())
         from coby.db.tables import TABLES
         from coby.metrics import preset
         preset(s.exchanges, TABLES)  # every venue's and table's series exist from the start, at 0

@@ -146,6 +146,8 @@ def _schemas() -> dict[str, Any]:
     out["VenueStatus"] = venue
     out["Status"] = _obj({
         "ok": _ok(), "version": {"type": "string"}, "uptime_s": {"type": "number"},
+        "event_loop": {"type": "string", "enum": ["uvloop", "asyncio"],
+                       "description": "the event loop the daemon runs on (setting event_loop)"},
         "storage": _obj({"kind": {"type": "string"}, "mode": {"type": "string"}, "healthy": {"type": "boolean"},
                          "pending_rows": {"type": "integer"}}),
         "cache": _obj({"kind": {"type": "string"}, "connected": {"type": "boolean"}}),

@@ -24,6 +24,7 @@ from coby.api.params import (DEFAULT_PAGE, MAX_DEPTH, TIMEFRAMES, ApiError, chec
                              encode_cursor, float_param, int_param, json_response, order_param, parse_time,
                              time_range, valid_exchange, valid_symbol, valid_timeframe)
 from coby.config import Settings
+from coby.eventloop import running as running_loop
 from coby.db.tables import CONSOLIDATED
 from coby.api.heatmap_history import MAX_BUCKET, MIN_BUCKET, MAX_RANGE as HEATMAP_MAX_RANGE, column_step, heatmap_history
 from coby.models import UTC, utcnow
@@ -109,6 +110,7 @@ async def status(request: web.Request) -> web.Response:
         "ok": True,
         "version": __version__,
         "uptime_s": round(now_wall - daemon.started_at, 1),
+        "event_loop": running_loop(),  # uvloop or asyncio (the event_loop setting)
         "storage": _storage_status(storage),
         "cache": {"kind": cache.kind, "connected": cache.connected},
         "api": {"ws_clients": request.app[CLIENT_COUNT_KEY]()},

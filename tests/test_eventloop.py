@@ -1,0 +1,91 @@
+"""The event loop ``coby run`` runs on (``event_loop``: auto, uvloop, asyncio; coby.eventloop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from coby import eventloop
+from coby.errors import ConfigError
+from tests.conftest import free_port
+
+COBY = [sys.executable, "-m", "coby.cli"]
+
+
+async def _kind() -> str:
+    await asyncio.sleep(0)
+    return eventloop.running()
+
+
+def test_each_setting_runs_its_loop():
+    assert eventloop.choose("auto") == "uvloop"  # a dependency on Linux
+    assert eventloop.run(_kind(), "auto") == "uvloop"
+    assert eventloop.run(_kind(), "uvloop") == "uvloop"
+    assert eventloop.run(_kind(), "asyncio") == "asyncio"
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert eventloop.choose("auto") == "asyncio"
+    assert eventloop.run(_kind(), "auto") == "asyncio"
+    with pytest.raises(ConfigError, match="uvloop is not installed.*COBY_EVENT_LOOP=asyncio"):
+        eventloop.choose("uvloop")
+
+
+def test_a_bad_setting_is_refused_before_anything_starts(tmp_path):
+    out = subprocess.run([*COBY, "run", "--simulate", "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "COBY_EVENT_LOOP": "trio"}, timeout=60)
+    assert out.returncode == 2
+    assert "event_loop=trio: must be one of auto, uvloop, asyncio" in out.stderr
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("setting,kind", [(None, "uvloop"), ("asyncio", "asyncio")])
+def test_the_daemon_runs_on_either_loop(tmp_path, setting, kind):
+    """A whole ``coby run --simulate`` on each loop: status names the loop, every venue connects and
+    trades arrive, and SIGTERM stops it cleanly (exit 0, nothing left pending)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COBY_")}
+    env.update(COBY_SIMULATOR_PORT="0", COBY_SHUTDOWN_TIMEOUT="5", LOG_LEVEL="INFO")
+    if setting is not None:
+        env["COBY_EVENT_LOOP"] = setting
+    log_path = tmp_path / "coby.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([*COBY, "run", "--simulate", "--port", str(port), "--exchanges", "binance,okx,kraken",
+                                 "--symbols", "BTC-USDT", "--data-dir", str(tmp_path / "data")],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            base, deadline, st = f"http://127.0.0.1:{port}", time.monotonic() + 90, {}
+            while time.monotonic() < deadline:
+                try:
+                    st = _get(f"{base}/api/v1/status")
+                    if all(v["state"] == "connected" and v["messages"] > 0 for v in st["exchanges"].values()):
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            assert st.get("event_loop") == kind, st
+            assert {v["state"] for v in st["exchanges"].values()} == {"connected"}, st["exchanges"]
+            deadline = time.monotonic() + 30
+            while not _get(f"{base}/api/v1/trades/BTC-USDT?limit=5")["trades"] and time.monotonic() < deadline:
+                time.sleep(0.5)  # stored: the writer's batches
+            assert _get(f"{base}/api/v1/trades/BTC-USDT?limit=5")["trades"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    assert code == 0, log_path.read_text()[-2000:]
+    assert [x["event_loop"] for x in lines if x.get("event") == "daemon_starting"] == [kind]
+    assert [x["pending_rows"] for x in lines if x.get("event") == "daemon_stopped"] == [0]

@@ -85,7 +85,11 @@ async def main():
             loops += [watch(books.watch_order_book, unified, limit), watch(trades.watch_trades)]
     await asyncio.gather(*loops)
 
-asyncio.run(main())
+if "--uvloop" in sys.argv:
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 
@@ -153,7 +157,8 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
     env = env_for(sim_port, symbols, pythonpath, db, api_port)
     if not degrade:  # a cost run: both trees do the same work (a degraded daemon normalises fewer books)
         env["COBY_OVERLOAD_AFTER"] = "1000000"
-    cmd = [sys.executable, "-c", CCXT_ALONE] if kind == "ccxt" else [sys.executable, "-m", "coby.cli", "run"]
+    cmd = [sys.executable, "-m", "coby.cli", "run"] if kind == "coby" else \
+        [sys.executable, "-c", CCXT_ALONE] + (["--uvloop"] if kind == "ccxt-uvloop" else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp",
                             preexec_fn=pinned("run"))
     try:
@@ -337,6 +342,9 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=1.5, help="--overload's ramp: the rate's factor per step")
     ap.add_argument("--step-seconds", type=float, default=20.0, help="--overload's ramp: seconds per step")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of ccxt.pro alone, coby, base (alternating)")
+    ap.add_argument("--ccxt-uvloop", action="store_true",
+                    help="also ccxt.pro alone on uvloop (coby run's loop), each round: how much of coby's figure "
+                         "is the loop")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="py-spy (beside this Python, or on PATH) samples each measured process' window into DIR/<name>-<round>.txt "
                          "(collapsed stacks; its sampling costs the process a little: not for the figures)")
@@ -379,6 +387,10 @@ def main() -> None:
                                                         profile=spy("ccxt")))]
             results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,
                                                   profile=spy("coby"))))
+            if args.ccxt_uvloop:
+                results.append(("ccxt.pro alone, uvloop" + tag, measure("ccxt-uvloop", sim, sim_port, symbols,
+                                                                        args.warmup, args.seconds,
+                                                                        profile=spy("ccxt-uvloop"))))
             if args.base:
                 results.append(("coby (base)" + tag, measure("coby", sim, sim_port, symbols, args.warmup,
                                                              args.seconds, pythonpath=args.base, profile=spy("base"))))

@@ -90,7 +90,7 @@ class Cluster:
         env.update(PYTHONPATH=HERE, COBY_EXCHANGE_URLS=f"*=http://127.0.0.1:{self.args.sim_port}",
                    COBY_SYMBOLS=",".join(self.symbols), COBY_EXCHANGES=self.args.venues, COBY_LOG_LEVEL="WARNING",
                    COBY_DATA_DIR=tempfile.mkdtemp(), API_PORT=str(port), COBY_DB_URL=self.db,
-                   COBY_REDIS_URL=self.args.redis)
+                   COBY_REDIS_URL=self.args.redis, COBY_EVENT_LOOP=self.args.event_loop)
         return env
 
     def start(self, name: str, *flags: str, drop: str | None = None) -> int:
@@ -181,6 +181,8 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    p.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                   help="the coby processes' event_loop (auto: uvloop for collectors, asyncio for API nodes)")
     p.add_argument("--only", default="1,2,3", help="which parts to run (1: symbols, 2: split, 3: API nodes; "
                                                     "0: a collector against role all, with and without Redis)")
     args = p.parse_args()

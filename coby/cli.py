@@ -80,12 +80,12 @@ def run(
     from coby.daemon import run as run_daemon
     from coby import eventloop
     try:
-        eventloop.choose(settings.event_loop)
+        eventloop.choose(settings.event_loop, settings.role)
     except ConfigError as e:
         _fail(str(e), 2)
     freeze_imports()
     try:
-        code = eventloop.run(run_daemon(settings), settings.event_loop)
+        code = eventloop.run(run_daemon(settings), settings.event_loop, settings.role)
     except ConfigError as e:
         _fail(str(e), 2)
     except StorageError as e:

@@ -2,10 +2,12 @@
 
 uvloop is libuv's event loop behind asyncio's interface: the same coroutines, tasks and futures, with the
 loop's own work - polling sockets, reading them into the protocols (aiohttp's WebSocket reader under every
-ccxt.pro client), scheduling callbacks and timers - in C. At the rates users run, that work is a sixth of the
-daemon's samples, and uvloop takes about a tenth off coby's CPU per message (docs/benchmarks.md, issue 16).
-Nothing in coby depends on which loop runs; ``auto`` falls back to asyncio where uvloop is not installed
-(it has no Windows build).
+ccxt.pro client), scheduling callbacks and timers - in C. Measured (docs/benchmarks.md, sixth round): it takes
+4-10 % off the daemon's CPU per venue message, but with 200 WebSocket clients its fan-out was slower (trades
+p99 52-67 ms against 40-43 on asyncio, in three paired runs). So ``auto`` runs uvloop where nobody is served
+- a ``collector`` (connectors, aggregation, storage; no API clients) - and asyncio for the roles that serve
+clients (``all``, ``api``); ``uvloop`` or ``asyncio`` choose for every role. Nothing in coby depends on which
+loop runs; uvloop has no Windows build, and ``auto`` falls back to asyncio where it is not installed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from coby.errors import ConfigError
 T = TypeVar("T")
 
 
-def choose(setting: str) -> str:
-    """The loop ``setting`` ("auto", "uvloop" or "asyncio") stands for here: "uvloop" or "asyncio"."""
-    if setting == "asyncio":
+def choose(setting: str, role: str = "all") -> str:
+    """The loop ``setting`` ("auto", "uvloop" or "asyncio") stands for in a process of ``role``: "uvloop" or
+    "asyncio"."""
+    if setting == "asyncio" or (setting == "auto" and role != "collector"):
         return "asyncio"
     try:
         import uvloop  # noqa: F401
@@ -33,9 +36,9 @@ def choose(setting: str) -> str:
     return "uvloop"
 
 
-def run(main: Coroutine[Any, Any, T], setting: str = "auto") -> T:
-    """``asyncio.run(main)`` on the loop ``setting`` chooses."""
-    if choose(setting) == "uvloop":
+def run(main: Coroutine[Any, Any, T], setting: str = "auto", role: str = "all") -> T:
+    """``asyncio.run(main)`` on the loop ``setting`` chooses for ``role``."""
+    if choose(setting, role) == "uvloop":
         import uvloop
         return uvloop.run(main)
     return asyncio.run(main)

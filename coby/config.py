@@ -264,7 +264,7 @@ class Settings:
     lease_heartbeat: float = setting(2.0, "Seconds between a collector's lease refreshes (and its cluster status); "
                                      "must be well below lease_ttl.", ("COBY_LEASE_HEARTBEAT",), check_positive)
     # --- operations --------------------------------------------------------------------------
-    event_loop: str = setting("auto", "The event loop coby run runs on: uvloop (libuv's loop, in C: 4-10 % less CPU "
+    event_loop: str = setting("auto", "The event loop coby run runs on: uvloop (libuv's loop, in C: 0-14 % less CPU "
                               "per venue message, but slower fan-out to many WebSocket clients; docs/benchmarks.md), "
                               "asyncio (the standard library's), or auto (uvloop for role collector, which serves "
                               "no clients, where it is installed; else asyncio).",

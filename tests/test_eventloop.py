@@ -94,3 +94,34 @@ def test_the_daemon_runs_on_either_loop(tmp_path, setting, kind):
     assert code == 0, log_path.read_text()[-2000:]
     assert [x["event_loop"] for x in lines if x.get("event") == "daemon_starting"] == [kind]
     assert [x["pending_rows"] for x in lines if x.get("event") == "daemon_stopped"] == [0]
+
+
+def test_a_collector_runs_on_uvloop_by_default(tmp_path, pg_url):
+    """Role collector (serves no client) on ``auto``: uvloop; it gets ready (venues connected, storage up) and
+    stops cleanly, nothing left pending."""
+    port, redis = free_port(), "redis://127.0.0.1:6379/14"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COBY_")}
+    env.update(COBY_SIMULATOR_PORT="0", COBY_SHUTDOWN_TIMEOUT="5", LOG_LEVEL="INFO",
+               COBY_COLLECTOR_ID=f"loop-{port}")
+    log_path = tmp_path / "collector.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([*COBY, "run", "--role", "collector", "--simulate", "--port", str(port), "--db", pg_url,
+                                 "--redis", redis, "--exchanges", "binance,okx", "--symbols", "BTC-USDT",
+                                 "--data-dir", str(tmp_path / "data")], stdout=log_file, stderr=subprocess.STDOUT,
+                                env=env)
+        try:
+            deadline, ready = time.monotonic() + 90, False
+            while time.monotonic() < deadline and not ready:
+                try:
+                    ready = _get(f"http://127.0.0.1:{port}/ready").get("ok") is True
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            assert ready, log_path.read_text()[-2000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    assert code == 0, log_path.read_text()[-2000:]
+    assert [x["event_loop"] for x in lines if x.get("event") == "daemon_starting"] == ["uvloop"]
+    assert [x["pending_rows"] for x in lines if x.get("event") == "daemon_stopped"] == [0]

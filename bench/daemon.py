@@ -64,6 +64,7 @@ from coby.config import Settings
 from coby.collector.markets import MarketCatalog
 from coby.symbols import SymbolMap
 from coby.collector.venues import VENUES, build_client, override_base
+from coby.eventloop import run
 
 async def main():
     settings = Settings.load()
@@ -76,20 +77,17 @@ async def main():
         trades = build_client(ex, catalog.markets_for(list(settings.symbols)), base)
         for sym in settings.symbols:
             unified = SymbolMap(settings.symbol_map).unified(ex, sym)
-            async def watch(method, u=unified, *args):
-                while True:
-                    try:
-                        await method(u, *args)
-                    except Exception:
-                        await asyncio.sleep(1)
-            loops += [watch(books.watch_order_book, unified, limit), watch(trades.watch_trades)]
+            loops += [watch(books.watch_order_book, unified, limit), watch(trades.watch_trades, unified)]
     await asyncio.gather(*loops)
 
-if "--uvloop" in sys.argv:
-    import uvloop
-    uvloop.run(main())
-else:
-    asyncio.run(main())
+async def watch(method, *args):
+    while True:
+        try:
+            await method(*args)
+        except Exception:
+            await asyncio.sleep(1)
+
+run(main(), "uvloop" if "--uvloop" in sys.argv else "asyncio")  # coby run's loops (coby.eventloop)
 """
 
 
@@ -172,8 +170,9 @@ def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: floa
             except OSError:
                 pass
             time.sleep(1)
+        py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
         spy = None if profile is None else subprocess.Popen(
-            [shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy", "record", "--pid", str(proc.pid), "--duration", str(int(seconds)), "--rate", "250",
+            [py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)), "--rate", "250",
              "--nonblocking", "--threads", "--format", "raw", "--output", profile], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, preexec_fn=pinned("sim"))
         m0, (u0, s0), t0 = sent(sim), cpu_split(proc.pid), time.monotonic()
@@ -346,8 +345,9 @@ def main() -> None:
                     help="also ccxt.pro alone on uvloop (coby run's loop), each round: how much of coby's figure "
                          "is the loop")
     ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="py-spy (beside this Python, or on PATH) samples each measured process' window into DIR/<name>-<round>.txt "
-                         "(collapsed stacks; its sampling costs the process a little: not for the figures)")
+                    help="py-spy (beside this Python, or on PATH) samples each measured process' window into "
+                         "DIR/<name>-<round>.txt (collapsed stacks; sampling costs the process a little: not for the "
+                         "figures)")
     ap.add_argument("--pin", default=None, metavar="RUN[,SIM]",
                     help="pin the measured process (ccxt.pro alone or coby) to CPU RUN and the simulator to CPU SIM, "
                          "e.g. 1,0: 'one core' is then one core, not a share of a busy machine (the simulator "
@@ -376,13 +376,13 @@ def main() -> None:
         if args.overload:
             overload(args, sim, sim_port, symbols)
             return
+        if args.profile:
+            os.makedirs(args.profile, exist_ok=True)
         for i in range(args.repeat):  # ABAB...: each round's ratios against that round's ccxt.pro alone
             tag = f" #{i + 1}" if args.repeat > 1 else ""
 
             def spy(name: str) -> str | None:
                 return None if not args.profile else os.path.join(os.path.abspath(args.profile), f"{name}-{i + 1}.txt")
-            if args.profile:
-                os.makedirs(args.profile, exist_ok=True)
             results = [("ccxt.pro alone" + tag, measure("ccxt", sim, sim_port, symbols, args.warmup, args.seconds,
                                                         profile=spy("ccxt")))]
             results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,

@@ -79,12 +79,8 @@ def run(
     tune_gc()
     from coby.daemon import run as run_daemon
     from coby import eventloop
-    try:
-        eventloop.choose(settings.event_loop, settings.role)
-    except ConfigError as e:
-        _fail(str(e), 2)
     freeze_imports()
-    try:
+    try:  # a loop that cannot be had (uvloop asked for, not installed) is a ConfigError before anything starts
         code = eventloop.run(run_daemon(settings), settings.event_loop, settings.role)
     except ConfigError as e:
         _fail(str(e), 2)

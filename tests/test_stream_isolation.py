@@ -271,5 +271,8 @@ async def test_circuit_breaker_counts_per_stream_kind(tmp_path: Path) -> None:
     trade_events = [e.event for e in rec.of("gate", ConnectionEvent) if e.detail.startswith("trades")]
     await conn.disconnect()
     assert trade_events == ["connected"]
-    assert status.circuits == {"book": "open", "trades": "closed"} and status.state.value == "connected"
+    # The fake clock jumps a whole cooldown whenever the book's feed waits it out, so the breaker cycles
+    # open -> half_open (its probe in flight) -> open; either is "not closed", which is the point here.
+    assert status.circuits["book"] in ("open", "half_open"), status.circuits
+    assert status.circuits["trades"] == "closed" and status.state.value == "connected"
     assert kept and len(BrokenBookExchange.built) > 3  # one trade client served every trade; book clients recycled

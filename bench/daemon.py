@@ -1,6 +1,7 @@
 """Whole-daemon cost and capacity: ``coby run`` (10 venues x N symbols) beside ccxt.pro alone, one run.
 
     .venv/bin/python bench/daemon.py [--symbols 22] [--rate 10] [--seconds 30] [--base /work/base-g]
+                                     [--repeat 3] [--pin 1,0] [--variant uvloop:event_loop=uvloop]
     .venv/bin/python bench/daemon.py --overload 2.0 [--symbols 22]     # 2x capacity, then back to normal
 
 The simulator runs in its own process (``coby simulate``) at ``--rate`` updates per second per market.
@@ -12,7 +13,9 @@ Against it, one after the other, each in its own process for the same window aft
   both get the same frames;
 - **coby**: ``coby run`` of this tree (PostgreSQL in a fresh database, in-process cache), exactly as a
   user starts it;
-- **coby (base)**: the same command with ``PYTHONPATH`` at ``--base``, a checkout of an older commit.
+- **coby (base)**: the same command with ``PYTHONPATH`` at ``--base``, a checkout of an older commit;
+- **coby (NAME)**, each ``--variant NAME:KEY=VALUE[,KEY=VALUE]``: this tree with those settings (as
+  ``COBY_<KEY>``), e.g. ``--variant uvloop:event_loop=uvloop``: a setting's cost, in the same rounds.
 
 Cost runs keep coby from degrading (``overload_after`` out of reach), so both trees do the same work; the
 seconds that would have counted as overloaded are reported. Messages are the frames the simulator wrote to that process' sockets in the window (``/_sim/health``
@@ -147,14 +150,18 @@ def env_for(sim_port: int, symbols: list[str], pythonpath: str, db: str | None, 
 
 
 def measure(kind: str, sim: str, sim_port: int, symbols: list[str], warmup: float, seconds: float,
-            pythonpath: str = HERE, degrade: bool = False, profile: str | None = None) -> dict:
+            pythonpath: str = HERE, degrade: bool = False, profile: str | None = None,
+            settings: dict[str, str] | None = None) -> dict:
     """One process of ``kind`` (ccxt, coby) against the simulator: messages, CPU and RSS over the window.
-    ``profile``: a file for py-spy's samples of the window (collapsed stacks, idle frames left out)."""
+    ``profile``: a file for py-spy's samples of the window (collapsed stacks, idle frames left out);
+    ``settings``: coby settings for this run, e.g. {"event_loop": "uvloop"} (the environment's COBY_ are not
+    passed: unset, each is its default)."""
     db = new_db() if kind == "coby" else None
     api_port = free_port()
     env = env_for(sim_port, symbols, pythonpath, db, api_port)
     if not degrade:  # a cost run: both trees do the same work (a degraded daemon normalises fewer books)
         env["COBY_OVERLOAD_AFTER"] = "1000000"
+    env.update({f"COBY_{k.upper()}": v for k, v in (settings or {}).items()})
     cmd = [sys.executable, "-m", "coby.cli", "run"] if kind == "coby" else \
         [sys.executable, "-c", CCXT_ALONE] + (["--uvloop"] if kind == "ccxt-uvloop" else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp",
@@ -344,6 +351,9 @@ def main() -> None:
     ap.add_argument("--ccxt-uvloop", action="store_true",
                     help="also ccxt.pro alone on uvloop (coby run's loop), each round: how much of coby's figure "
                          "is the loop")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="also coby with these settings, each round (repeatable), e.g. uvloop:event_loop=uvloop "
+                         "or tick1s:aggregate_interval=1.0")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="py-spy (beside this Python, or on PATH) samples each measured process' window into "
                          "DIR/<name>-<round>.txt (collapsed stacks; sampling costs the process a little: not for the "
@@ -353,6 +363,13 @@ def main() -> None:
                          "e.g. 1,0: 'one core' is then one core, not a share of a busy machine (the simulator "
                          "costs about as much per message as coby: unpinned, it is not the first to saturate)")
     args = ap.parse_args()
+    variants = []
+    for v in args.variant:
+        name, _, pairs = v.partition(":")
+        try:
+            variants.append((name, dict(kv.split("=", 1) for kv in pairs.split(","))))
+        except ValueError:
+            ap.error(f"--variant {v!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
     if args.pin:
         cpus = [int(x) for x in args.pin.split(",")]
         PIN["run"] = {cpus[0]}
@@ -387,6 +404,10 @@ def main() -> None:
                                                         profile=spy("ccxt")))]
             results.append(("coby" + tag, measure("coby", sim, sim_port, symbols, args.warmup, args.seconds,
                                                   profile=spy("coby"))))
+            for name, settings in variants:
+                results.append((f"coby ({name})" + tag, measure("coby", sim, sim_port, symbols, args.warmup,
+                                                                args.seconds, profile=spy(f"coby-{name}"),
+                                                                settings=settings)))
             if args.ccxt_uvloop:
                 results.append(("ccxt.pro alone, uvloop" + tag, measure("ccxt-uvloop", sim, sim_port, symbols,
                                                                         args.warmup, args.seconds,

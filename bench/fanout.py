@@ -290,8 +290,10 @@ async def clients(args: argparse.Namespace) -> None:
                                                 "127.0.0.1", args.port)
         conns.append(proto)
     await ready.wait()
-    for k in lat:  # latency counts from here: every client subscribed
+    for k in lat:  # latency and counts from here: every client subscribed (clients subscribe over a while)
         lat[k].clear()
+        for c in counts:
+            c[k] = 0
     emit({"subscribed": args.clients})
     probe = LagProbe()
     cpu0, t0 = cpu_seconds(), time.monotonic()

@@ -4,7 +4,8 @@ uvloop is libuv's event loop behind asyncio's interface: the same coroutines, ta
 loop's own work - polling sockets, reading them into the protocols (aiohttp's WebSocket reader under every
 ccxt.pro client), scheduling callbacks and timers - in C. Measured (docs/benchmarks.md, sixth round): it took
 0-14 % off the CPU per venue message, but with 200 WebSocket clients its fan-out was slower (trades
-p99 52-67 ms against 40-43 on asyncio, in three paired runs). So ``auto`` runs uvloop where nobody is served
+p99 52-67 ms against 40-43 on asyncio, in three paired runs; seventh round, 17 runs: consolidated p99
+median 53.5 ms against 47.3). So ``auto`` runs uvloop where nobody is served
 - a ``collector`` (connectors, aggregation, storage; no API clients) - and asyncio for the roles that serve
 clients (``all``, ``api``); ``uvloop`` or ``asyncio`` choose for every role. Nothing in coby depends on which
 loop runs; uvloop has no Windows build, and ``auto`` falls back to asyncio where it is not installed.

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fanout.py [--clients 200] [--symbols BTC-USDT,ETH-USDT] [--book-hz 10]
                                      [--trades 100] [--levels 100] [--duration 30] [--cache redis|memory]
-    .venv/bin/python bench/fanout.py --source daemon [--clients 200] [--duration 30]
+    .venv/bin/python bench/fanout.py --source daemon [--clients 200] [--duration 30] [--client-procs 2]
 
 Three processes, so that the server's CPU is its own:
 - server: the real app (``coby.http.create_app``: middleware, /ws, ``coby.api.hub`` and ``coby.api.ws``) over a
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,7 @@ async def clients(args: argparse.Namespace) -> None:
 
     emit({"latency_ms": {k: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0), "n": len(v)}
                          for k, v in lat.items()},
+          "hist": {k: Counter(int(x * 1e5) for x in v) for k, v in lat.items()},  # 0.01 ms bins, for merging
           "per_client": {k: [min(c[k] for c in counts), max(c[k] for c in counts)] for k in lat},
           "disconnected": closed, "trade_gaps": state["gaps"], "cpu_pct": round(100 * cpu / elapsed, 1),
           "loop_lag_ms": probe.stop()})
@@ -338,21 +340,55 @@ def send(proc: subprocess.Popen, line: str) -> None:
     proc.stdin.flush()  # type: ignore[union-attr]
 
 
+def start_clients(args: argparse.Namespace, argv: list[str], port: int) -> list[subprocess.Popen]:
+    """``--client-procs`` processes sharing ``--clients`` between them; returns once all are subscribed."""
+    k = max(1, min(args.client_procs, args.clients))
+    shares = [args.clients // k + (i < args.clients % k) for i in range(k)]
+    procs = [spawn("clients", [*argv, "--port", str(port), "--clients", str(n)]) for n in shares]
+    for p in procs:
+        expect(p, "subscribed")
+    return procs
+
+
+def stop_clients(procs: list[subprocess.Popen]) -> dict:
+    """Stop the client processes and merge what they measured (latencies from their 0.01 ms histograms)."""
+    for p in procs:
+        send(p, "stop")
+    parts = [expect(p, "latency_ms") for p in procs]
+    latency = {}
+    for kind in parts[0]["latency_ms"]:
+        hist = sorted(Counter({int(b): n for part in parts for b, n in part["hist"][kind].items()}).items())
+        total = sum(n for _, n in hist)
+
+        def at(q: float) -> float:
+            rank, seen = min(total - 1, int(q * total)), 0
+            for b, n in hist:
+                seen += n
+                if seen > rank:
+                    return round(b / 100, 2)
+            return float("nan")
+        latency[kind] = {"p50": at(0.5), "p99": at(0.99), "max": at(1.0), "n": total}
+    return {"latency_ms": latency,
+            "per_client": {k: [min(p["per_client"][k][0] for p in parts), max(p["per_client"][k][1] for p in parts)]
+                           for k in latency},
+            "disconnected": sum(p["disconnected"] for p in parts), "trade_gaps": sum(p["trade_gaps"] for p in parts),
+            "cpu_pct": round(sum(p["cpu_pct"] for p in parts), 1),
+            "loop_lag_ms": {q: max(p["loop_lag_ms"][q] for p in parts) for q in ("p50", "p99")}}
+
+
 def drive(args: argparse.Namespace, argv: list[str]) -> None:
     srv = spawn("server", argv)
-    cli = None
+    cli: list[subprocess.Popen] = []
     try:
         port = expect(srv, "ready")["ready"]
-        cli = spawn("clients", [*argv, "--port", str(port)])
-        expect(cli, "subscribed")
+        cli = start_clients(args, argv, port)
         send(srv, "go")
         pub = expect(srv, "published")
         time.sleep(2.0)  # let the last messages arrive
-        send(cli, "stop")
-        res = expect(cli, "latency_ms")
+        res = stop_clients(cli)
         send(srv, "quit")
     finally:
-        for p in (cli, srv):
+        for p in (*cli, srv):
             if p is not None:
                 try:
                     p.wait(timeout=30)
@@ -407,7 +443,7 @@ def drive_daemon(args: argparse.Namespace, argv: list[str]) -> None:
     daemon = subprocess.Popen([sys.executable, "-m", "coby.cli", "run", "--simulate", "--port", str(port),
                                "--data-dir", data_dir], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    cli = None
+    cli: list[subprocess.Popen] = []
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -419,16 +455,14 @@ def drive_daemon(args: argparse.Namespace, argv: list[str]) -> None:
         c0 = proc_cpu(daemon.pid)
         time.sleep(args.duration)
         idle = 100 * (proc_cpu(daemon.pid) - c0) / args.duration
-        cli = spawn("clients", [*argv, "--port", str(port)])
-        expect(cli, "subscribed")
+        cli = start_clients(args, argv, port)
         c0, t0 = proc_cpu(daemon.pid), time.monotonic()
         time.sleep(args.duration)
         busy = 100 * (proc_cpu(daemon.pid) - c0) / (time.monotonic() - t0)
-        send(cli, "stop")
-        res = expect(cli, "latency_ms")
+        res = stop_clients(cli)
     finally:
-        if cli is not None:
-            cli.wait(timeout=30)
+        for p in cli:
+            p.wait(timeout=30)
         daemon.terminate()
         daemon.wait(timeout=60)
     n = sum(res["latency_ms"][k]["n"] for k in res["latency_ms"])
@@ -441,7 +475,8 @@ def drive_daemon(args: argparse.Namespace, argv: list[str]) -> None:
               f"per client min {lo} max {hi}")
     print(f"trade seq gaps: {res['trade_gaps']}; disconnected: {res['disconnected']}")
     print(f"CPU: daemon {idle:.1f}% of one core without clients, {busy:.1f}% with them "
-          f"(fan-out: {busy - idle:+.1f}%); clients {res['cpu_pct']}%; client event-loop lag p50/p99 "
+          f"(fan-out: {busy - idle:+.1f}%); clients {res['cpu_pct']}% ({len(cli)} process(es)); "
+          f"client event-loop lag p50/p99 "
           f"{res['loop_lag_ms']['p50']}/{res['loop_lag_ms']['p99']} ms; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
 
@@ -458,6 +493,8 @@ def main() -> None:
     ap.add_argument("--cache", choices=["redis", "memory"], default="redis")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--client-procs", type=int, default=1,
+                    help="client processes sharing --clients (one process can be the bottleneck of the figures)")
     ap.add_argument("--source", choices=["synthetic", "daemon"], default="synthetic",
                     help="synthetic: a publisher at the set rates; daemon: coby run --simulate")
     args = ap.parse_args()

@@ -81,7 +81,7 @@ def run(
     from coby import eventloop
     freeze_imports()
     try:  # a loop that cannot be had (uvloop asked for, not installed) is a ConfigError before anything starts
-        code = eventloop.run(run_daemon(settings), settings.event_loop, settings.role)
+        code = eventloop.run(run_daemon(settings), settings.event_loop)
     except ConfigError as e:
         _fail(str(e), 2)
     except StorageError as e:

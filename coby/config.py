@@ -264,10 +264,9 @@ class Settings:
     lease_heartbeat: float = setting(2.0, "Seconds between a collector's lease refreshes (and its cluster status); "
                                      "must be well below lease_ttl.", ("COBY_LEASE_HEARTBEAT",), check_positive)
     # --- operations --------------------------------------------------------------------------
-    event_loop: str = setting("auto", "The event loop coby run runs on: uvloop (libuv's loop, in C: 0-14 % less CPU "
-                              "per venue message, but slower fan-out to many WebSocket clients; docs/benchmarks.md), "
-                              "asyncio (the standard library's), or auto (uvloop for role collector, which serves "
-                              "no clients, where it is installed; else asyncio).",
+    event_loop: str = setting("auto", "The event loop coby run runs on: uvloop (libuv's loop, in C: less CPU per "
+                              "venue message and per WebSocket client; docs/benchmarks.md), asyncio (the standard "
+                              "library's), or auto (uvloop where it is installed, else asyncio).",
                               ("COBY_EVENT_LOOP",), check_choice("auto", "uvloop", "asyncio"))
     log_level: str = setting("INFO", "Log level.", ("LOG_LEVEL",), check_log_level)
     shutdown_timeout: float = setting(15.0, "Seconds shutdown may take before remaining tasks are cancelled.",

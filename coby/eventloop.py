@@ -2,13 +2,13 @@
 
 uvloop is libuv's event loop behind asyncio's interface: the same coroutines, tasks and futures, with the
 loop's own work - polling sockets, reading them into the protocols (aiohttp's WebSocket reader under every
-ccxt.pro client), scheduling callbacks and timers - in C. Measured (docs/benchmarks.md, sixth round): it took
-0-14 % off the CPU per venue message, but with 200 WebSocket clients its fan-out was slower (trades
-p99 52-67 ms against 40-43 on asyncio, in three paired runs; seventh round, 17 runs: consolidated p99
-median 53.5 ms against 47.3). So ``auto`` runs uvloop where nobody is served
-- a ``collector`` (connectors, aggregation, storage; no API clients) - and asyncio for the roles that serve
-clients (``all``, ``api``); ``uvloop`` or ``asyncio`` choose for every role. Nothing in coby depends on which
-loop runs; uvloop has no Windows build, and ``auto`` falls back to asyncio where it is not installed.
+ccxt.pro client), scheduling callbacks and timers - in C. Measured (docs/benchmarks.md, sixth and seventh
+rounds): the daemon's CPU per venue message 1.26-1.33 x ccxt.pro alone against 1.34-1.46 x on asyncio, in
+paired rounds; fan-out to 200 WebSocket clients (measured with the clients in two processes, 7 pairs):
+consolidated p99 median 52.0 ms against 59.4, and less CPU. (With the clients in one process, whose own lag
+was most of the figure, uvloop had looked a few ms slower.) So ``auto`` runs uvloop for every role where it
+is installed; ``asyncio`` keeps the standard library's loop. Nothing in coby depends on which loop runs;
+uvloop has no Windows build, and ``auto`` falls back to asyncio where it is not installed.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from coby.errors import ConfigError
 T = TypeVar("T")
 
 
-def choose(setting: str, role: str = "all") -> str:
-    """The loop ``setting`` ("auto", "uvloop" or "asyncio") stands for in a process of ``role``: "uvloop" or
-    "asyncio"."""
-    if setting == "asyncio" or (setting == "auto" and role != "collector"):
+def choose(setting: str) -> str:
+    """The loop ``setting`` ("auto", "uvloop" or "asyncio") stands for here: "uvloop" or "asyncio"."""
+    if setting == "asyncio":
         return "asyncio"
     try:
         import uvloop  # noqa: F401
@@ -37,9 +36,9 @@ def choose(setting: str, role: str = "all") -> str:
     return "uvloop"
 
 
-def run(main: Coroutine[Any, Any, T], setting: str = "auto", role: str = "all") -> T:
-    """``asyncio.run(main)`` on the loop ``setting`` chooses for ``role``."""
-    if choose(setting, role) == "uvloop":
+def run(main: Coroutine[Any, Any, T], setting: str = "auto") -> T:
+    """``asyncio.run(main)`` on the loop ``setting`` chooses."""
+    if choose(setting) == "uvloop":
         import uvloop
         return uvloop.run(main)
     return asyncio.run(main)

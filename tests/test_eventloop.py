@@ -28,21 +28,18 @@ async def _kind() -> str:
 
 
 def test_each_setting_runs_its_loop():
-    # auto: uvloop (a dependency on Linux) where no client is served, asyncio where clients are (fan-out)
-    assert eventloop.choose("auto", "collector") == "uvloop"
-    assert eventloop.run(_kind(), "auto", "collector") == "uvloop"
-    assert [eventloop.choose("auto", role) for role in ("all", "api")] == ["asyncio", "asyncio"]
-    assert eventloop.run(_kind(), "auto") == "asyncio"
-    for role in ("all", "collector", "api"):
-        assert eventloop.choose("uvloop", role) == "uvloop" and eventloop.choose("asyncio", role) == "asyncio"
+    # auto: uvloop (a dependency on Linux) wherever it is installed
+    assert eventloop.choose("auto") == "uvloop"
+    assert eventloop.run(_kind(), "auto") == "uvloop"
+    assert eventloop.choose("uvloop") == "uvloop" and eventloop.choose("asyncio") == "asyncio"
     assert eventloop.run(_kind(), "uvloop") == "uvloop"
     assert eventloop.run(_kind(), "asyncio") == "asyncio"
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
-    assert eventloop.choose("auto", "collector") == "asyncio"
-    assert eventloop.run(_kind(), "auto", "collector") == "asyncio"
+    assert eventloop.choose("auto") == "asyncio"
+    assert eventloop.run(_kind(), "auto") == "asyncio"
     with pytest.raises(ConfigError, match="uvloop is not installed.*COBY_EVENT_LOOP=asyncio"):
         eventloop.choose("uvloop")
 
@@ -82,7 +79,7 @@ def _daemon(tmp_path, flags: list[str], kind: str, **env_extra: str):
     assert [x["pending_rows"] for x in lines if x.get("event") == "daemon_stopped"] == [0]
 
 
-@pytest.mark.parametrize("setting,kind", [(None, "asyncio"), ("uvloop", "uvloop")])
+@pytest.mark.parametrize("setting,kind", [(None, "uvloop"), ("asyncio", "asyncio")])
 def test_the_daemon_runs_on_either_loop(tmp_path, setting, kind):
     """A whole ``coby run --simulate`` on each loop: status names the loop, every venue connects and
     trades arrive, and SIGTERM stops it cleanly (exit 0, nothing left pending)."""

@@ -355,19 +355,23 @@ def stop_clients(procs: list[subprocess.Popen]) -> dict:
     for p in procs:
         send(p, "stop")
     parts = [expect(p, "latency_ms") for p in procs]
+
+    def at(hist: list[tuple[int, int]], total: int, q: float) -> float:
+        """The q-quantile in ms of a sorted 0.01 ms histogram of ``total`` samples."""
+        rank, seen = min(total - 1, int(q * total)), 0
+        for b, n in hist:
+            seen += n
+            if seen > rank:
+                return round(b / 100, 2)
+        return float("nan")
     latency = {}
     for kind in parts[0]["latency_ms"]:
-        hist = sorted(Counter({int(b): n for part in parts for b, n in part["hist"][kind].items()}).items())
-        total = sum(n for _, n in hist)
-
-        def at(q: float) -> float:
-            rank, seen = min(total - 1, int(q * total)), 0
-            for b, n in hist:
-                seen += n
-                if seen > rank:
-                    return round(b / 100, 2)
-            return float("nan")
-        latency[kind] = {"p50": at(0.5), "p99": at(0.99), "max": at(1.0), "n": total}
+        merged: Counter[int] = Counter()
+        for part in parts:
+            merged.update({int(b): n for b, n in part["hist"][kind].items()})
+        hist, total = sorted(merged.items()), sum(merged.values())
+        latency[kind] = {q: at(hist, total, f) for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
+        latency[kind]["n"] = total
     return {"latency_ms": latency,
             "per_client": {k: [min(p["per_client"][k][0] for p in parts), max(p["per_client"][k][1] for p in parts)]
                            for k in latency},
@@ -389,11 +393,10 @@ def drive(args: argparse.Namespace, argv: list[str]) -> None:
         send(srv, "quit")
     finally:
         for p in (*cli, srv):
-            if p is not None:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     symbols = args.symbols.split(",")
     trades = sum(v for k, v in pub["published"].items() if k.startswith("trades:"))
     books = sum(v for k, v in pub["published"].items() if k.startswith("consolidated:")) - len(symbols)
